@@ -1,0 +1,788 @@
+//! SIP messages: parsing from bytes, validation and printing.
+//!
+//! A B2BUA relays headers it does not understand, so headers are kept as an ordered list of
+//! (name, value) pairs with typed accessors for the ones tapir acts on. Parsing undoes line
+//! folding and compact header names, then checks what RFC 3261 requires of a message before any
+//! element may act on it (see [`parse`]). A failure carries enough of the request, when it could
+//! be read, for the caller to answer `400`/`505` with a reason phrase that names the problem.
+
+use std::fmt::{self, Write as _};
+
+use crate::uri::{split_unquoted, NameAddr, Uri, Via};
+use crate::{ParseError, ParseErrorKind};
+
+/// Largest message tapir accepts; anything bigger is dropped (UDP) or closes the stream (TCP).
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Info,
+    Update,
+    Refer,
+    Notify,
+    Subscribe,
+    Message,
+    Prack,
+    Publish,
+    Other(String),
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "INVITE" => Self::Invite,
+            "ACK" => Self::Ack,
+            "BYE" => Self::Bye,
+            "CANCEL" => Self::Cancel,
+            "OPTIONS" => Self::Options,
+            "REGISTER" => Self::Register,
+            "INFO" => Self::Info,
+            "UPDATE" => Self::Update,
+            "REFER" => Self::Refer,
+            "NOTIFY" => Self::Notify,
+            "SUBSCRIBE" => Self::Subscribe,
+            "MESSAGE" => Self::Message,
+            "PRACK" => Self::Prack,
+            "PUBLISH" => Self::Publish,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Invite => "INVITE",
+            Self::Ack => "ACK",
+            Self::Bye => "BYE",
+            Self::Cancel => "CANCEL",
+            Self::Options => "OPTIONS",
+            Self::Register => "REGISTER",
+            Self::Info => "INFO",
+            Self::Update => "UPDATE",
+            Self::Refer => "REFER",
+            Self::Notify => "NOTIFY",
+            Self::Subscribe => "SUBSCRIBE",
+            Self::Message => "MESSAGE",
+            Self::Prack => "PRACK",
+            Self::Publish => "PUBLISH",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Expands RFC 3261 §7.3.3 compact forms and gives known headers their usual spelling, so that
+/// lookups compare one form and printed messages look conventional.
+fn canonical_name(name: &str) -> String {
+    let known: &[&str] = &[
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Max-Forwards",
+        "Content-Length",
+        "Content-Type",
+        "Route",
+        "Record-Route",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Allow",
+        "Expires",
+        "Subject",
+        "Content-Encoding",
+        "Event",
+        "Refer-To",
+        "Referred-By",
+        "Replaces",
+        "Session-Expires",
+        "Min-SE",
+        "Allow-Events",
+        "WWW-Authenticate",
+        "Authorization",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "User-Agent",
+        "Server",
+        "Reason",
+        "Retry-After",
+        "Min-Expires",
+        "Accept",
+        "Date",
+        "Subscription-State",
+    ];
+    if name.len() == 1 {
+        let full = match name.as_bytes()[0].to_ascii_lowercase() {
+            b'i' => "Call-ID",
+            b'm' => "Contact",
+            b'e' => "Content-Encoding",
+            b'l' => "Content-Length",
+            b'c' => "Content-Type",
+            b'f' => "From",
+            b's' => "Subject",
+            b'k' => "Supported",
+            b't' => "To",
+            b'v' => "Via",
+            b'o' => "Event",
+            b'r' => "Refer-To",
+            b'b' => "Referred-By",
+            b'x' => "Session-Expires",
+            b'u' => "Allow-Events",
+            _ => return name.to_string(),
+        };
+        return full.to_string();
+    }
+    known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// Headers whose comma-separated values are separate entries (RFC 3261 §7.3.1); others (e.g.
+/// WWW-Authenticate, Date) contain commas inside a single value and must not be split.
+fn is_list_header(name: &str) -> bool {
+    [
+        "Via",
+        "Contact",
+        "Route",
+        "Record-Route",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Allow",
+        "Allow-Events",
+        "Accept",
+        "Content-Encoding",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Ordered header list; names are stored in canonical spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header, with comma-joined list headers split into entries.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let split = is_list_header(name);
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(move |(_, v)| {
+                if split {
+                    split_unquoted(v, ',')
+                } else {
+                    vec![v.as_str()]
+                }
+            })
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.0
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    pub fn push(&mut self, name: &str, value: impl Into<String>) {
+        self.0.push((canonical_name(name), value.into()));
+    }
+
+    /// Inserts before every other header (used for Via and Record-Route).
+    pub fn push_front(&mut self, name: &str, value: impl Into<String>) {
+        self.0.insert(0, (canonical_name(name), value.into()));
+    }
+
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        if let Some(pos) = self
+            .0
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            self.0[pos].1 = value;
+            let mut i = pos + 1;
+            while i < self.0.len() {
+                if self.0[i].0.eq_ignore_ascii_case(name) {
+                    self.0.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        } else {
+            self.push(name, value);
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Removes the first entry of a list header (the top Via), keeping the rest.
+    pub fn remove_first_value(&mut self, name: &str) {
+        if let Some(pos) = self
+            .0
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            let parts = split_unquoted(&self.0[pos].1, ',');
+            if parts.len() <= 1 {
+                self.0.remove(pos);
+            } else {
+                let rest = parts[1..].join(",").trim().to_string();
+                self.0[pos].1 = rest;
+            }
+        }
+    }
+}
+
+/// `CSeq: 42 INVITE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let mut it = s.split_whitespace();
+        let (Some(n), Some(m), None) = (it.next(), it.next(), it.next()) else {
+            return Err(ParseError::bad("malformed CSeq"));
+        };
+        // RFC 3261 §8.1.1.5: the number is a 32-bit unsigned integer below 2^31.
+        let seq = n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < 1 << 31)
+            .ok_or(ParseError::bad("CSeq number out of range"))?;
+        if !m.bytes().all(crate::uri::is_token_char) {
+            return Err(ParseError::bad("malformed CSeq method"));
+        }
+        Ok(CSeq {
+            seq,
+            method: Method::parse(m),
+        })
+    }
+}
+
+impl fmt::Display for CSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.seq, self.method)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+/// Typed access to the headers every message carries, shared by requests and responses.
+pub trait HeaderAccess {
+    fn headers(&self) -> &Headers;
+    fn headers_mut(&mut self) -> &mut Headers;
+
+    fn call_id(&self) -> &str {
+        self.headers().get("Call-ID").unwrap_or("")
+    }
+    fn cseq(&self) -> Option<CSeq> {
+        self.headers().get("CSeq").and_then(|v| CSeq::parse(v).ok())
+    }
+    fn from(&self) -> Option<NameAddr> {
+        self.headers()
+            .get("From")
+            .and_then(|v| NameAddr::parse(v).ok())
+    }
+    fn to(&self) -> Option<NameAddr> {
+        self.headers()
+            .get("To")
+            .and_then(|v| NameAddr::parse(v).ok())
+    }
+    fn from_tag(&self) -> Option<String> {
+        self.from().and_then(|f| f.tag().map(str::to_string))
+    }
+    fn to_tag(&self) -> Option<String> {
+        self.to().and_then(|t| t.tag().map(str::to_string))
+    }
+    fn top_via(&self) -> Option<Via> {
+        self.headers()
+            .get_all("Via")
+            .next()
+            .and_then(|v| Via::parse(v).ok())
+    }
+    fn contact(&self) -> Option<NameAddr> {
+        self.headers()
+            .get_all("Contact")
+            .next()
+            .and_then(|v| NameAddr::parse(v).ok())
+    }
+    fn content_type(&self) -> Option<&str> {
+        self.headers().get("Content-Type")
+    }
+    /// True when the body is SDP (`application/sdp`, parameters ignored).
+    fn has_sdp(&self) -> bool {
+        self.content_type()
+            .map(|c| {
+                c.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/sdp")
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl HeaderAccess for Request {
+    fn headers(&self) -> &Headers {
+        &self.headers
+    }
+    fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+}
+
+impl HeaderAccess for Response {
+    fn headers(&self) -> &Headers {
+        &self.headers
+    }
+    fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+}
+
+impl Request {
+    pub fn new(method: Method, uri: Uri) -> Self {
+        Self {
+            method,
+            uri,
+            headers: Headers::default(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn max_forwards(&self) -> Option<u32> {
+        self.headers
+            .get("Max-Forwards")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Builds a response that copies Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2).
+    pub fn response(&self, status: u16, reason: &str) -> Response {
+        let mut headers = Headers::default();
+        for (n, v) in &self.headers.0 {
+            if ["Via", "From", "To", "Call-ID", "CSeq"]
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(n))
+            {
+                headers.0.push((n.clone(), v.clone()));
+            }
+        }
+        Response {
+            status,
+            reason: reason.to_string(),
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(512 + self.body.len());
+        let _ = write!(out, "{} {} SIP/2.0\r\n", self.method, self.uri);
+        write_headers(&mut out, &self.headers, self.body.len());
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+impl Response {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(512 + self.body.len());
+        let _ = write!(out, "SIP/2.0 {} {}\r\n", self.status, self.reason);
+        write_headers(&mut out, &self.headers, self.body.len());
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn is_provisional(&self) -> bool {
+        self.status < 200
+    }
+}
+
+impl Message {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Message::Request(r) => r.to_bytes(),
+            Message::Response(r) => r.to_bytes(),
+        }
+    }
+
+    pub fn headers(&self) -> &Headers {
+        match self {
+            Message::Request(r) => &r.headers,
+            Message::Response(r) => &r.headers,
+        }
+    }
+}
+
+fn write_headers(out: &mut String, headers: &Headers, body_len: usize) {
+    for (n, v) in &headers.0 {
+        if n.eq_ignore_ascii_case("Content-Length") {
+            continue;
+        }
+        let _ = write!(out, "{n}: {v}\r\n");
+    }
+    // Content-Length is always written from the body we hold, so a rewritten SDP can never
+    // disagree with its header.
+    let _ = write!(out, "Content-Length: {body_len}\r\n\r\n");
+}
+
+/// Where a stream of bytes holds one complete message: the length of head + body.
+///
+/// Used by stream transports (RFC 3261 §18.3): `Ok(None)` means more bytes are needed.
+/// Leading CRLFs (keep-alives, RFC 5626 §3.5.1) must be skipped by the caller first.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
+    let Some(head_end) = find_head_end(buf) else {
+        if buf.len() > MAX_MESSAGE_SIZE {
+            return Err(ParseError::bad("message head too large"));
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| ParseError::bad("message head is not UTF-8"))?;
+    let mut len = None;
+    for line in head.split("\r\n").skip(1) {
+        if let Some((n, v)) = line.split_once(':') {
+            let n = n.trim();
+            if n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("l") {
+                len = Some(
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| ParseError::bad("malformed Content-Length"))?,
+                );
+            }
+        }
+    }
+    // On a stream, Content-Length is mandatory (§18.3, §20.14).
+    let len = len.ok_or(ParseError::bad(
+        "missing Content-Length on a stream transport",
+    ))?;
+    if len > MAX_MESSAGE_SIZE {
+        return Err(ParseError::bad("Content-Length too large"));
+    }
+    let total = head_end + 4 + len;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Parses and validates one SIP message.
+///
+/// `datagram` selects the RFC 3261 §18.3 rule for a body longer than Content-Length: on a
+/// datagram the excess is discarded; on a stream the caller has framed the message already.
+/// A missing Content-Length on a datagram means "the rest of the datagram".
+///
+/// Validation: start line grammar and SIP/2.0 version (505 otherwise); To, From, Call-ID,
+/// CSeq, Via (and Max-Forwards on requests) present exactly once where singular; CSeq method
+/// equal to the request method; Content-Length a single non-negative number not larger than
+/// the body; numeric headers in range. Each failure names what is wrong.
+pub fn parse(buf: &[u8], datagram: bool) -> Result<Message, ParseError> {
+    let head_end = find_head_end(buf);
+    let (head, body) = match head_end {
+        Some(e) => (&buf[..e], &buf[e + 4..]),
+        // A message without body may end at the last header's CRLF on a datagram.
+        None if datagram => (buf.strip_suffix(b"\r\n").unwrap_or(buf), &buf[buf.len()..]),
+        None => return Err(ParseError::bad("incomplete message head")),
+    };
+    let head =
+        std::str::from_utf8(head).map_err(|_| ParseError::bad("message head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let start = lines.next().unwrap_or("");
+    let headers = parse_headers(lines)?;
+
+    let start_parts: Vec<&str> = start.split(' ').collect();
+    if start.starts_with("SIP/") {
+        let resp = parse_status_line(start, headers, body, datagram)?;
+        return Ok(Message::Response(resp));
+    }
+
+    // Request line: exactly `Method SP Request-URI SP SIP-Version` (§25.1); extra spaces
+    // or LWS inside the URI are a 400.
+    let partial = |headers: Headers, method: &str, kind, reason| ParseError {
+        kind,
+        reason,
+        partial: Some(Box::new(PartialRequest {
+            method: Method::parse(method),
+            headers,
+        })),
+    };
+    let method = start_parts.first().copied().unwrap_or("");
+    if start_parts.len() != 3 || method.is_empty() || !method.bytes().all(crate::uri::is_token_char)
+    {
+        return Err(partial(
+            headers,
+            method,
+            ParseErrorKind::BadRequest,
+            "Malformed Request-Line".into(),
+        ));
+    }
+    let version = start_parts[2];
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        let kind = if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+            ParseErrorKind::VersionNotSupported
+        } else {
+            ParseErrorKind::BadRequest
+        };
+        return Err(partial(
+            headers,
+            method,
+            kind,
+            "SIP Version Not Supported".into(),
+        ));
+    }
+    let uri = match Uri::parse(start_parts[1]) {
+        Ok(u) => u,
+        Err(e) => {
+            return Err(partial(
+                headers,
+                method,
+                ParseErrorKind::BadRequest,
+                format!("Bad Request-URI: {}", e.reason),
+            ))
+        }
+    };
+    let method_v = Method::parse(method);
+    let body = match check_common(&headers, body, datagram, true) {
+        Ok(b) => b,
+        Err(reason) => {
+            return Err(partial(headers, method, ParseErrorKind::BadRequest, reason));
+        }
+    };
+    if let Some(cseq) = headers.get("CSeq").and_then(|v| CSeq::parse(v).ok()) {
+        if cseq.method != method_v {
+            return Err(partial(
+                headers,
+                method,
+                ParseErrorKind::BadRequest,
+                "CSeq method does not match Request-Line".into(),
+            ));
+        }
+    }
+    Ok(Message::Request(Request {
+        method: method_v,
+        uri,
+        headers,
+        body: body.to_vec(),
+    }))
+}
+
+fn parse_status_line(
+    start: &str,
+    headers: Headers,
+    body: &[u8],
+    datagram: bool,
+) -> Result<Response, ParseError> {
+    let mut it = start.splitn(3, ' ');
+    let version = it.next().unwrap_or("");
+    let code = it.next().unwrap_or("");
+    let reason = it.next().unwrap_or("");
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(ParseError::bad("response with unsupported SIP version"));
+    }
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (100..=699).contains(c) && code.len() == 3)
+        .ok_or(ParseError::bad("malformed status code"))?;
+    let body = check_common(&headers, body, datagram, false).map_err(ParseError::bad_owned)?;
+    Ok(Response {
+        status,
+        reason: reason.to_string(),
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, ParseError> {
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            // Line folding (§7.3.1): a continuation line joins the previous value with one SP.
+            let last = headers
+                .last_mut()
+                .ok_or(ParseError::bad("continuation line before any header"))?;
+            last.1.push(' ');
+            last.1.push_str(line.trim());
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(ParseError::bad("header line without colon"))?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(crate::uri::is_token_char) {
+            return Err(ParseError::bad("malformed header name"));
+        }
+        headers.push((canonical_name(name), value.trim().to_string()));
+    }
+    for h in &mut headers {
+        h.1 = h.1.trim().to_string();
+    }
+    Ok(Headers(headers))
+}
+
+/// Checks shared by requests and responses; returns the body cut to Content-Length.
+fn check_common<'b>(
+    headers: &Headers,
+    body: &'b [u8],
+    datagram: bool,
+    is_request: bool,
+) -> Result<&'b [u8], String> {
+    for h in ["To", "From", "Call-ID", "CSeq"] {
+        match headers.count(h) {
+            0 => return Err(format!("Missing {h} header")),
+            1 => {}
+            _ => return Err(format!("Duplicate {h} header")),
+        }
+    }
+    if headers.get_all("Via").next().is_none() {
+        return Err("Missing Via header".into());
+    }
+    for v in headers.get_all("Via") {
+        Via::parse(v).map_err(|e| format!("Malformed Via header: {}", e.reason))?;
+    }
+    let from = headers.get("From").unwrap_or("");
+    NameAddr::parse(from).map_err(|e| format!("Malformed From header: {}", e.reason))?;
+    let to = headers.get("To").unwrap_or("");
+    NameAddr::parse(to).map_err(|e| format!("Malformed To header: {}", e.reason))?;
+    if headers.get("Call-ID").unwrap_or("").is_empty() {
+        return Err("Empty Call-ID header".into());
+    }
+    CSeq::parse(headers.get("CSeq").unwrap_or(""))
+        .map_err(|e| format!("Malformed CSeq header: {}", e.reason))?;
+    if is_request {
+        if let Some(mf) = headers.get("Max-Forwards") {
+            if headers.count("Max-Forwards") > 1 {
+                return Err("Duplicate Max-Forwards header".into());
+            }
+            mf.parse::<u8>()
+                .map_err(|_| "Max-Forwards out of range".to_string())?;
+        }
+        for h in ["Contact", "Route", "Record-Route"] {
+            for v in headers.get_all(h) {
+                if h == "Contact" && v == "*" {
+                    continue;
+                }
+                let na = NameAddr::parse(v)
+                    .map_err(|e| format!("Malformed {h} header: {}", e.reason))?;
+                if let Some(exp) = na.params.value("expires") {
+                    exp.parse::<u32>()
+                        .map_err(|_| "Contact expires out of range".to_string())?;
+                }
+            }
+        }
+        if let Some(e) = headers.get("Expires") {
+            e.parse::<u32>()
+                .map_err(|_| "Expires out of range".to_string())?;
+        }
+    }
+    let body = match headers.count("Content-Length") {
+        0 => body,
+        1 => {
+            let v = headers.get("Content-Length").unwrap_or("");
+            let n: usize = v
+                .parse()
+                .map_err(|_| "Malformed Content-Length".to_string())?;
+            if n > body.len() {
+                return Err("Content-Length larger than the body".into());
+            }
+            if !datagram && n < body.len() {
+                return Err("Content-Length smaller than the body".into());
+            }
+            &body[..n]
+        }
+        _ => return Err("Multiple Content-Length headers".into()),
+    };
+    if !body.is_empty() && headers.get("Content-Type").is_none() {
+        return Err("Body without Content-Type".into());
+    }
+    Ok(body)
+}
+
+/// What could be read of a request that failed validation: enough to answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialRequest {
+    pub method: Method,
+    pub headers: Headers,
+}
+
+impl PartialRequest {
+    /// A response can be sent only if the headers that route and match it are usable, and
+    /// never to an ACK (§17.2.1: ACK gets no response).
+    pub fn error_response(&self, status: u16, reason: &str) -> Option<Response> {
+        if self.method == Method::Ack {
+            return None;
+        }
+        let via = self.headers.get_all("Via").next()?;
+        Via::parse(via).ok()?;
+        for h in ["From", "To", "Call-ID", "CSeq"] {
+            if self.headers.count(h) != 1 {
+                return None;
+            }
+        }
+        let req = Request {
+            method: self.method.clone(),
+            uri: Uri::Other(String::new()),
+            headers: self.headers.clone(),
+            body: Vec::new(),
+        };
+        Some(req.response(status, reason))
+    }
+}

@@ -1,0 +1,624 @@
+//! SIP URIs, name-addr values (From/To/Contact/Route) and Via values.
+//!
+//! These are parsed from header values after line folding has been undone. Parsing is strict
+//! about structure (a `<` needs its `>`, a SIP URI needs a host, ports are numbers) and lenient
+//! about whitespace where RFC 3261 allows LWS.
+
+use std::fmt;
+
+use crate::ParseError;
+
+/// Generic `;name[=value]` parameters, order kept for faithful printing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(pub Vec<(String, Option<String>)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<Option<&str>> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// Value of a parameter that carries one (`branch=…`); `None` when absent or bare.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).flatten()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn set(&mut self, name: &str, value: Option<String>) {
+        if let Some(p) = self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            p.1 = value;
+        } else {
+            self.0.push((name.to_string(), value));
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Parses `;a=b;c` (leading `;` optional), trimming LWS around `;` and `=`.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let mut out = Vec::new();
+        for part in split_unquoted(s, ';') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            match part.split_once('=') {
+                Some((n, v)) => {
+                    let n = n.trim();
+                    if n.is_empty() || !n.bytes().all(is_token_char) {
+                        return Err(ParseError::bad("malformed parameter name"));
+                    }
+                    out.push((n.to_string(), Some(v.trim().to_string())));
+                }
+                None => {
+                    if !part.bytes().all(is_token_char) {
+                        return Err(ParseError::bad("malformed parameter"));
+                    }
+                    out.push((part.to_string(), None));
+                }
+            }
+        }
+        Ok(Params(out))
+    }
+}
+
+impl fmt::Display for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, v) in &self.0 {
+            match v {
+                Some(v) => write!(f, ";{n}={v}")?,
+                None => write!(f, ";{n}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3261 token characters.
+pub fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// Splits on `sep` outside double quotes and angle brackets.
+pub fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut angle = 0u32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if in_quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quote = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quote = true,
+            '<' => angle += 1,
+            '>' => angle = angle.saturating_sub(1),
+            c if c == sep && angle == 0 => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// A `sip:` or `sips:` URI; any other scheme is kept as [`Uri::Other`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uri {
+    Sip(SipUri),
+    /// `tel:`, `http:` and other absolute URIs, kept verbatim.
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipUri {
+    pub secure: bool,
+    /// User part with any `:password` kept, escapes left as received.
+    pub user: Option<String>,
+    pub host: Host,
+    pub port: Option<u16>,
+    pub params: Params,
+    /// `?h=v&…` part, verbatim without the `?`.
+    pub headers: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A name or an IPv4 address, as written.
+    Name(String),
+    /// An IPv6 reference, printed with brackets; stored without them.
+    V6(String),
+}
+
+impl Host {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or(ParseError::bad("unterminated IPv6 reference"))?;
+            inner
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| ParseError::bad("malformed IPv6 address"))?;
+            return Ok(Host::V6(inner.to_string()));
+        }
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(ParseError::bad("malformed host"));
+        }
+        Ok(Host::Name(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Host::Name(s) | Host::V6(s) => s,
+        }
+    }
+
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.as_str().parse().ok()
+    }
+}
+
+impl From<std::net::IpAddr> for Host {
+    fn from(ip: std::net::IpAddr) -> Self {
+        match ip {
+            std::net::IpAddr::V4(v4) => Host::Name(v4.to_string()),
+            std::net::IpAddr::V6(v6) => Host::V6(v6.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(s) => f.write_str(s),
+            Host::V6(s) => write!(f, "[{s}]"),
+        }
+    }
+}
+
+/// Splits `host[:port]`, minding IPv6 brackets.
+pub fn parse_hostport(s: &str) -> Result<(Host, Option<u16>), ParseError> {
+    let s = s.trim();
+    let (h, p) = if s.starts_with('[') {
+        match s.find(']') {
+            Some(end) => {
+                let rest = &s[end + 1..];
+                let port = match rest.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None if rest.is_empty() => None,
+                    None => return Err(ParseError::bad("garbage after IPv6 reference")),
+                };
+                (&s[..=end], port)
+            }
+            None => return Err(ParseError::bad("unterminated IPv6 reference")),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let host = Host::parse(h)?;
+    let port = match p {
+        Some(p) => Some(
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| ParseError::bad("malformed port"))?,
+        ),
+        None => None,
+    };
+    Ok((host, port))
+}
+
+impl Uri {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        if s.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>') {
+            return Err(ParseError::bad("whitespace or angle bracket inside URI"));
+        }
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or(ParseError::bad("URI without scheme"))?;
+        let secure = if scheme.eq_ignore_ascii_case("sip") {
+            false
+        } else if scheme.eq_ignore_ascii_case("sips") {
+            true
+        } else {
+            if scheme.is_empty()
+                || !scheme.as_bytes()[0].is_ascii_alphabetic()
+                || !scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            {
+                return Err(ParseError::bad("malformed URI scheme"));
+            }
+            return Ok(Uri::Other(s.to_string()));
+        };
+        let (rest, headers) = match rest.split_once('?') {
+            Some((r, h)) => (r, Some(h.to_string())),
+            None => (rest, None),
+        };
+        // The user part may itself contain ';' (user parameters, RFC 3261 §19.1.1), so find
+        // the host after the last '@' before any parameter of the host part.
+        let (user, hostpart) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        if let Some(u) = user {
+            if u.is_empty() {
+                return Err(ParseError::bad("empty user part in URI"));
+            }
+            check_escapes(u)?;
+        }
+        let (hostport, params) = match hostpart.split_once(';') {
+            Some((hp, p)) => (hp, Params::parse(p)?),
+            None => (hostpart, Params::default()),
+        };
+        let (host, port) = parse_hostport(hostport)?;
+        Ok(Uri::Sip(SipUri {
+            secure,
+            user: user.map(str::to_string),
+            host,
+            port,
+            params,
+            headers,
+        }))
+    }
+
+    pub fn sip(&self) -> Option<&SipUri> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            Uri::Other(_) => None,
+        }
+    }
+
+    pub fn sip_mut(&mut self) -> Option<&mut SipUri> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            Uri::Other(_) => None,
+        }
+    }
+
+    /// The user part without a password, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.sip()
+            .and_then(|u| u.user.as_deref())
+            .map(|u| u.split(':').next().unwrap_or(u))
+    }
+}
+
+fn check_escapes(s: &str) -> Result<(), ParseError> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if i + 2 >= b.len() {
+                return Err(ParseError::bad("truncated escape in URI"));
+            }
+            if !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return Err(ParseError::bad("malformed escape in URI"));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for SipUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.secure { "sips:" } else { "sip:" })?;
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        write!(f, "{}", self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, "{}", self.params)?;
+        if let Some(h) = &self.headers {
+            write!(f, "?{h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uri::Sip(u) => u.fmt(f),
+            Uri::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `[display-name] <uri>;params` or `uri;params` as in From, To, Contact, Route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    pub display: Option<String>,
+    pub uri: Uri,
+    pub params: Params,
+}
+
+impl NameAddr {
+    pub fn new(uri: Uri) -> Self {
+        Self {
+            display: None,
+            uri,
+            params: Params::default(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(ParseError::bad("empty address"));
+        }
+        let (display, rest) = if let Some(q) = s.strip_prefix('"') {
+            let end = closing_quote(q).ok_or(ParseError::bad("unterminated quoted string"))?;
+            (
+                Some(format!("\"{}\"", &q[..end])),
+                q[end + 1..].trim_start(),
+            )
+        } else if let Some(lt) = s.find('<') {
+            let d = s[..lt].trim();
+            if !d.split_whitespace().all(|w| w.bytes().all(is_token_char)) {
+                return Err(ParseError::bad("malformed display name"));
+            }
+            ((!d.is_empty()).then(|| d.to_string()), &s[lt..])
+        } else {
+            (None, s)
+        };
+        if let Some(r) = rest.strip_prefix('<') {
+            let gt = r.find('>').ok_or(ParseError::bad("unterminated <URI>"))?;
+            let uri = Uri::parse(&r[..gt])?;
+            let after = r[gt + 1..].trim();
+            if !after.is_empty() && !after.starts_with(';') {
+                return Err(ParseError::bad("garbage after <URI>"));
+            }
+            Ok(Self {
+                display,
+                uri,
+                params: Params::parse(after)?,
+            })
+        } else {
+            if display.is_some() {
+                return Err(ParseError::bad("display name without <URI>"));
+            }
+            // Without brackets, parameters belong to the header, not the URI (§20.10).
+            let (u, p) = match rest.split_once(';') {
+                Some((u, p)) => (u, Params::parse(p)?),
+                None => (rest, Params::default()),
+            };
+            if u.contains(['?', ',']) {
+                return Err(ParseError::bad("URI with headers or comma needs <>"));
+            }
+            Ok(Self {
+                display: None,
+                uri: Uri::parse(u)?,
+                params: p,
+            })
+        }
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.params.value("tag")
+    }
+}
+
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            return Some(i);
+        }
+    }
+    None
+}
+
+impl fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            write!(f, "{d} ")?;
+        }
+        write!(f, "<{}>{}", self.uri, self.params)
+    }
+}
+
+/// Transport named in a Via header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+    Sctp,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "UDP" => Self::Udp,
+            "TCP" => Self::Tcp,
+            "TLS" => Self::Tls,
+            "SCTP" => Self::Sctp,
+            "WS" => Self::Ws,
+            "WSS" => Self::Wss,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+            Self::Sctp => "SCTP",
+            Self::Ws => "WS",
+            Self::Wss => "WSS",
+        }
+    }
+
+    /// Reliable transports switch off retransmission timers (RFC 3261 §17).
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Self::Udp)
+    }
+}
+
+/// One Via value: `SIP/2.0/UDP host:port;branch=…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub transport: Transport,
+    /// Unknown transports are kept by name so a response can still be routed by `received`.
+    pub transport_name: String,
+    pub host: Host,
+    pub port: Option<u16>,
+    pub params: Params,
+}
+
+impl Via {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        let (proto, rest) = take_via_protocol(s)?;
+        let rest = rest.trim_start();
+        let (sent_by, params) = match rest.split_once(';') {
+            Some((h, p)) => (h, Params::parse(p)?),
+            None => (rest, Params::default()),
+        };
+        let (host, port) = parse_hostport(sent_by)?;
+        Ok(Via {
+            transport: Transport::parse(&proto).unwrap_or(Transport::Udp),
+            transport_name: proto,
+            host,
+            port,
+            params,
+        })
+    }
+
+    pub fn branch(&self) -> Option<&str> {
+        self.params.value("branch")
+    }
+}
+
+/// Reads `SIP / 2.0 / UDP` with optional LWS around the slashes.
+fn take_via_protocol(s: &str) -> Result<(String, &str), ParseError> {
+    let mut parts = Vec::with_capacity(3);
+    let mut rest = s;
+    for i in 0..3 {
+        rest = rest.trim_start();
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            .unwrap_or(rest.len());
+        if end == 0 {
+            return Err(ParseError::bad("malformed Via protocol"));
+        }
+        parts.push(&rest[..end]);
+        rest = &rest[end..];
+        if i < 2 {
+            rest = rest
+                .trim_start()
+                .strip_prefix('/')
+                .ok_or(ParseError::bad("malformed Via protocol"))?;
+        }
+    }
+    if !parts[0].eq_ignore_ascii_case("SIP") || parts[1] != "2.0" {
+        return Err(ParseError::bad("Via protocol is not SIP/2.0"));
+    }
+    Ok((parts[2].to_ascii_uppercase(), rest))
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIP/2.0/{} {}", self.transport_name, self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, "{}", self.params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_uri_with_user_params_and_v6() {
+        let u =
+            Uri::parse("sip:alice;day=tue@[2001:db8::10]:5070;transport=tcp?subject=x").unwrap();
+        let s = u.sip().unwrap();
+        assert_eq!(s.user.as_deref(), Some("alice;day=tue"));
+        assert_eq!(s.host, Host::V6("2001:db8::10".into()));
+        assert_eq!(s.port, Some(5070));
+        assert_eq!(s.params.value("transport"), Some("tcp"));
+        assert_eq!(
+            u.to_string(),
+            "sip:alice;day=tue@[2001:db8::10]:5070;transport=tcp?subject=x"
+        );
+    }
+
+    #[test]
+    fn other_schemes_are_kept() {
+        assert_eq!(
+            Uri::parse("tel:+1-555-0100").unwrap(),
+            Uri::Other("tel:+1-555-0100".into())
+        );
+        assert!(Uri::parse("sip:user@host with space").is_err());
+        assert!(Uri::parse("sip:user@[::1").is_err());
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = NameAddr::parse("\"J \\\"R\\\"\" <sip:j@example.com>;tag=x").unwrap();
+        assert_eq!(n.tag(), Some("x"));
+        let n = NameAddr::parse("sip:j@example.com;tag=y").unwrap();
+        assert_eq!(n.tag(), Some("y"));
+        assert!(n.uri.sip().unwrap().params.0.is_empty());
+        assert!(NameAddr::parse("<sip:j@example.com").is_err());
+    }
+
+    #[test]
+    fn via_with_lws() {
+        let v = Via::parse(
+            "SIP  /   2.0\r\n /UDP    192.0.2.2;branch=390skdjuw"
+                .replace("\r\n", "")
+                .as_str(),
+        )
+        .unwrap();
+        assert_eq!(v.transport, Transport::Udp);
+        assert_eq!(v.branch(), Some("390skdjuw"));
+        let v = Via::parse("SIP/2.0/TCP [::1]:5061;rport;branch=z9hG4bKa").unwrap();
+        assert_eq!(v.port, Some(5061));
+        assert!(v.params.contains("rport"));
+    }
+}
