@@ -339,6 +339,8 @@ pub trait HeaderAccess {
             .get("To")
             .and_then(|v| NameAddr::parse(v).ok())
     }
+    // Named after the From header, not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     fn from_tag(&self) -> Option<String> {
         self.from().and_then(|f| f.tag().map(str::to_string))
     }

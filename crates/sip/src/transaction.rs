@@ -69,9 +69,13 @@ pub enum Event {
     Ack { request: Request, from: Peer },
     /// A response for a client transaction.
     Response { key: TxKey, response: Response },
-    /// A 2xx retransmission after the INVITE client transaction ended; re-send the ACK.
+    /// A 2xx that matches no live INVITE client transaction: a retransmission after the
+    /// transaction ended (re-send the ACK), or a 2xx from another fork or after Timer C (ACK it,
+    /// then BYE, when no dialog wants it).
     Stray2xx { response: Response, from: Peer },
-    /// Timer B or F fired: treat as 408 (§8.1.3.1).
+    /// Timer B, C or F fired: treat as 408 (§8.1.3.1). After Timer C (a ringing INVITE that
+    /// never got a final response) the layer has already sent the CANCEL and will ACK the 487
+    /// on its own; a 2xx that still arrives is reported as [`Event::Stray2xx`].
     Timeout { key: TxKey },
     /// CANCEL matched a pending INVITE server transaction; it has been answered with 200.
     Cancelled { invite: TxKey },
@@ -79,6 +83,9 @@ pub enum Event {
     AckTimeout { call_id: String, cseq: u32 },
 }
 
+// Events are far rarer than transmissions and are moved out at once; boxing them would only
+// add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     Transmit { to: Peer, data: Vec<u8> },
@@ -119,10 +126,31 @@ struct Tx {
     timeout_at: Option<Instant>,
     linger_at: Option<Instant>,
     cancel_pending: bool,
+    /// Client INVITE given up by Timer C: a late final response is absorbed, not reported.
+    abandoned: bool,
+    /// Server INVITE answered 2xx: its entry in [`TransactionLayer::accepted`].
+    accepted_id: Option<(String, u32)>,
     generation: u64,
 }
 
 impl Tx {
+    fn new(state: State, peer: Peer, interval: Duration) -> Self {
+        Tx {
+            state,
+            peer,
+            last: Vec::new(),
+            request: None,
+            interval,
+            retransmit_at: None,
+            timeout_at: None,
+            linger_at: None,
+            cancel_pending: false,
+            abandoned: false,
+            accepted_id: None,
+            generation: 0,
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         [self.retransmit_at, self.timeout_at, self.linger_at]
             .into_iter()
@@ -140,8 +168,23 @@ pub struct Stats {
     pub unmatched_responses: u64,
 }
 
+/// RFC 3261 §8.1.1.7: a branch starting with this was built by an RFC 3261 element and is
+/// unique on its own.
+pub const MAGIC_COOKIE: &str = "z9hG4bK";
+
+/// Timer D's floor on unreliable transports (§17.1.1.2: "at least 32 seconds"); it grows with
+/// T1 so that it always outlasts the server's Timer H.
+const TIMER_D_MIN: Duration = Duration::from_secs(32);
+
+/// How long an INVITE client transaction waits for a final response once a provisional one has
+/// arrived (Timer C, RFC 3261 §16.6 item 11: more than 3 minutes). Each provisional restarts
+/// it. Timer B only covers the Calling state, so without this bound a far end that rings
+/// forever would keep the transaction alive forever.
+pub const TIMER_C: Duration = Duration::from_secs(181);
+
 pub struct TransactionLayer {
     timers: Timers,
+    timer_c: Duration,
     txs: HashMap<TxKey, Tx>,
     /// Min-heap of (deadline, generation, key); entries whose generation no longer matches
     /// the transaction's are stale and skipped.
@@ -158,6 +201,7 @@ impl TransactionLayer {
     pub fn new(timers: Timers) -> Self {
         Self {
             timers,
+            timer_c: TIMER_C,
             txs: HashMap::new(),
             wakeups: BinaryHeap::new(),
             accepted: HashMap::new(),
@@ -165,6 +209,11 @@ impl TransactionLayer {
             next_generation: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Overrides [`TIMER_C`].
+    pub fn set_timer_c(&mut self, timer_c: Duration) {
+        self.timer_c = timer_c;
     }
 
     pub fn stats(&self) -> Stats {
@@ -207,6 +256,17 @@ impl TransactionLayer {
         }
     }
 
+    /// Forgets a transaction, and the 2xx-ACK matching entry that points at it.
+    fn remove_tx(&mut self, key: &TxKey) -> Option<Tx> {
+        let tx = self.txs.remove(key)?;
+        if let Some(id) = &tx.accepted_id {
+            if self.accepted.get(id) == Some(key) {
+                self.accepted.remove(id);
+            }
+        }
+        Some(tx)
+    }
+
     fn transmit(&mut self, to: Peer, data: Vec<u8>) {
         self.out.push_back(Output::Transmit { to, data });
     }
@@ -237,8 +297,9 @@ impl TransactionLayer {
             ref m => m.clone(),
         };
         // RFC 2543 peers have no magic cookie: fall back to a key built from the fields
-        // §17.2.3 names for them.
-        let branch = if branch.starts_with("z9hG4bK") {
+        // §17.2.3 names for them. A bare cookie with no identifier after it (RFC 4475 §3.2.1)
+        // identifies nothing either, and would make every such request one transaction.
+        let branch = if branch.len() > MAGIC_COOKIE.len() && branch.starts_with(MAGIC_COOKIE) {
             branch
         } else {
             let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
@@ -262,8 +323,66 @@ impl TransactionLayer {
         stamp_received(&mut req, from);
         let key = Self::server_key(&req);
         if req.method == Method::Ack {
+            self.handle_ack(now, key, req, from);
+            return;
+        }
+        if let Some(tx) = self.txs.get(&key) {
+            // A retransmission: repeat the last response where §17.2.1/§17.2.2 say so. In
+            // Accepted the 2xx is already retransmitted on its own timer (RFC 6026 §8.5), and
+            // in Confirmed the exchange is over.
+            self.stats.retransmissions_absorbed += 1;
+            if !tx.last.is_empty() && matches!(tx.state, State::Proceeding | State::Completed) {
+                let (peer, last) = (tx.peer, tx.last.clone());
+                self.transmit(peer, last);
+            }
+            return;
+        }
+        if req.method == Method::Cancel {
+            let invite_key = TxKey {
+                method: Method::Invite,
+                ..key.clone()
+            };
+            let resp_peer = response_peer(&req, from);
+            // §9.2: any matching transaction gets 200; only a pending one is cancelled.
+            let pending = self
+                .txs
+                .get(&invite_key)
+                .map(|t| matches!(t.state, State::Proceeding | State::Trying));
+            let resp = match pending {
+                Some(_) => req.response(200, "OK"),
+                None => req.response(481, "Call/Transaction Does Not Exist"),
+            };
+            self.create_server_tx(key.clone(), resp_peer, State::Trying);
+            self.respond(now, &key, resp);
+            if pending == Some(true) {
+                self.event(Event::Cancelled { invite: invite_key });
+            }
+            return;
+        }
+        let peer = response_peer(&req, from);
+        if req.method == Method::Invite {
+            self.create_server_tx(key.clone(), peer, State::Proceeding);
+            // A B2BUA always forwards the INVITE; say so at once so the caller stops
+            // retransmitting (§17.2.1).
+            let trying = req.response(100, "Trying").to_bytes();
             if let Some(tx) = self.txs.get_mut(&key) {
-                if tx.state == State::Completed {
+                tx.last = trying.clone();
+            }
+            self.transmit(peer, trying);
+        } else {
+            self.create_server_tx(key.clone(), peer, State::Trying);
+        }
+        self.event(Event::Request {
+            key,
+            request: req,
+            from,
+        });
+    }
+
+    fn handle_ack(&mut self, now: Instant, key: TxKey, req: Request, from: Peer) {
+        if let Some(tx) = self.txs.get_mut(&key) {
+            match tx.state {
+                State::Completed => {
                     // ACK for a non-2xx final: stop G/H, linger for I.
                     tx.state = State::Confirmed;
                     tx.retransmit_at = None;
@@ -276,84 +395,40 @@ impl TransactionLayer {
                         },
                     );
                     self.schedule(&key);
-                } else {
-                    self.stats.retransmissions_absorbed += 1;
+                    return;
                 }
-                return;
+                // An RFC 2543 ACK for a 2xx carries the INVITE's own key: handled below.
+                State::Accepted => {}
+                _ => {
+                    self.stats.retransmissions_absorbed += 1;
+                    return;
+                }
             }
-            let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
-            if let Some(inv) = self.accepted.remove(&(req.call_id().to_string(), cseq)) {
-                self.txs.remove(&inv);
-            }
-            self.event(Event::Ack { request: req, from });
-            return;
         }
-        if let Some(tx) = self.txs.get(&key) {
-            // A retransmission: repeat the last response, if any (§17.2.1, §17.2.2).
-            self.stats.retransmissions_absorbed += 1;
-            if !tx.last.is_empty() && tx.state != State::Accepted {
-                let (peer, last) = (tx.peer, tx.last.clone());
-                self.transmit(peer, last);
+        let id = (
+            req.call_id().to_string(),
+            req.cseq().map(|c| c.seq).unwrap_or(0),
+        );
+        if let Some(inv) = self.accepted.get(&id).cloned() {
+            if let Some(tx) = self.txs.get_mut(&inv) {
+                if tx.state != State::Accepted {
+                    // The 2xx was acknowledged already: a retransmitted ACK.
+                    self.stats.retransmissions_absorbed += 1;
+                    return;
+                }
+                // Stop retransmitting the 2xx, but keep the transaction until Timer L (RFC 6026
+                // §8.7) so a late INVITE retransmission is absorbed instead of starting a call.
+                tx.state = State::Confirmed;
+                tx.retransmit_at = None;
+                tx.linger_at = tx.timeout_at.take();
+                self.schedule(&inv);
             }
-            return;
         }
-        if req.method == Method::Cancel {
-            let invite_key = TxKey {
-                method: Method::Invite,
-                ..key.clone()
-            };
-            let resp_peer = response_peer(&req, from);
-            let pending = self
-                .txs
-                .get(&invite_key)
-                .map(|t| matches!(t.state, State::Proceeding | State::Trying));
-            let resp = match pending {
-                Some(_) => req.response(200, "OK"),
-                None => req.response(481, "Call/Transaction Does Not Exist"),
-            };
-            self.create_server_tx(now, key.clone(), resp_peer, State::Trying);
-            self.respond(now, &key, resp);
-            if pending == Some(true) {
-                self.event(Event::Cancelled { invite: invite_key });
-            }
-            return;
-        }
-        let peer = response_peer(&req, from);
-        if req.method == Method::Invite {
-            self.create_server_tx(now, key.clone(), peer, State::Proceeding);
-            // A B2BUA always forwards the INVITE; say so at once so the caller stops
-            // retransmitting (§17.2.1).
-            let trying = req.response(100, "Trying");
-            if let Some(tx) = self.txs.get_mut(&key) {
-                tx.last = trying.to_bytes();
-            }
-            self.transmit(peer, trying.to_bytes());
-        } else {
-            self.create_server_tx(now, key.clone(), peer, State::Trying);
-        }
-        self.event(Event::Request {
-            key,
-            request: req,
-            from,
-        });
+        self.event(Event::Ack { request: req, from });
     }
 
-    fn create_server_tx(&mut self, _now: Instant, key: TxKey, peer: Peer, state: State) {
-        self.txs.insert(
-            key,
-            Tx {
-                state,
-                peer,
-                last: Vec::new(),
-                request: None,
-                interval: self.timers.t1,
-                retransmit_at: None,
-                timeout_at: None,
-                linger_at: None,
-                cancel_pending: false,
-                generation: 0,
-            },
-        );
+    fn create_server_tx(&mut self, key: TxKey, peer: Peer, state: State) {
+        self.txs.insert(key, Tx::new(state, peer, self.timers.t1));
     }
 
     /// Sends a response on a server transaction. Unknown or ended transactions are ignored:
@@ -376,14 +451,18 @@ impl TransactionLayer {
         if resp.status < 200 {
             tx.state = State::Proceeding;
         } else if key.method == Method::Invite {
+            // G (or the RFC 6026 2xx retransmission) and H (or L), both 64*T1 long.
             tx.interval = t.t1;
             tx.retransmit_at = (!reliable).then(|| now + t.t1);
             tx.timeout_at = Some(now + 64 * t.t1);
             if resp.status < 300 {
                 tx.state = State::Accepted;
-                let cseq = resp.cseq().map(|c| c.seq).unwrap_or(0);
-                self.accepted
-                    .insert((resp.call_id().to_string(), cseq), key.clone());
+                let id = (
+                    resp.call_id().to_string(),
+                    resp.cseq().map(|c| c.seq).unwrap_or(0),
+                );
+                tx.accepted_id = Some(id.clone());
+                self.accepted.insert(id, key.clone());
             } else {
                 tx.state = State::Completed;
             }
@@ -417,21 +496,13 @@ impl TransactionLayer {
         } else {
             State::Trying
         };
-        self.txs.insert(
-            key.clone(),
-            Tx {
-                state,
-                peer: to,
-                last: bytes.clone(),
-                request: Some(req),
-                interval: t.t1,
-                retransmit_at: (!reliable).then(|| now + t.t1),
-                timeout_at: Some(now + 64 * t.t1),
-                linger_at: None,
-                cancel_pending: false,
-                generation: 0,
-            },
-        );
+        let mut tx = Tx::new(state, to, t.t1);
+        tx.last = bytes.clone();
+        tx.request = Some(req);
+        // A/E start at T1 on unreliable transports only; B/F run on every transport.
+        tx.retransmit_at = (!reliable).then(|| now + t.t1);
+        tx.timeout_at = Some(now + 64 * t.t1);
+        self.txs.insert(key.clone(), tx);
         self.schedule(&key);
         self.transmit(to, bytes);
         key
@@ -450,7 +521,8 @@ impl TransactionLayer {
         };
         match tx.state {
             State::Calling => tx.cancel_pending = true,
-            State::Proceeding => {
+            State::Proceeding if !tx.cancel_pending => {
+                tx.cancel_pending = true;
                 if let Some(cancel) = tx.request.as_ref().map(build_cancel) {
                     let peer = tx.peer;
                     self.send_request(now, cancel, peer);
@@ -476,8 +548,10 @@ impl TransactionLayer {
             sent_by: String::new(),
             server: false,
         };
+        let is_invite = key.method == Method::Invite;
+        let is_2xx = (200..300).contains(&resp.status);
         let Some(tx) = self.txs.get_mut(&key) else {
-            if key.method == Method::Invite && (200..300).contains(&resp.status) {
+            if is_invite && is_2xx {
                 self.event(Event::Stray2xx {
                     response: resp,
                     from,
@@ -488,56 +562,84 @@ impl TransactionLayer {
             return;
         };
         let reliable = tx.peer.transport.is_reliable();
-        let is_invite = key.method == Method::Invite;
         match (tx.state, resp.status) {
             (State::Calling | State::Trying | State::Proceeding, 100..=199) => {
                 let was_calling = tx.state == State::Calling;
                 tx.state = State::Proceeding;
                 if is_invite {
+                    // Timer A stops; Timer B gives way to Timer C (§17.1.1.2, §16.6).
                     tx.retransmit_at = None;
-                } else if !reliable {
-                    // §17.1.2.2: in Proceeding, retransmit at T2.
-                    tx.interval = t.t2;
-                    tx.retransmit_at = Some(now + t.t2);
+                    tx.timeout_at = Some(now + self.timer_c);
                 }
-                let send_cancel = was_calling && tx.cancel_pending;
-                let cancel = send_cancel.then(|| tx.request.as_ref().map(build_cancel));
+                // Non-INVITE: Timer E keeps running; from its next firing it uses T2
+                // (§17.1.2.2), which `handle_timeout` applies in Proceeding.
+                let cancel = (was_calling && tx.cancel_pending)
+                    .then(|| tx.request.as_ref().map(build_cancel))
+                    .flatten();
+                let abandoned = tx.abandoned;
                 let peer = tx.peer;
                 self.schedule(&key);
-                if let Some(Some(c)) = cancel {
+                if let Some(c) = cancel {
                     self.send_request(now, c, peer);
                 }
-                self.event(Event::Response {
-                    key,
-                    response: resp,
-                });
+                if !abandoned {
+                    self.event(Event::Response {
+                        key,
+                        response: resp,
+                    });
+                }
             }
             (State::Calling | State::Proceeding, 200..=299) if is_invite => {
                 // The INVITE client transaction ends on 2xx; the UAC core ACKs (§17.1.1.2).
-                self.txs.remove(&key);
-                self.event(Event::Response {
-                    key,
-                    response: resp,
-                });
+                let abandoned = tx.abandoned;
+                self.remove_tx(&key);
+                if abandoned {
+                    // Timer C already reported a timeout: let the user ACK and hang up.
+                    self.event(Event::Stray2xx {
+                        response: resp,
+                        from,
+                    });
+                } else {
+                    self.event(Event::Response {
+                        key,
+                        response: resp,
+                    });
+                }
             }
             (State::Calling | State::Proceeding, _) if is_invite => {
                 let ack = tx.request.as_ref().map(|r| build_ack_for_error(r, &resp));
                 tx.state = State::Completed;
                 tx.retransmit_at = None;
                 tx.timeout_at = None;
-                tx.linger_at = Some(now + if reliable { Duration::ZERO } else { 32 * t.t1 });
+                // Timer D: at least 32 s on unreliable transports, to absorb retransmitted
+                // finals; zero on reliable ones.
+                tx.linger_at = Some(
+                    now + if reliable {
+                        Duration::ZERO
+                    } else {
+                        TIMER_D_MIN.max(64 * t.t1)
+                    },
+                );
+                let abandoned = tx.abandoned;
                 let peer = tx.peer;
                 if let Some(ack) = ack {
                     let bytes = ack.to_bytes();
-                    if let Some(tx) = self.txs.get_mut(&key) {
-                        tx.last = bytes.clone();
-                    }
+                    tx.last = bytes.clone();
                     self.transmit(peer, bytes);
                 }
                 self.schedule(&key);
-                self.event(Event::Response {
-                    key,
+                if !abandoned {
+                    self.event(Event::Response {
+                        key,
+                        response: resp,
+                    });
+                }
+            }
+            (State::Completed, 200..=299) if is_invite => {
+                // A 2xx from another fork after a failure: the UAC core must ACK it and BYE.
+                self.event(Event::Stray2xx {
                     response: resp,
+                    from,
                 });
             }
             (State::Completed, _) if is_invite => {
@@ -584,47 +686,61 @@ impl TransactionLayer {
             };
             match kind {
                 TimerKind::Linger => {
-                    self.txs.remove(&key);
+                    self.remove_tx(&key);
+                }
+                TimerKind::Timeout if key.server => {
+                    // H (no ACK for a non-2xx final: nothing more to do) or L without an ACK
+                    // for the 2xx (§13.3.1.4: the dialog must end).
+                    let Some(tx) = self.remove_tx(&key) else {
+                        continue;
+                    };
+                    if tx.state == State::Accepted {
+                        if let Some((call_id, cseq)) = tx.accepted_id {
+                            self.event(Event::AckTimeout { call_id, cseq });
+                        }
+                    }
                 }
                 TimerKind::Timeout => {
-                    let state = tx.state;
-                    let removed = self.txs.remove(&key);
-                    if key.server {
-                        if state == State::Accepted {
-                            if let Some(r) = removed.and_then(|tx| tx.request) {
-                                let _ = r;
-                            }
-                            let found = self
-                                .accepted
-                                .iter()
-                                .find(|(_, k)| **k == key)
-                                .map(|(id, _)| id.clone());
-                            if let Some(id) = found {
-                                self.accepted.remove(&id);
-                                self.event(Event::AckTimeout {
-                                    call_id: id.0,
-                                    cseq: id.1,
-                                });
-                            }
+                    if key.method == Method::Invite
+                        && tx.state == State::Proceeding
+                        && !tx.abandoned
+                    {
+                        // Timer C: give up, CANCEL (§16.8 for the same situation in
+                        // proxies), and stay around for the 487 so it is ACKed.
+                        tx.abandoned = true;
+                        tx.timeout_at = Some(now + 64 * t.t1);
+                        let cancel = (!tx.cancel_pending)
+                            .then(|| tx.request.as_ref().map(build_cancel))
+                            .flatten();
+                        tx.cancel_pending = true;
+                        let peer = tx.peer;
+                        self.schedule(&key);
+                        if let Some(c) = cancel {
+                            self.send_request(now, c, peer);
                         }
-                        // Timer H: no ACK for a non-2xx final; nothing more to do.
-                    } else {
+                        self.stats.timeouts += 1;
+                        self.event(Event::Timeout { key });
+                        continue;
+                    }
+                    let abandoned = tx.abandoned;
+                    self.remove_tx(&key);
+                    if !abandoned {
                         self.stats.timeouts += 1;
                         self.event(Event::Timeout { key });
                     }
                 }
                 TimerKind::Retransmit => {
-                    // A and G double without bound until B/H; E and G cap at T2 (§17.1.2.2,
-                    // §17.2.1). INVITE client (A) is the only uncapped one.
+                    // A doubles without bound until B fires; E, G and the 2xx retransmission
+                    // double up to T2 (§17.1.1.2, §17.1.2.2, §17.2.1, §13.3.1.4); E is T2
+                    // flat in Proceeding.
                     let uncapped = !key.server && key.method == Method::Invite;
                     tx.interval = if uncapped {
                         tx.interval * 2
+                    } else if !key.server && tx.state == State::Proceeding {
+                        t.t2
                     } else {
                         (tx.interval * 2).min(t.t2)
                     };
-                    if !key.server && tx.state == State::Proceeding {
-                        tx.interval = t.t2;
-                    }
                     tx.retransmit_at = Some(now + tx.interval);
                     let (peer, last) = (tx.peer, tx.last.clone());
                     self.stats.retransmissions_sent += 1;
@@ -680,11 +796,9 @@ pub fn build_cancel(invite: &Request) -> Request {
     let mut c = Request::new(Method::Cancel, invite.uri.clone());
     for (n, v) in &invite.headers.0 {
         match n.as_str() {
-            "Via" => {
-                if c.headers.count("Via") == 0 {
-                    let top = crate::uri::split_unquoted(v, ',')[0].trim().to_string();
-                    c.headers.push("Via", top);
-                }
+            "Via" if c.headers.count("Via") == 0 => {
+                let top = crate::uri::split_unquoted(v, ',')[0].trim().to_string();
+                c.headers.push("Via", top);
             }
             "From" | "To" | "Call-ID" | "Route" | "Max-Forwards" => c.headers.push(n, v.clone()),
             "CSeq" => {
@@ -702,11 +816,9 @@ fn build_ack_for_error(invite: &Request, resp: &Response) -> Request {
     let mut a = Request::new(Method::Ack, invite.uri.clone());
     for (n, v) in &invite.headers.0 {
         match n.as_str() {
-            "Via" => {
-                if a.headers.count("Via") == 0 {
-                    let top = crate::uri::split_unquoted(v, ',')[0].trim().to_string();
-                    a.headers.push("Via", top);
-                }
+            "Via" if a.headers.count("Via") == 0 => {
+                let top = crate::uri::split_unquoted(v, ',')[0].trim().to_string();
+                a.headers.push("Via", top);
             }
             "From" | "Call-ID" | "Route" | "Max-Forwards" => a.headers.push(n, v.clone()),
             "CSeq" => {
