@@ -1,1 +1,217 @@
-fn main() {}
+//! The `tapir` binary: configuration, logging, sockets and tasks around the sans-IO cores.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration, environment overrides, validation.
+//! - [`engine`]: SIP over UDP/TCP and timers, driving the `b2bua` core.
+//! - [`relay`]: RTP/RTCP sockets per call leg, forwarding and the recorder tap.
+//! - [`recording`]: recording settings and the recorder bridge.
+//! - [`http`]: `/metrics` and the control API.
+//! - [`metrics`]: the Prometheus registry.
+
+mod config;
+mod engine;
+mod http;
+mod metrics;
+mod recording;
+mod relay;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::engine::{Control, Engine, Input};
+
+#[derive(Parser)]
+#[command(name = "tapir", version, about = "SIP back-to-back recording server")]
+struct Cli {
+    /// Configuration file; without it tapir runs on its embedded defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// How long SIGTERM waits for calls in progress before ending them.
+    #[arg(long, default_value = "30")]
+    drain_seconds: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print what is wrong with it.
+    CheckConfig { file: PathBuf },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| k.starts_with("TAPIR_")).collect()
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => {
+            return match Config::load(Some(file), &env_vars()) {
+                Ok(c) => {
+                    println!(
+                        "{}: OK ({} routes, SIP udp {:?} tcp {:?})",
+                        file.display(),
+                        c.routes.len(),
+                        c.sip.listen_udp,
+                        c.sip.listen_tcp
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e:#}", file.display());
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::DefaultConfig) => {
+            print!("{}", config::DEFAULT_CONFIG);
+            return std::process::ExitCode::SUCCESS;
+        }
+        None => {}
+    }
+    let cfg = match Config::load(cli.config.as_deref(), &env_vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli, cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tapir: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn run(cli: Cli, cfg: Config) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let advertise = cfg.advertise()?;
+    let core_cfg = b2bua::Config {
+        sip_addrs: advertise.clone(),
+        media_ips: cfg.media.ips.clone(),
+        timers: sip::transaction::Timers {
+            t1: Duration::from_millis(cfg.sip.t1_ms),
+            t2: Duration::from_millis(cfg.sip.t2_ms),
+            t4: Duration::from_millis(cfg.sip.t4_ms),
+        },
+        rtp_ports: (cfg.media.port_min, cfg.media.port_max),
+        id_seed: random_seed(),
+        user_agent: cfg.sip.user_agent.clone(),
+    };
+    let core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
+
+    let relay = relay::Relay::new(metrics.clone(), None);
+    let handle = Engine::start(
+        core,
+        &cfg.sip.listen_udp,
+        &cfg.sip.listen_tcp,
+        relay.clone(),
+        metrics.clone(),
+        None,
+        cfg.log.show_numbers,
+        Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
+    )
+    .await?;
+    let http_addr = http::serve(cfg.http.listen, metrics.clone(), handle.inputs.clone())
+        .await
+        .context("cannot start the HTTP server")?;
+    // One line tests and operators can wait for: every socket is bound.
+    tracing::info!(
+        sip_udp = ?handle.local_udp,
+        sip_tcp = ?handle.local_tcp,
+        http = %http_addr,
+        "tapir ready"
+    );
+
+    let config_path = cli.config.clone();
+    let inputs = handle.inputs.clone();
+    let mut calls = handle.calls.clone();
+    wait_for_shutdown(config_path, inputs.clone()).await;
+    tracing::info!("draining: new calls get 503, calls in progress continue");
+    let _ = inputs.send(Input::Control(Control::Drain)).await;
+    let deadline = tokio::time::sleep(Duration::from_secs(cli.drain_seconds));
+    tokio::pin!(deadline);
+    loop {
+        if *calls.borrow() == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = &mut deadline => {
+                tracing::warn!("drain deadline reached; ending the remaining calls");
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = inputs.send(Input::Control(Control::ListCalls(tx))).await;
+                for call in rx.await.unwrap_or_default() {
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    let _ = inputs.send(Input::Control(Control::HangUp(call, tx))).await;
+                }
+                // Give the BYEs a moment on the wire.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                break;
+            }
+            r = calls.changed() => if r.is_err() { break },
+        }
+    }
+    tracing::info!("tapir stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C; SIGHUP reloads the routes from the configuration file.
+async fn wait_for_shutdown(config: Option<PathBuf>, inputs: mpsc::Sender<Input>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                match Config::load(config.as_deref(), &env_vars()).and_then(|c| c.compile_routes()) {
+                    Ok(r) => { let _ = inputs.send(Input::Control(Control::ReloadRoutes(r))).await; }
+                    Err(e) => tracing::error!("reload rejected, previous routes stay: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
+/// Seed for Call-IDs and tags: distinct per process and per node without a RNG dependency.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

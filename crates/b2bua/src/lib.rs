@@ -1,0 +1,1319 @@
+//! The B2BUA core of tapir, sans-IO.
+//!
+//! One [`B2bua`] owns the SIP transaction layer and every call. A call is two legs: leg A
+//! faces the party that sent the INVITE (tapir is its UAS), leg B faces the route's target
+//! (tapir is its UAC). Each leg has its own Call-ID, tags, CSeq space and Via; SDP on both legs
+//! is rewritten so that media flows through a port pair tapir owns on each side.
+//!
+//! Drive it like the transaction layer: feed datagrams/frames with
+//! [`B2bua::handle_message`], timeouts with [`B2bua::handle_timeout`], then drain
+//! [`B2bua::poll_output`]. Outputs are SIP bytes to send, media commands for the relay in the
+//! IO layer, and call events for logs, metrics and the recorder.
+//!
+//! Layout: [`routing`] (routes and zones), [`ports`] (the RTP port pool), and the call state
+//! machine in this file.
+
+pub mod ports;
+pub mod routing;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use sdp::{RtpMap, Sdp};
+use sip::dialog::Dialog;
+use sip::transaction::{Event, Output as TxOutput, Peer, Timers, TransactionLayer, TxKey};
+use sip::{HeaderAccess, Message, Method, NameAddr, Request, Response, Transport, Via};
+use thiserror::Error;
+
+pub use ports::PortPool;
+pub use routing::{Route, RouteConfig, Routes, Side};
+
+#[derive(Debug, Error)]
+pub enum B2buaError {
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Identifies a call inside one tapir process.
+pub type CallId = u64;
+
+/// Which leg of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    A,
+    B,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// Static settings of the B2BUA core.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses written in Via and Contact, one per address family in use; the one of the
+    /// peer's family is used.
+    pub sip_addrs: Vec<SocketAddr>,
+    /// Addresses written into SDP for anchored media, chosen by the family of the leg.
+    pub media_ips: Vec<IpAddr>,
+    pub timers: Timers,
+    /// First and last RTP port (even ports are RTP, the next odd one RTCP).
+    pub rtp_ports: (u16, u16),
+    /// Seed for Call-IDs, tags and branches; the binary passes something random so two nodes
+    /// never collide, tests pass a constant so runs repeat.
+    pub id_seed: u64,
+    /// Text of the `Server`/`User-Agent` header.
+    pub user_agent: String,
+}
+
+/// How a call ended, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered and later hung up by either side.
+    Completed,
+    /// The caller cancelled before answer.
+    Cancelled,
+    /// The far side rejected with this status.
+    Rejected(u16),
+    /// No response from the far side.
+    Timeout,
+    /// tapir refused the call itself (no route, no ports, bad SDP, draining).
+    Refused(u16),
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Timeout => "timeout",
+            Outcome::Refused(_) => "refused",
+        }
+    }
+}
+
+/// What the relay in the IO layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Bind the RTP/RTCP pairs for a new call: `a_port` faces leg A, `b_port` faces leg B.
+    Open {
+        call: CallId,
+        a_port: u16,
+        b_port: u16,
+        /// Which leg carries the customer (recorded on channel 1).
+        customer: Leg,
+    },
+    /// The remote media of one leg, as its latest SDP says. `remote` is where that party
+    /// said it receives; symmetric latching in the relay may override it.
+    Update {
+        call: CallId,
+        leg: Leg,
+        remote: Option<SocketAddr>,
+        /// Whether that party sends media (not on hold).
+        sends: bool,
+        codecs: Vec<RtpMap>,
+    },
+    Close {
+        call: CallId,
+    },
+}
+
+/// Things that happened to calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    Started {
+        call: CallId,
+        route: String,
+        direction: Option<String>,
+        a_call_id: String,
+        b_call_id: String,
+        from: String,
+        to: String,
+        customer: Leg,
+    },
+    Answered {
+        call: CallId,
+    },
+    /// An in-dialog INFO crossed tapir (DTMF relay for the policy engine).
+    Info {
+        call: CallId,
+        leg: Leg,
+        content_type: String,
+        body: Vec<u8>,
+    },
+    Ended {
+        call: CallId,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug)]
+pub enum Output {
+    Transmit { to: Peer, data: Vec<u8> },
+    Media(MediaCommand),
+    Call(CallEvent),
+}
+
+/// Counters the binary exports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub parse_errors: u64,
+    pub bad_requests_answered: u64,
+    pub stray_requests: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// INVITE sent on leg B, no final response yet.
+    Proceeding,
+    /// Caller cancelled; waiting for leg B's final response.
+    Cancelling,
+    /// 2xx relayed; waiting for the caller's ACK (only when leg B's ACK depends on it).
+    Answered,
+    Confirmed,
+    /// BYE sent on one or both legs; the call lingers until they are answered.
+    Ending,
+}
+
+struct LegState {
+    dialog: Dialog,
+    /// Where this leg's SIP goes: the caller's source for A (NAT-friendly), the route
+    /// target for B.
+    peer: Peer,
+    /// Our RTP port facing this leg.
+    port: u16,
+}
+
+/// A server transaction on one leg that waits for the answer coming from the other leg.
+struct Relay {
+    call: CallId,
+    /// Leg the request came in on.
+    from_leg: Leg,
+    server: TxKey,
+    request: Request,
+}
+
+struct Call {
+    id: CallId,
+    state: CallState,
+    a: LegState,
+    b: LegState,
+    customer: Leg,
+    /// Server transaction of the caller's initial INVITE, until it has a final response.
+    a_invite: Option<(TxKey, Request)>,
+    b_invite: Option<TxKey>,
+    /// Leg B's 2xx whose ACK waits for the caller's ACK (delayed offer: the answer is in it).
+    b_ack_pending: Option<Response>,
+    /// BYE transactions still open; the call is forgotten when none is left.
+    byes_pending: u32,
+    answered: bool,
+    outcome: Option<Outcome>,
+    media_open: bool,
+}
+
+impl Call {
+    fn leg(&self, l: Leg) -> &LegState {
+        match l {
+            Leg::A => &self.a,
+            Leg::B => &self.b,
+        }
+    }
+    fn leg_mut(&mut self, l: Leg) -> &mut LegState {
+        match l {
+            Leg::A => &mut self.a,
+            Leg::B => &mut self.b,
+        }
+    }
+}
+
+/// Deterministic unique identifiers: a per-process seed and a counter.
+struct IdGen {
+    seed: u64,
+    n: u64,
+}
+
+impl IdGen {
+    fn next(&mut self) -> String {
+        self.n += 1;
+        // splitmix64 scrambles the counter so ids do not look sequential on the wire.
+        let mut z = self.seed.wrapping_add(self.n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        format!("{:016x}", z ^ (z >> 31))
+    }
+}
+
+/// Branch prefix of every Via tapir writes; a request arriving with it on top has looped.
+const BRANCH_PREFIX: &str = "z9hG4bK-tpr";
+
+/// Headers rebuilt per leg and therefore never copied from one leg to the other.
+const LEG_LOCAL_HEADERS: &[&str] = &[
+    "Via",
+    "Route",
+    "Record-Route",
+    "Contact",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Length",
+    "From",
+    "To",
+    "Content-Type",
+    "Server",
+    "User-Agent",
+];
+
+pub struct B2bua {
+    config: Config,
+    routes: Routes,
+    tx: TransactionLayer,
+    ids: IdGen,
+    ports: PortPool,
+    calls: HashMap<CallId, Call>,
+    /// (Call-ID, our tag) of each leg's dialog → call and leg.
+    dialogs: HashMap<(String, String), (CallId, Leg)>,
+    /// Client transactions and what they were for.
+    client: HashMap<TxKey, (CallId, Purpose)>,
+    /// Server transactions waiting on the other leg (INVITE handled separately).
+    next_call: CallId,
+    out: VecDeque<Output>,
+    stats: Stats,
+    draining: bool,
+}
+
+enum Purpose {
+    Invite,
+    Bye,
+    /// Relayed in-dialog request; answer goes back on the relay's server transaction.
+    Relay(Relay),
+}
+
+impl B2bua {
+    pub fn new(config: Config, routes: Routes) -> Self {
+        Self {
+            tx: TransactionLayer::new(config.timers),
+            ids: IdGen {
+                seed: config.id_seed,
+                n: 0,
+            },
+            ports: PortPool::new(config.rtp_ports.0, config.rtp_ports.1),
+            config,
+            routes,
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            client: HashMap::new(),
+            next_call: 1,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            draining: false,
+        }
+    }
+
+    /// Replaces the routing table; calls in progress keep the route they were set up with.
+    pub fn set_routes(&mut self, routes: Routes) {
+        self.routes = routes;
+    }
+
+    /// Refuse new calls with 503 (graceful shutdown); calls in progress continue.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn tx_stats(&self) -> sip::transaction::Stats {
+        self.tx.stats()
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn free_ports(&self) -> usize {
+        self.ports.free()
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Which leg carries the customer of `call`.
+    pub fn customer_leg(&self, call: CallId) -> Option<Leg> {
+        self.calls.get(&call).map(|c| c.customer)
+    }
+
+    pub fn call_ids(&self) -> Vec<CallId> {
+        self.calls.keys().copied().collect()
+    }
+
+    /// Feeds one datagram (or one framed stream message) received from `from`.
+    pub fn handle_message(&mut self, now: Instant, data: &[u8], from: Peer) {
+        self.stats.messages_in += 1;
+        let datagram = !from.transport.is_reliable();
+        match sip::parse(data, datagram) {
+            Ok(msg) => {
+                if let Message::Request(r) = &msg {
+                    if r.top_via()
+                        .and_then(|v| v.branch().map(|b| b.starts_with(BRANCH_PREFIX)))
+                        .unwrap_or(false)
+                        && r.method != Method::Ack
+                    {
+                        // Our own request came back to us: a routing loop.
+                        let resp = r.response(482, "Loop Detected");
+                        self.tx.send_stateless(&Message::Response(resp), from);
+                        self.drain_tx(now);
+                        return;
+                    }
+                }
+                self.tx.handle_message(now, msg, from);
+            }
+            Err(e) => {
+                self.stats.parse_errors += 1;
+                tracing::info!(peer = %from.addr, reason = %e.reason, "unparsable SIP message");
+                if let Some(resp) = e.response() {
+                    self.stats.bad_requests_answered += 1;
+                    let to = match resp.top_via() {
+                        Some(v) if !from.transport.is_reliable() && !v.params.contains("rport") => {
+                            Peer {
+                                addr: SocketAddr::new(from.addr.ip(), v.port.unwrap_or(5060)),
+                                transport: from.transport,
+                            }
+                        }
+                        _ => from,
+                    };
+                    self.tx.send_stateless(&Message::Response(resp), to);
+                }
+            }
+        }
+        self.drain_tx(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.drain_tx(now);
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.tx.poll_timeout()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        let o = self.out.pop_front();
+        if let Some(Output::Transmit { .. }) = &o {
+            self.stats.messages_out += 1;
+        }
+        o
+    }
+
+    /// Ends a call from tapir's side (operator action, media timeout, shutdown deadline).
+    pub fn hang_up(&mut self, now: Instant, call: CallId) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        match c.state {
+            CallState::Confirmed | CallState::Answered => {
+                self.send_bye(now, call, Leg::A);
+                self.send_bye(now, call, Leg::B);
+                self.finish(call, Outcome::Completed);
+            }
+            CallState::Proceeding => {
+                if let Some(k) = c.b_invite.clone() {
+                    self.tx.cancel(now, &k);
+                }
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.state = CallState::Cancelling;
+                }
+                self.reply_a_invite(now, call, 503, "Service Unavailable");
+                self.finish(call, Outcome::Refused(503));
+            }
+            _ => {}
+        }
+        self.drain_tx(now);
+    }
+
+    fn drain_tx(&mut self, now: Instant) {
+        while let Some(o) = self.tx.poll_output() {
+            match o {
+                TxOutput::Transmit { to, data } => self.out.push_back(Output::Transmit { to, data }),
+                TxOutput::Event(e) => self.on_tx_event(now, e),
+            }
+        }
+    }
+
+    fn on_tx_event(&mut self, now: Instant, e: Event) {
+        match e {
+            Event::Request { key, request, from } => self.on_request(now, key, request, from),
+            Event::Ack { request, from } => self.on_ack(now, request, from),
+            Event::Response { key, response } => self.on_response(now, key, response),
+            Event::Stray2xx { response, from } => self.on_stray_2xx(now, response, from),
+            Event::Timeout { key } => self.on_client_timeout(now, key),
+            Event::Cancelled { invite } => self.on_cancelled(now, invite),
+            Event::AckTimeout { call_id, .. } => {
+                if let Some(&(call, _)) = self
+                    .dialogs
+                    .iter()
+                    .find(|((c, _), _)| *c == call_id)
+                    .map(|(_, v)| v)
+                {
+                    tracing::warn!(call, "2xx never acknowledged; ending the call");
+                    self.hang_up(now, call);
+                }
+            }
+        }
+    }
+
+    /// Our SIP address in the family of `peer`.
+    fn local_addr(&self, peer: Peer) -> SocketAddr {
+        let v4 = peer.addr.is_ipv4()
+            || matches!(peer.addr.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+        self.config
+            .sip_addrs
+            .iter()
+            .find(|a| a.is_ipv4() == v4)
+            .or(self.config.sip_addrs.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
+    }
+
+    /// Our media address in the family of `peer`.
+    fn media_ip(&self, peer: Peer) -> IpAddr {
+        let v4 = peer.addr.is_ipv4()
+            || matches!(peer.addr.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+        self.config
+            .media_ips
+            .iter()
+            .find(|a| a.is_ipv4() == v4)
+            .or(self.config.media_ips.first())
+            .copied()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    fn via(&mut self, peer: Peer) -> String {
+        let branch = format!("{BRANCH_PREFIX}{}", self.ids.next());
+        let local = self.local_addr(peer);
+        format!(
+            "SIP/2.0/{} {}:{};branch={branch};rport",
+            peer.transport.as_str(),
+            sip::Host::from(local.ip()),
+            local.port()
+        )
+    }
+
+    fn contact(&self, peer: Peer) -> String {
+        let local = self.local_addr(peer);
+        let t = if peer.transport == Transport::Udp {
+            String::new()
+        } else {
+            format!(";transport={}", peer.transport.as_str().to_ascii_lowercase())
+        };
+        format!("<sip:tapir@{}:{}{t}>", sip::Host::from(local.ip()), local.port())
+    }
+
+    fn respond(&mut self, now: Instant, key: &TxKey, mut resp: Response) {
+        if resp.headers.get("Server").is_none() {
+            resp.headers.push("Server", self.config.user_agent.clone());
+        }
+        self.tx.respond(now, key, resp);
+    }
+
+    fn on_request(&mut self, now: Instant, key: TxKey, req: Request, from: Peer) {
+        let in_dialog = req.to_tag().is_some();
+        if in_dialog {
+            let to_tag = req.to_tag().unwrap_or_default();
+            match self
+                .dialogs
+                .get(&(req.call_id().to_string(), to_tag))
+                .copied()
+            {
+                Some((call, leg)) => self.on_in_dialog(now, key, req, call, leg),
+                None => {
+                    self.stats.stray_requests += 1;
+                    let r = req.response(481, "Call/Transaction Does Not Exist");
+                    self.respond(now, &key, r);
+                }
+            }
+            return;
+        }
+        match req.method {
+            Method::Invite => self.on_new_invite(now, key, req, from),
+            Method::Options => {
+                // Keep-alive pings from trunks and load balancers (e.g. Kamailio dispatcher).
+                let mut r = req.response(if self.draining { 503 } else { 200 }, if self.draining {
+                    "Service Unavailable"
+                } else {
+                    "OK"
+                });
+                r.headers.push(
+                    "Allow",
+                    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY",
+                );
+                r.headers.push("Accept", "application/sdp");
+                self.respond(now, &key, r);
+            }
+            Method::Bye | Method::Info | Method::Update | Method::Prack => {
+                let r = req.response(481, "Call/Transaction Does Not Exist");
+                self.respond(now, &key, r);
+            }
+            Method::Cancel => {}
+            _ => {
+                let mut r = req.response(405, "Method Not Allowed");
+                r.headers.push(
+                    "Allow",
+                    "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY",
+                );
+                self.respond(now, &key, r);
+            }
+        }
+    }
+
+    fn on_new_invite(&mut self, now: Instant, key: TxKey, req: Request, from: Peer) {
+        let reject = |this: &mut Self, code: u16, reason: &str| {
+            let r = req.response(code, reason);
+            this.respond(now, &key, r);
+        };
+        if self.draining {
+            let mut r = req.response(503, "Service Unavailable");
+            r.headers.push("Retry-After", "30");
+            self.respond(now, &key, r);
+            return;
+        }
+        let mf = req.max_forwards().unwrap_or(70);
+        if mf == 0 {
+            return reject(self, 483, "Too Many Hops");
+        }
+        if let Some(req_ext) = req.headers.get("Require") {
+            // tapir relays but does not implement extensions it would have to act on.
+            let unsupported: Vec<&str> = req_ext
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !["timer", "replaces"].contains(&e.to_ascii_lowercase().as_str()))
+                .collect();
+            if !unsupported.is_empty() {
+                let mut r = req.response(420, "Bad Extension");
+                r.headers.push("Unsupported", unsupported.join(", "));
+                self.respond(now, &key, r);
+                return;
+            }
+        }
+        if req.uri.sip().is_none() {
+            return reject(self, 416, "Unsupported URI Scheme");
+        }
+        let sdp = if req.body.is_empty() {
+            None
+        } else if !req.has_sdp() {
+            let mut r = req.response(415, "Unsupported Media Type");
+            r.headers.push("Accept", "application/sdp");
+            self.respond(now, &key, r);
+            return;
+        } else {
+            match Sdp::parse(&req.body) {
+                Ok(s) if s.audio_index().is_some() => Some(s),
+                Ok(_) => return reject(self, 488, "Not Acceptable Here: no audio stream"),
+                Err(e) => {
+                    let reason = format!("Bad SDP: {e}");
+                    return reject(self, 400, &reason);
+                }
+            }
+        };
+        let user = req.uri.user().unwrap_or("").to_string();
+        let Some(route) = self.routes.find(from.addr.ip(), &user).cloned() else {
+            tracing::info!(peer = %from.addr, "no route for INVITE");
+            return reject(self, 404, "Not Found: no route");
+        };
+        let Some((a_port, b_port)) = self.ports.allocate_pair() else {
+            tracing::warn!("RTP port range exhausted");
+            let mut r = req.response(503, "Service Unavailable: no media ports");
+            r.headers.push("Retry-After", "5");
+            self.respond(now, &key, r);
+            return;
+        };
+
+        let call = self.next_call;
+        self.next_call += 1;
+        let customer = match route.customer {
+            Side::Caller => Leg::A,
+            Side::Callee => Leg::B,
+        };
+
+        // Leg A dialog (tapir is the UAS).
+        let a_tag = self.ids.next();
+        let from_na = req.from().unwrap_or_else(|| NameAddr::new(req.uri.clone()));
+        let to_na = req.to().unwrap_or_else(|| NameAddr::new(req.uri.clone()));
+        let a_target = req.contact().map(|c| c.uri).unwrap_or_else(|| from_na.uri.clone());
+        let a_dialog = Dialog {
+            call_id: req.call_id().to_string(),
+            local_tag: a_tag.clone(),
+            remote_tag: req.from_tag(),
+            local_uri: strip_tag(&to_na),
+            remote_uri: strip_tag(&from_na),
+            remote_target: a_target,
+            route_set: req.headers.get_all("Record-Route").map(str::to_string).collect(),
+            local_cseq: 0,
+            remote_cseq: req.cseq().map(|c| c.seq),
+        };
+
+        // Leg B: new Call-ID, From tag, Via; Request-URI from the route target.
+        let b_call_id = format!("{}@tapir", self.ids.next());
+        let b_tag = self.ids.next();
+        let mut b_uri = route.target_uri.clone();
+        if let Some(s) = b_uri.sip_mut() {
+            if s.user.is_none() {
+                s.user = req.uri.sip().and_then(|u| u.user.clone());
+            }
+        }
+        let mut b_from = strip_tag(&from_na);
+        b_from.params.set("tag", Some(b_tag.clone()));
+        let b_to = strip_tag(&to_na);
+        let b_peer = Peer {
+            addr: route.target,
+            transport: route.transport,
+        };
+        let mut b_req = Request::new(Method::Invite, b_uri.clone());
+        b_req.headers.push("Via", self.via(b_peer));
+        b_req.headers.push("Max-Forwards", (mf - 1).to_string());
+        b_req.headers.push("From", b_from.to_string());
+        b_req.headers.push("To", b_to.to_string());
+        b_req.headers.push("Call-ID", b_call_id.clone());
+        b_req.headers.push("CSeq", "1 INVITE");
+        b_req.headers.push("Contact", self.contact(b_peer));
+        b_req.headers.push("User-Agent", self.config.user_agent.clone());
+        copy_end_to_end_headers(&req, &mut b_req);
+        if let Some(mut s) = sdp.clone() {
+            let i = s.audio_index().unwrap_or(0);
+            s.anchor(i, self.media_ip(b_peer), b_port);
+            b_req.headers.push("Content-Type", "application/sdp");
+            b_req.body = s.to_bytes();
+        }
+        let b_dialog = Dialog {
+            call_id: b_call_id.clone(),
+            local_tag: b_tag.clone(),
+            remote_tag: None,
+            local_uri: strip_tag(&from_na),
+            remote_uri: b_to,
+            remote_target: b_uri,
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: None,
+        };
+
+        let mut span_from = from_na.uri.user().unwrap_or("").to_string();
+        let mut span_to = user.clone();
+        if span_from.is_empty() {
+            span_from = "anonymous".into();
+        }
+        if span_to.is_empty() {
+            span_to = "unknown".into();
+        }
+        self.out.push_back(Output::Call(CallEvent::Started {
+            call,
+            route: route.name.clone(),
+            direction: route.direction.clone(),
+            a_call_id: req.call_id().to_string(),
+            b_call_id: b_call_id.clone(),
+            from: span_from,
+            to: span_to,
+            customer,
+        }));
+        self.out.push_back(Output::Media(MediaCommand::Open {
+            call,
+            a_port,
+            b_port,
+            customer,
+        }));
+        if let Some(s) = &sdp {
+            self.media_update(call, Leg::A, s);
+        }
+
+        self.dialogs
+            .insert((req.call_id().to_string(), a_tag), (call, Leg::A));
+        self.dialogs.insert((b_call_id, b_tag), (call, Leg::B));
+        let b_key = self.tx.send_request(now, b_req, b_peer);
+        self.client.insert(b_key.clone(), (call, Purpose::Invite));
+        self.calls.insert(
+            call,
+            Call {
+                id: call,
+                state: CallState::Proceeding,
+                a: LegState {
+                    dialog: a_dialog,
+                    peer: from,
+                    port: a_port,
+                },
+                b: LegState {
+                    dialog: b_dialog,
+                    peer: b_peer,
+                    port: b_port,
+                },
+                customer,
+                a_invite: Some((key, req)),
+                b_invite: Some(b_key),
+                b_ack_pending: None,
+                byes_pending: 0,
+                answered: false,
+                outcome: None,
+                media_open: true,
+            },
+        );
+    }
+
+    fn media_update(&mut self, call: CallId, leg: Leg, s: &Sdp) {
+        let Some(i) = s.audio_index() else { return };
+        let remote = s
+            .connection(i)
+            .filter(|ip| !ip.is_unspecified())
+            .map(|ip| SocketAddr::new(ip, s.media[i].port));
+        self.out.push_back(Output::Media(MediaCommand::Update {
+            call,
+            leg,
+            remote,
+            sends: s.direction(i).sends(),
+            codecs: s.rtpmaps(i),
+        }));
+    }
+
+    /// Rewrites an SDP body that came from `from_leg` for sending on the other leg, and tells
+    /// the relay what `from_leg` now sends. Returns `None` for a body that is not valid SDP.
+    fn relay_sdp(&mut self, call: CallId, from_leg: Leg, body: &[u8]) -> Option<Vec<u8>> {
+        let mut s = Sdp::parse(body).ok()?;
+        self.media_update(call, from_leg, &s);
+        let to = self.calls.get(&call)?.leg(from_leg.other());
+        let (port, ip) = (to.port, self.media_ip(to.peer));
+        if let Some(i) = s.audio_index() {
+            s.anchor(i, ip, port);
+        }
+        Some(s.to_bytes())
+    }
+
+    /// Builds the message for `to_leg` that carries `src`'s body, with SDP anchored.
+    fn copy_body(&mut self, call: CallId, from_leg: Leg, src_has_sdp: bool, body: &[u8], content_type: Option<&str>, dst: &mut sip::Headers) -> Vec<u8> {
+        if body.is_empty() {
+            return Vec::new();
+        }
+        let out = if src_has_sdp {
+            match self.relay_sdp(call, from_leg, body) {
+                Some(b) => b,
+                None => body.to_vec(),
+            }
+        } else {
+            body.to_vec()
+        };
+        if let Some(ct) = content_type {
+            dst.push("Content-Type", ct.to_string());
+        }
+        out
+    }
+
+    fn reply_a_invite(&mut self, now: Instant, call: CallId, code: u16, reason: &str) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if let Some((key, req)) = c.a_invite.take() {
+            let mut r = req.response(code, reason);
+            set_to_tag(&mut r, &c.a.dialog.local_tag);
+            self.respond(now, &key, r);
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, key: TxKey, resp: Response) {
+        let Some((call, purpose)) = self.client.get(&key).map(|(c, p)| (*c, p)) else {
+            return;
+        };
+        match purpose {
+            Purpose::Invite => self.on_b_invite_response(now, key, call, resp),
+            Purpose::Bye => {
+                if resp.status >= 200 {
+                    self.client.remove(&key);
+                    self.bye_done(call);
+                }
+            }
+            Purpose::Relay(_) => {
+                let final_ = resp.status >= 200;
+                let relay = if final_ {
+                    match self.client.remove(&key) {
+                        Some((_, Purpose::Relay(r))) => r,
+                        _ => return,
+                    }
+                } else {
+                    match self.client.get(&key) {
+                        Some((_, Purpose::Relay(r))) => Relay {
+                            call: r.call,
+                            from_leg: r.from_leg,
+                            server: r.server.clone(),
+                            request: r.request.clone(),
+                        },
+                        _ => return,
+                    }
+                };
+                self.relay_response(now, relay, resp);
+            }
+        }
+    }
+
+    /// Relays a response to an in-dialog request back to the leg that sent the request.
+    fn relay_response(&mut self, now: Instant, relay: Relay, resp: Response) {
+        if resp.status == 100 {
+            return;
+        }
+        let Some(c) = self.calls.get(&relay.call) else {
+            let r = relay.request.response(resp.status, &resp.reason);
+            self.respond(now, &relay.server, r);
+            return;
+        };
+        let local_tag = c.leg(relay.from_leg).dialog.local_tag.clone();
+        let to_leg_of_resp = relay.from_leg.other();
+        let mut r = relay.request.response(resp.status, &resp.reason);
+        set_to_tag(&mut r, &local_tag);
+        copy_response_headers(&resp, &mut r);
+        if (200..300).contains(&resp.status) && relay.request.method == Method::Invite {
+            let p = c.leg(relay.from_leg).peer;
+            r.headers.push("Contact", self.contact(p));
+        }
+        let has_sdp = resp.has_sdp();
+        let ct = resp.content_type().map(str::to_string);
+        r.body = self.copy_body(relay.call, to_leg_of_resp, has_sdp, &resp.body, ct.as_deref(), &mut r.headers);
+        if relay.request.method == Method::Invite && (200..300).contains(&resp.status) {
+            // ACK the re-INVITE's 2xx on the answering leg at once; the caller's ACK to us is
+            // absorbed (tapir holds both offer/answer sides, so nothing in it is needed).
+            self.ack_2xx(now, relay.call, to_leg_of_resp, &resp, None);
+        }
+        self.respond(now, &relay.server, r);
+    }
+
+    fn ack_2xx(&mut self, now: Instant, call: CallId, leg: Leg, resp: &Response, body: Option<(Vec<u8>, String)>) {
+        let _ = now;
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let l = c.leg_mut(leg);
+        let seq = resp.cseq().map(|c| c.seq).unwrap_or(l.dialog.local_cseq);
+        let mut ack = l.dialog.request(Method::Ack);
+        ack.headers.set("CSeq", format!("{seq} ACK"));
+        let peer = l.peer;
+        let via = self.via(peer);
+        ack.headers.push_front("Via", via);
+        if let Some((b, ct)) = body {
+            ack.headers.push("Content-Type", ct);
+            ack.body = b;
+        }
+        self.tx.send_stateless(&Message::Request(ack), peer);
+    }
+
+    fn on_b_invite_response(&mut self, now: Instant, key: TxKey, call: CallId, resp: Response) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if resp.status == 100 {
+            return;
+        }
+        let remote_tag = resp.to_tag();
+        if resp.status >= 200 {
+            self.client.remove(&key);
+            c.b_invite = None;
+        }
+        if c.state == CallState::Cancelling {
+            if (200..300).contains(&resp.status) {
+                // The callee answered while the CANCEL crossed: accept and hang up at once.
+                c.b.dialog.remote_tag = remote_tag;
+                if let Some(ct) = resp.contact() {
+                    c.b.dialog.remote_target = ct.uri;
+                }
+                self.ack_2xx(now, call, Leg::B, &resp, None);
+                self.send_bye(now, call, Leg::B);
+            }
+            if resp.status >= 200 {
+                self.maybe_forget(call);
+            }
+            return;
+        }
+        if c.state != CallState::Proceeding {
+            // A second 2xx from a forking proxy downstream: take the first, drop the others.
+            if (200..300).contains(&resp.status) && remote_tag != c.b.dialog.remote_tag {
+                let mut extra = c.b.dialog.clone();
+                extra.remote_tag = remote_tag;
+                let peer = c.b.peer;
+                let mut ack = extra.request(Method::Ack);
+                ack.headers.push_front("Via", self.via(peer));
+                self.tx.send_stateless(&Message::Request(ack), peer);
+                let mut bye = extra.request(Method::Bye);
+                bye.headers.push_front("Via", self.via(peer));
+                self.tx.send_request(now, bye, peer);
+            }
+            return;
+        }
+        if resp.status < 300 || resp.status < 200 {
+            c.b.dialog.remote_tag = remote_tag.or(c.b.dialog.remote_tag.clone());
+            if let Some(ct) = resp.contact() {
+                c.b.dialog.remote_target = ct.uri;
+            }
+            c.b.dialog.route_set = resp
+                .headers
+                .get_all("Record-Route")
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+        }
+        let a_tag = c.a.dialog.local_tag.clone();
+        let a_peer = c.a.peer;
+        let Some((a_key, a_req)) = c.a_invite.clone() else {
+            return;
+        };
+        let mut r = a_req.response(resp.status, &resp.reason);
+        set_to_tag(&mut r, &a_tag);
+        copy_response_headers(&resp, &mut r);
+        if resp.status < 300 {
+            r.headers.push("Contact", self.contact(a_peer));
+        }
+        let has_sdp = resp.has_sdp();
+        let ct = resp.content_type().map(str::to_string);
+        r.body = self.copy_body(call, Leg::B, has_sdp, &resp.body, ct.as_deref(), &mut r.headers);
+        let c = self.calls.get_mut(&call).expect("call exists");
+        match resp.status {
+            101..=199 => {}
+            200..=299 => {
+                c.a_invite = None;
+                c.answered = true;
+                let delayed_offer = a_req.body.is_empty();
+                if delayed_offer {
+                    c.state = CallState::Answered;
+                    c.b_ack_pending = Some(resp.clone());
+                } else {
+                    c.state = CallState::Confirmed;
+                    self.ack_2xx(now, call, Leg::B, &resp, None);
+                }
+                self.out
+                    .push_back(Output::Call(CallEvent::Answered { call }));
+            }
+            _ => {
+                c.a_invite = None;
+                c.outcome = Some(Outcome::Rejected(resp.status));
+            }
+        }
+        self.respond(now, &a_key, r);
+        if resp.status >= 300 {
+            self.finish(call, Outcome::Rejected(resp.status));
+            self.maybe_forget(call);
+        }
+    }
+
+    fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        let Some((call, purpose)) = self.client.remove(&key) else {
+            return;
+        };
+        match purpose {
+            Purpose::Invite => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.b_invite = None;
+                }
+                self.reply_a_invite(now, call, 408, "Request Timeout");
+                self.finish(call, Outcome::Timeout);
+                self.maybe_forget(call);
+            }
+            Purpose::Bye => self.bye_done(call),
+            Purpose::Relay(relay) => {
+                let r = relay.request.response(408, "Request Timeout");
+                self.respond(now, &relay.server, r);
+            }
+        }
+    }
+
+    fn on_cancelled(&mut self, now: Instant, invite: TxKey) {
+        let Some(call) = self
+            .calls
+            .values()
+            .find(|c| c.a_invite.as_ref().is_some_and(|(k, _)| *k == invite))
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let c = self.calls.get_mut(&call).expect("call exists");
+        c.state = CallState::Cancelling;
+        if let Some(k) = c.b_invite.clone() {
+            self.tx.cancel(now, &k);
+        }
+        self.reply_a_invite(now, call, 487, "Request Terminated");
+        self.finish(call, Outcome::Cancelled);
+    }
+
+    fn on_ack(&mut self, now: Instant, req: Request, _from: Peer) {
+        let Some(&(call, leg)) = self
+            .dialogs
+            .get(&(req.call_id().to_string(), req.to_tag().unwrap_or_default()))
+        else {
+            return;
+        };
+        if leg != Leg::A {
+            return;
+        }
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.state == CallState::Answered {
+            c.state = CallState::Confirmed;
+            if let Some(resp) = c.b_ack_pending.take() {
+                let body = if req.has_sdp() {
+                    self.relay_sdp(call, Leg::A, &req.body)
+                        .map(|b| (b, "application/sdp".to_string()))
+                } else {
+                    None
+                };
+                self.ack_2xx(now, call, Leg::B, &resp, body);
+            }
+        }
+    }
+
+    fn on_stray_2xx(&mut self, now: Instant, resp: Response, _from: Peer) {
+        // A retransmitted 2xx: our ACK was lost. ACK again (§13.2.2.4).
+        let Some(tag) = resp.from_tag() else { return };
+        let Some(&(call, leg)) = self.dialogs.get(&(resp.call_id().to_string(), tag)) else {
+            return;
+        };
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        if c.b_ack_pending.is_some() {
+            return;
+        }
+        self.ack_2xx(now, call, leg, &resp, None);
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, key: TxKey, req: Request, call: CallId, leg: Leg) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            let r = req.response(481, "Call/Transaction Does Not Exist");
+            self.respond(now, &key, r);
+            return;
+        };
+        let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        if !c.leg_mut(leg).dialog.accept_remote_cseq(seq, &req.method) {
+            let r = req.response(500, "Server Internal Error: CSeq out of order");
+            self.respond(now, &key, r);
+            return;
+        }
+        if let Some(ct) = req.contact() {
+            if req.method == Method::Invite || req.method == Method::Update {
+                c.leg_mut(leg).dialog.remote_target = ct.uri;
+            }
+        }
+        match req.method {
+            Method::Bye => {
+                let mut r = req.response(200, "OK");
+                set_to_tag(&mut r, &c.leg(leg).dialog.local_tag);
+                let state = c.state;
+                let b_invite = c.b_invite.clone();
+                if state == CallState::Proceeding && leg == Leg::A {
+                    c.state = CallState::Cancelling;
+                }
+                self.respond(now, &key, r);
+                if state == CallState::Ending {
+                    return;
+                }
+                if state == CallState::Proceeding && leg == Leg::A {
+                    // BYE before the 2xx reached us: cancel leg B.
+                    if let Some(k) = b_invite {
+                        self.tx.cancel(now, &k);
+                    }
+                    self.reply_a_invite(now, call, 487, "Request Terminated");
+                    self.finish(call, Outcome::Cancelled);
+                    return;
+                }
+                self.send_bye(now, call, leg.other());
+                self.finish(call, Outcome::Completed);
+                self.maybe_forget(call);
+            }
+            Method::Cancel | Method::Ack => {}
+            _ => {
+                let state = c.state;
+                if state == CallState::Ending || state == CallState::Cancelling {
+                    let r = req.response(481, "Call/Transaction Does Not Exist");
+                    self.respond(now, &key, r);
+                    return;
+                }
+                if req.method == Method::Invite
+                    && self
+                        .client
+                        .values()
+                        .any(|(cid, p)| *cid == call && matches!(p, Purpose::Relay(r) if r.request.method == Method::Invite))
+                {
+                    // Glare: a re-INVITE is already in progress on this call (§14.1).
+                    let r = req.response(491, "Request Pending");
+                    self.respond(now, &key, r);
+                    return;
+                }
+                if req.method == Method::Info {
+                    self.out.push_back(Output::Call(CallEvent::Info {
+                        call,
+                        leg,
+                        content_type: req.content_type().unwrap_or("").to_string(),
+                        body: req.body.clone(),
+                    }));
+                }
+                self.relay_in_dialog(now, key, req, call, leg);
+            }
+        }
+    }
+
+    /// Relays an in-dialog request (re-INVITE, UPDATE, INFO, OPTIONS, NOTIFY, REFER...) to the
+    /// other leg, with SDP anchored; its answer comes back through [`Relay`].
+    fn relay_in_dialog(&mut self, now: Instant, key: TxKey, req: Request, call: CallId, leg: Leg) {
+        let to = leg.other();
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let l = c.leg_mut(to);
+        let mut out = l.dialog.request(req.method.clone());
+        let peer = l.peer;
+        out.headers.push_front("Via", self.via(peer));
+        if matches!(req.method, Method::Invite | Method::Update | Method::Subscribe | Method::Refer | Method::Notify) {
+            out.headers.push("Contact", self.contact(peer));
+        }
+        copy_end_to_end_headers(&req, &mut out);
+        let has_sdp = req.has_sdp();
+        let ct = req.content_type().map(str::to_string);
+        out.body = self.copy_body(call, leg, has_sdp, &req.body, ct.as_deref(), &mut out.headers);
+        let k = self.tx.send_request(now, out, peer);
+        self.client.insert(
+            k,
+            (
+                call,
+                Purpose::Relay(Relay {
+                    call,
+                    from_leg: leg,
+                    server: key,
+                    request: req,
+                }),
+            ),
+        );
+    }
+
+    fn send_bye(&mut self, now: Instant, call: CallId, leg: Leg) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        c.state = CallState::Ending;
+        let l = c.leg_mut(leg);
+        if l.dialog.remote_tag.is_none() && leg == Leg::B {
+            return;
+        }
+        let mut bye = l.dialog.request(Method::Bye);
+        let peer = l.peer;
+        c.byes_pending += 1;
+        bye.headers.push_front("Via", self.via(peer));
+        let k = self.tx.send_request(now, bye, peer);
+        self.client.insert(k, (call, Purpose::Bye));
+    }
+
+    fn bye_done(&mut self, call: CallId) {
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.byes_pending = c.byes_pending.saturating_sub(1);
+        }
+        self.maybe_forget(call);
+    }
+
+    /// Records the outcome and releases media at once: the call may linger in SIP (BYE
+    /// answers, a CANCEL race) but its ports are free from here.
+    fn finish(&mut self, call: CallId, outcome: Outcome) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.outcome.is_none() || matches!(c.outcome, Some(Outcome::Rejected(_))) {
+            c.outcome.get_or_insert(outcome);
+        }
+        if c.media_open {
+            c.media_open = false;
+            let (a, b) = (c.a.port, c.b.port);
+            self.ports.release_pair(a, b);
+            self.out
+                .push_back(Output::Media(MediaCommand::Close { call }));
+            let outcome = c.outcome.unwrap_or(outcome);
+            self.out
+                .push_back(Output::Call(CallEvent::Ended { call, outcome }));
+        }
+    }
+
+    /// Forgets a call whose SIP is all done.
+    fn maybe_forget(&mut self, call: CallId) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        let b_open = c.b_invite.is_some();
+        let a_open = c.a_invite.is_some();
+        if c.byes_pending > 0 || b_open || a_open {
+            return;
+        }
+        if c.state == CallState::Confirmed || c.state == CallState::Answered {
+            return;
+        }
+        let key_a = (c.a.dialog.call_id.clone(), c.a.dialog.local_tag.clone());
+        let key_b = (c.b.dialog.call_id.clone(), c.b.dialog.local_tag.clone());
+        let outcome = c.outcome.unwrap_or(Outcome::Completed);
+        self.finish(call, outcome);
+        self.dialogs.remove(&key_a);
+        self.dialogs.remove(&key_b);
+        self.calls.remove(&call);
+        self.client.retain(|_, (c, _)| *c != call);
+    }
+}
+
+fn strip_tag(na: &NameAddr) -> NameAddr {
+    let mut n = na.clone();
+    n.params.remove("tag");
+    n
+}
+
+fn set_to_tag(r: &mut Response, tag: &str) {
+    if let Some(mut to) = r.to() {
+        if to.tag().is_none() {
+            to.params.set("tag", Some(tag.to_string()));
+            r.headers.set("To", to.to_string());
+        }
+    }
+}
+
+/// Copies headers that mean something end to end (identity, auth, custom X- headers,
+/// Supported, Allow, Session-Expires...) from one leg's request to the other's.
+fn copy_end_to_end_headers(src: &Request, dst: &mut Request) {
+    for (n, v) in &src.headers.0 {
+        if LEG_LOCAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("Proxy-Require") || n.eq_ignore_ascii_case("Require") {
+            dst.headers.push(n, v.clone());
+            continue;
+        }
+        dst.headers.push(n, v.clone());
+    }
+}
+
+fn copy_response_headers(src: &Response, dst: &mut Response) {
+    for (n, v) in &src.headers.0 {
+        if LEG_LOCAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        dst.headers.push(n, v.clone());
+    }
+}
+
+/// Re-exported for the IO layer: parse helper for stream framing.
+pub use sip::message::frame_len;
+
+/// Helper for tests and the IO layer: the default timers.
+pub fn default_timers() -> Timers {
+    Timers::default()
+}
+
+/// Tells whether `uri` names tapir itself (used by tests for loop checks).
+pub fn is_tapir_branch(via: &Via) -> bool {
+    via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+}

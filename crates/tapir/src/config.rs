@@ -1,0 +1,240 @@
+//! Configuration: the TOML file, environment overrides, and validation.
+//!
+//! Unknown keys are errors that name the key, so a typo never silently falls back to a
+//! default. Environment variables `TAPIR_<SECTION>__<KEY>` override file values; their text
+//! is read as a TOML value when it parses as one (numbers, booleans, arrays) and as a string
+//! otherwise.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use b2bua::{RouteConfig, Routes};
+use serde::Deserialize;
+
+/// The embedded defaults (`config/tapir.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/tapir.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    #[serde(default)]
+    pub recording: crate::recording::RecordingConfig,
+    #[serde(default)]
+    pub zones: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    #[serde(default)]
+    pub listen_udp: Vec<SocketAddr>,
+    #[serde(default)]
+    pub listen_tcp: Vec<SocketAddr>,
+    #[serde(default)]
+    pub advertise: Vec<SocketAddr>,
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    pub tcp_idle_timeout_s: u64,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub ips: Vec<IpAddr>,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub tap_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+    pub show_numbers: bool,
+}
+
+impl Config {
+    /// Reads `path` (or the embedded defaults), applies `env` overrides and validates.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Self> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?,
+            None => DEFAULT_CONFIG.to_string(),
+        };
+        Self::from_str_with_env(&text, env)
+    }
+
+    pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Self> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Missing sections take the embedded defaults, so a small file only says what differs.
+        let defaults: toml::Table = toml::from_str(DEFAULT_CONFIG).expect("embedded config parses");
+        for (k, v) in defaults {
+            if k == "routes" {
+                continue;
+            }
+            match (value.get_mut(&k), v) {
+                (None, v) => {
+                    value.insert(k, v);
+                }
+                (Some(toml::Value::Table(t)), toml::Value::Table(d)) => {
+                    for (dk, dv) in d {
+                        t.entry(dk).or_insert(dv);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (k, v) in env {
+            let Some(path) = k.strip_prefix("TAPIR_") else {
+                continue;
+            };
+            let Some((section, key)) = path.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let parsed = toml::from_str::<toml::Table>(&format!("x = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("x"))
+                .unwrap_or_else(|| toml::Value::String(v.clone()));
+            let table = value
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match table {
+                toml::Value::Table(t) => {
+                    t.insert(key, parsed);
+                }
+                _ => bail!("environment variable {k}: [{section}] is not a section"),
+            }
+        }
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.sip.listen_udp.is_empty() && self.sip.listen_tcp.is_empty() {
+            bail!("sip: listen_udp and listen_tcp are both empty: nothing to listen on");
+        }
+        if self.media.ips.is_empty() {
+            bail!("media.ips: at least one address is needed for SDP");
+        }
+        if self.media.port_min >= self.media.port_max {
+            bail!("media: port_min must be below port_max");
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            bail!("sip: t1_ms must be > 0 and t2_ms >= t1_ms");
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            bail!("log.format: '{}' is not text or json", self.log.format);
+        }
+        if self.routes.is_empty() {
+            bail!("routes: no route configured; every INVITE would be refused");
+        }
+        self.recording.validate()?;
+        self.compile_routes()?;
+        self.advertise()?;
+        Ok(())
+    }
+
+    pub fn compile_routes(&self) -> Result<Routes> {
+        Routes::compile(&self.routes, &self.zones).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Addresses for Via/Contact: explicit ones, else the non-wildcard listen addresses.
+    pub fn advertise(&self) -> Result<Vec<SocketAddr>> {
+        if !self.sip.advertise.is_empty() {
+            return Ok(self.sip.advertise.clone());
+        }
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for a in self.sip.listen_udp.iter().chain(&self.sip.listen_tcp) {
+            if a.ip().is_unspecified() {
+                bail!("sip.advertise must be set when listening on a wildcard address ({a})");
+            }
+            if !out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
+                out.push(*a);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let c = Config::from_str_with_env(DEFAULT_CONFIG, &[]).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.sip.t1_ms, 500);
+    }
+
+    #[test]
+    fn every_sample_config_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tapir") && n.ends_with(".toml")) {
+                Config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = DEFAULT_CONFIG.replace("t1_ms = 500", "t1_ms = 500\nt1_msec = 3");
+        let e = Config::from_str_with_env(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("t1_msec"), "{e}");
+        let text = DEFAULT_CONFIG.replace("customer = \"caller\"", "customer = \"caller\"\ncustomr = 1");
+        let e = Config::from_str_with_env(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("customr"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = vec![
+            ("TAPIR_MEDIA__PORT_MIN".to_string(), "20000".to_string()),
+            ("TAPIR_LOG__LEVEL".to_string(), "debug".to_string()),
+            ("TAPIR_SIP__LISTEN_UDP".to_string(), "[\"127.0.0.1:5999\"]".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_str_with_env(DEFAULT_CONFIG, &env).unwrap();
+        assert_eq!(c.media.port_min, 20000);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.sip.listen_udp, vec!["127.0.0.1:5999".parse().unwrap()]);
+        let bad = vec![("TAPIR_MEDIA__PORT_MNI".to_string(), "1".to_string())];
+        let e = Config::from_str_with_env(DEFAULT_CONFIG, &bad).unwrap_err().to_string();
+        assert!(e.contains("port_mni"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let text = DEFAULT_CONFIG.replace("target = \"sip:127.0.0.1:5070\"", "target = \"sip:pbx.example.com\"");
+        let e = Config::from_str_with_env(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("route 'default'") && e.contains("IP address"), "{e}");
+        let text = DEFAULT_CONFIG.replace("port_min = 30000", "port_min = 50000");
+        assert!(Config::from_str_with_env(&text, &[]).is_err());
+    }
+}

@@ -1,0 +1,392 @@
+//! The signalling driver: SIP sockets, TCP connections and timers around the sans-IO B2BUA.
+//!
+//! One task owns the [`B2bua`] core. Socket tasks parse nothing: they hand raw datagrams and
+//! framed stream messages to that task through a channel. After every input the task drains
+//! the core's outputs: SIP bytes go to sockets, media commands to the relay, call events to
+//! logs, metrics and the recorder. Then it sleeps until the next input or the core's next
+//! timer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use b2bua::{B2bua, CallEvent, CallId, Output};
+use sip::transaction::Peer;
+use sip::Transport;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+
+pub enum Input {
+    Sip { data: Vec<u8>, from: Peer },
+    TcpUp { addr: SocketAddr, tx: mpsc::UnboundedSender<Vec<u8>> },
+    TcpDown { addr: SocketAddr },
+    Control(Control),
+}
+
+/// Requests from the HTTP API and the signal handlers.
+pub enum Control {
+    ListCalls(oneshot::Sender<Vec<CallId>>),
+    HangUp(CallId, oneshot::Sender<bool>),
+    Drain,
+    ReloadRoutes(b2bua::Routes),
+}
+
+/// Call events fanned out to whoever cares (the recorder).
+pub type CallEvents = mpsc::UnboundedSender<CallEvent>;
+
+pub struct Engine {
+    core: B2bua,
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    relay: Relay,
+    metrics: Arc<Metrics>,
+    events: Option<CallEvents>,
+    show_numbers: bool,
+    tcp_idle: Duration,
+    last_stats: (u64, u64, u64, u64),
+    /// Tells `main` how many calls remain (for drain on shutdown).
+    calls_watch: watch::Sender<usize>,
+}
+
+pub struct EngineHandle {
+    pub inputs: mpsc::Sender<Input>,
+    pub calls: watch::Receiver<usize>,
+    pub local_udp: Vec<SocketAddr>,
+    pub local_tcp: Vec<SocketAddr>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        core: B2bua,
+        udp_addrs: &[SocketAddr],
+        tcp_addrs: &[SocketAddr],
+        relay: Relay,
+        metrics: Arc<Metrics>,
+        events: Option<CallEvents>,
+        show_numbers: bool,
+        tcp_idle: Duration,
+    ) -> Result<EngineHandle> {
+        let (inputs_tx, inputs) = mpsc::channel(65536);
+        let mut udp = Vec::new();
+        let mut local_udp = Vec::new();
+        for a in udp_addrs {
+            let s = Arc::new(
+                UdpSocket::bind(a)
+                    .await
+                    .with_context(|| format!("cannot bind SIP UDP {a}"))?,
+            );
+            local_udp.push(s.local_addr()?);
+            udp.push(s.clone());
+            tokio::spawn(udp_reader(s, inputs_tx.clone()));
+        }
+        let mut local_tcp = Vec::new();
+        for a in tcp_addrs {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind SIP TCP {a}"))?;
+            local_tcp.push(l.local_addr()?);
+            tokio::spawn(tcp_acceptor(l, inputs_tx.clone(), tcp_idle));
+        }
+        let (calls_watch, calls) = watch::channel(0);
+        let engine = Engine {
+            core,
+            udp,
+            tcp: HashMap::new(),
+            inputs_tx: inputs_tx.clone(),
+            inputs,
+            relay,
+            metrics,
+            events,
+            show_numbers,
+            tcp_idle,
+            last_stats: (0, 0, 0, 0),
+            calls_watch,
+        };
+        tokio::spawn(engine.run());
+        Ok(EngineHandle {
+            inputs: inputs_tx,
+            calls,
+            local_udp,
+            local_tcp,
+        })
+    }
+
+    async fn run(mut self) {
+        loop {
+            let deadline = self.core.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                input = self.inputs.recv() => {
+                    let Some(input) = input else { return };
+                    self.on_input(input);
+                    // Take whatever else is already queued before flushing, so a burst costs
+                    // one pass over the outputs.
+                    for _ in 0..64 {
+                        match self.inputs.try_recv() {
+                            Ok(i) => self.on_input(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.core.handle_timeout(std::time::Instant::now());
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = std::time::Instant::now();
+        match input {
+            Input::Sip { data, from } => self.core.handle_message(now, &data, from),
+            Input::TcpUp { addr, tx } => {
+                self.tcp.insert(addr, tx);
+            }
+            Input::TcpDown { addr } => {
+                self.tcp.remove(&addr);
+            }
+            Input::Control(c) => match c {
+                Control::ListCalls(reply) => {
+                    let _ = reply.send(self.core.call_ids());
+                }
+                Control::HangUp(call, reply) => {
+                    let known = self.core.call_ids().contains(&call);
+                    self.core.hang_up(now, call);
+                    let _ = reply.send(known);
+                }
+                Control::Drain => self.core.set_draining(true),
+                Control::ReloadRoutes(r) => {
+                    tracing::info!(routes = r.len(), "routes reloaded");
+                    self.core.set_routes(r);
+                }
+            },
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Transmit { to, data } => self.send(to, data).await,
+                Output::Media(cmd) => self.relay.handle(cmd),
+                Output::Call(ev) => self.on_call_event(ev),
+            }
+        }
+        let s = self.core.stats();
+        let t = self.core.tx_stats();
+        let now = (s.messages_in, s.messages_out, s.parse_errors, t.retransmissions_sent);
+        let last = self.last_stats;
+        self.metrics.sip_in.inc_by(now.0 - last.0);
+        self.metrics.sip_out.inc_by(now.1 - last.1);
+        self.metrics.sip_parse_errors.inc_by(now.2 - last.2);
+        self.metrics.sip_retransmissions.inc_by(now.3 - last.3);
+        self.last_stats = now;
+        self.metrics.calls_active.set(self.core.active_calls() as i64);
+        let _ = self.calls_watch.send_if_modified(|n| {
+            let c = self.core.active_calls();
+            let changed = *n != c;
+            *n = c;
+            changed
+        });
+    }
+
+    fn on_call_event(&mut self, ev: CallEvent) {
+        match &ev {
+            CallEvent::Started {
+                call,
+                route,
+                from,
+                to,
+                a_call_id,
+                b_call_id,
+                ..
+            } => {
+                if self.show_numbers {
+                    tracing::info!(call, route, from, to, a_call_id, b_call_id, "call started");
+                } else {
+                    tracing::info!(call, route, a_call_id, b_call_id, "call started");
+                }
+            }
+            CallEvent::Answered { call } => tracing::info!(call, "call answered"),
+            CallEvent::Ended { call, outcome } => {
+                tracing::info!(call, outcome = ?outcome, "call ended");
+                self.metrics
+                    .calls_total
+                    .with_label_values(&[outcome.label()])
+                    .inc();
+            }
+            CallEvent::Info { call, leg, .. } => tracing::debug!(call, leg = ?leg, "INFO relayed"),
+        }
+        if let Some(tx) = &self.events {
+            let _ = tx.send(ev);
+        }
+    }
+
+    async fn send(&mut self, to: Peer, data: Vec<u8>) {
+        match to.transport {
+            Transport::Udp => {
+                let sock = self
+                    .udp
+                    .iter()
+                    .find(|s| s.local_addr().map(|a| a.is_ipv4() == to.addr.is_ipv4()).unwrap_or(false))
+                    .or(self.udp.first());
+                if let Some(s) = sock {
+                    if let Err(e) = s.send_to(&data, to.addr).await {
+                        tracing::debug!(peer = %to.addr, error = %e, "SIP UDP send failed");
+                    }
+                }
+            }
+            _ => {
+                if let Some(tx) = self.tcp.get(&to.addr) {
+                    if tx.send(data.clone()).is_ok() {
+                        return;
+                    }
+                }
+                // No connection to that peer yet: open one; messages queue in its channel.
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = tx.send(data);
+                self.tcp.insert(to.addr, tx);
+                tokio::spawn(tcp_connect(to.addr, rx, self.inputs_tx.clone(), self.tcp_idle));
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn udp_reader(sock: Arc<UdpSocket>, inputs: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                // Keep-alive CRLFs and tiny junk are not SIP; drop them here.
+                if n < 4 {
+                    continue;
+                }
+                let input = Input::Sip {
+                    data: buf[..n].to_vec(),
+                    from: Peer {
+                        addr: from,
+                        transport: Transport::Udp,
+                    },
+                };
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "SIP UDP recv error"),
+        }
+    }
+}
+
+async fn tcp_acceptor(l: TcpListener, inputs: mpsc::Sender<Input>, idle: Duration) {
+    loop {
+        match l.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                let (tx, rx) = mpsc::unbounded_channel();
+                if inputs.send(Input::TcpUp { addr, tx }).await.is_err() {
+                    return;
+                }
+                tokio::spawn(tcp_connection(stream, addr, rx, inputs.clone(), idle));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn tcp_connect(
+    addr: SocketAddr,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    inputs: mpsc::Sender<Input>,
+    idle: Duration,
+) {
+    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            tcp_connection(stream, addr, rx, inputs, idle).await;
+        }
+        _ => {
+            tracing::info!(peer = %addr, "TCP connect failed");
+            let _ = inputs.send(Input::TcpDown { addr }).await;
+        }
+    }
+}
+
+/// Reads framed SIP messages (RFC 3261 §18.3: by Content-Length, across partial reads and
+/// several per read) and writes queued outgoing messages; closes after `idle` with no traffic.
+async fn tcp_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    inputs: mpsc::Sender<Input>,
+    idle: Duration,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if wr.write_all(&m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 16384];
+    'conn: loop {
+        let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::debug!(peer = %addr, "closing idle TCP connection");
+                break;
+            }
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            // RFC 5626 keep-alive CRLFs between messages.
+            let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+            buf.drain(..skip);
+            if buf.is_empty() {
+                break;
+            }
+            match sip::message::frame_len(&buf) {
+                Ok(Some(len)) => {
+                    let data = buf[..len].to_vec();
+                    buf.drain(..len);
+                    let from = Peer {
+                        addr,
+                        transport: Transport::Tcp,
+                    };
+                    if inputs.send(Input::Sip { data, from }).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(peer = %addr, error = %e, "unframable SIP on TCP; closing");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    writer.abort();
+    let _ = inputs.send(Input::TcpDown { addr }).await;
+}

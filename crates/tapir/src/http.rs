@@ -1,0 +1,72 @@
+//! HTTP: Prometheus `/metrics` and the control API (`/calls`, hang-up).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{Control, Input};
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    inputs: mpsc::Sender<Input>,
+}
+
+/// Binds the HTTP listener and serves in the background; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    inputs: mpsc::Sender<Input>,
+) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(|| async { "ok" }))
+        .route("/calls", get(list_calls))
+        .route("/calls/{id}/hangup", post(hang_up))
+        .with_state(AppState { metrics, inputs });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> String {
+    s.metrics.render()
+}
+
+async fn list_calls(State(s): State<AppState>) -> Result<Json<Vec<u64>>, StatusCode> {
+    let (tx, rx) = oneshot::channel();
+    s.inputs
+        .send(Input::Control(Control::ListCalls(tx)))
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let mut calls = rx.await.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    calls.sort_unstable();
+    Ok(Json(calls))
+}
+
+async fn hang_up(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {
+    let (tx, rx) = oneshot::channel();
+    if s.inputs
+        .send(Input::Control(Control::HangUp(id, tx)))
+        .await
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    match rx.await {
+        Ok(true) => StatusCode::NO_CONTENT,
+        Ok(false) => StatusCode::NOT_FOUND,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}

@@ -1,0 +1,94 @@
+//! Prometheus metrics: one registry, registered once, rendered on `/metrics`.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub calls_active: IntGauge,
+    pub calls_total: IntCounterVec,
+    pub sip_in: IntCounter,
+    pub sip_out: IntCounter,
+    pub sip_parse_errors: IntCounter,
+    pub sip_retransmissions: IntCounter,
+    pub rtp_relayed: IntCounter,
+    pub rtp_dropped: IntCounterVec,
+    pub tap_dropped: IntCounter,
+    pub recordings_total: IntCounterVec,
+    pub recordings_active: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let calls_active = IntGauge::new("tapir_calls_active", "Calls in progress").unwrap();
+        let calls_total = IntCounterVec::new(
+            Opts::new("tapir_calls_total", "Calls ended, by outcome"),
+            &["outcome"],
+        )
+        .unwrap();
+        let sip_in = IntCounter::new("tapir_sip_messages_in_total", "SIP messages received").unwrap();
+        let sip_out = IntCounter::new("tapir_sip_messages_out_total", "SIP messages sent").unwrap();
+        let sip_parse_errors = IntCounter::new(
+            "tapir_sip_parse_errors_total",
+            "SIP messages that failed to parse or validate",
+        )
+        .unwrap();
+        let sip_retransmissions = IntCounter::new(
+            "tapir_sip_retransmissions_total",
+            "SIP retransmissions sent by tapir's transactions",
+        )
+        .unwrap();
+        let rtp_relayed = IntCounter::new("tapir_rtp_packets_relayed_total", "RTP/RTCP packets relayed").unwrap();
+        let rtp_dropped = IntCounterVec::new(
+            Opts::new("tapir_rtp_packets_dropped_total", "RTP/RTCP packets dropped, by reason"),
+            &["reason"],
+        )
+        .unwrap();
+        let tap_dropped = IntCounter::new(
+            "tapir_tap_dropped_total",
+            "Packets not offered to the recorder because its queue was full",
+        )
+        .unwrap();
+        let recordings_total = IntCounterVec::new(
+            Opts::new("tapir_recordings_total", "Recordings finished, by result"),
+            &["result"],
+        )
+        .unwrap();
+        let recordings_active = IntGauge::new("tapir_recordings_active", "Recordings being written").unwrap();
+        for c in [
+            Box::new(calls_active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(calls_total.clone()),
+            Box::new(sip_in.clone()),
+            Box::new(sip_out.clone()),
+            Box::new(sip_parse_errors.clone()),
+            Box::new(sip_retransmissions.clone()),
+            Box::new(rtp_relayed.clone()),
+            Box::new(rtp_dropped.clone()),
+            Box::new(tap_dropped.clone()),
+            Box::new(recordings_total.clone()),
+            Box::new(recordings_active.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            calls_active,
+            calls_total,
+            sip_in,
+            sip_out,
+            sip_parse_errors,
+            sip_retransmissions,
+            rtp_relayed,
+            rtp_dropped,
+            tap_dropped,
+            recordings_total,
+            recordings_active,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
