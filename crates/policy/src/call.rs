@@ -53,10 +53,16 @@ pub enum Event {
     Answered,
     /// A DTMF digit, already detected, at `at_ms` (any monotonic millisecond clock of the call).
     /// Only the agent's digits can be feature codes; customer digits are passed through.
-    Dtmf { digit: char, side: Side, at_ms: u64 },
+    Dtmf {
+        digit: char,
+        side: Side,
+        at_ms: u64,
+    },
     /// Lets held feature-code digits expire when no further digit comes; see
     /// [`CallPolicy::digit_deadline_ms`].
-    Tick { at_ms: u64 },
+    Tick {
+        at_ms: u64,
+    },
     /// From an IVR/PBX flow, by SIP header or the control API.
     Directive(FlowDirective),
     /// The caller's answer to the recording question.
@@ -67,7 +73,9 @@ pub enum Event {
     ApiPause,
     ApiResume,
     /// The agent transferred the call, to an external number or to another agent.
-    Transfer { external: bool },
+    Transfer {
+        external: bool,
+    },
     /// The agent left while the call goes on (third party, emergency service, IVR).
     AgentLeft,
     /// The agent applied a disposition (wrap-up).
@@ -115,8 +123,12 @@ pub enum ActionKind {
     /// Leave agent-only: write both channels again.
     Both,
     /// Open a recorded statement, a separate recording with its own id.
-    StatementStart { id: String },
-    StatementStop { id: String },
+    StatementStart {
+        id: String,
+    },
+    StatementStop {
+        id: String,
+    },
     /// Drop every bit of audio of this call held but not yet written: nothing from before this
     /// instant may reach storage. Sent when the caller answers the consent question.
     DiscardBuffered,
@@ -157,11 +169,18 @@ pub enum Reason {
         via: OnDemandVia,
     },
     /// A flow directive.
-    FlowDirective { directive: FlowDirective },
+    FlowDirective {
+        directive: FlowDirective,
+    },
     /// A do-not-record policy matched.
-    DoNotRecordPolicy { name: String },
+    DoNotRecordPolicy {
+        name: String,
+    },
     /// A record policy matched and sampled the call in.
-    RecordPolicy { name: String, percentage: u32 },
+    RecordPolicy {
+        name: String,
+        percentage: u32,
+    },
     /// The station's mode for this direction.
     StationRule {
         station: Option<String>,
@@ -179,7 +198,10 @@ pub enum Reason {
     /// A transfer ends a recorded statement.
     Transfer,
     /// The agent left without the matching keep option.
-    AgentLeft { emergency: bool, third_party: bool },
+    AgentLeft {
+        emergency: bool,
+        third_party: bool,
+    },
     /// Disposition without `keep_after_disposition`.
     Disposition,
     HangUp,
@@ -495,6 +517,7 @@ impl CallPolicy {
         let mut notes = Vec::new();
         let mut handled = Handled::default();
         let mut log_it = true;
+        let mut stop_reason = None;
         let label = event.to_string();
 
         if self.phase == Phase::Ended {
@@ -514,6 +537,7 @@ impl CallPolicy {
                 self.phase = Phase::Answered;
                 if self.ivr.take().is_some() {
                     notes.push("the IVR segment ends at the answer".to_owned());
+                    stop_reason = Some(Reason::AgentAnswered);
                 }
             }
             Event::Dtmf {
@@ -592,7 +616,7 @@ impl CallPolicy {
         }
 
         let before = self.reason.clone();
-        self.sync();
+        self.sync(stop_reason);
         if log_it || self.queue.len() > queued_before || self.reason != before {
             self.push_log(label, queued_before, notes);
         }
@@ -677,10 +701,12 @@ impl CallPolicy {
         let reason = Reason::FlowDirective {
             directive: d.clone(),
         };
-        let vote = |on| Some(Vote {
-            on,
-            reason: reason.clone(),
-        });
+        let vote = |on| {
+            Some(Vote {
+                on,
+                reason: reason.clone(),
+            })
+        };
         match d {
             FlowDirective::StartIvrRecording => {
                 if self.phase != Phase::PreAnswer {
@@ -819,10 +845,15 @@ impl CallPolicy {
         (false, Reason::NoRule)
     }
 
-    /// Emits the actions that take the recorder from its current state to the desired one.
-    fn sync(&mut self) {
+    /// Emits the actions that take the recorder from its current state to the desired one;
+    /// `stop_reason` names the cause of a stop when it is not the ranked decision itself.
+    fn sync(&mut self, stop_reason: Option<Reason>) {
         let (on, reason) = self.desired();
-        let paused = self.pause.as_ref().filter(|p| p.on).map(|p| p.reason.clone());
+        let paused = self
+            .pause
+            .as_ref()
+            .filter(|p| p.on)
+            .map(|p| p.reason.clone());
         if on {
             let agent_only = self.agent_only.is_some();
             if agent_only != self.out_agent_only {
@@ -855,7 +886,10 @@ impl CallPolicy {
                 _ => {}
             }
         } else if self.out_on {
-            self.emit(ActionKind::Stop, reason.clone());
+            self.emit(
+                ActionKind::Stop,
+                stop_reason.unwrap_or_else(|| reason.clone()),
+            );
             self.out_on = false;
             self.out_paused = false;
         }

@@ -302,11 +302,17 @@ mod tests {
         let mut m = Matcher::new(&codes(false));
         m.feed('*', 0);
         let b = m.feed('2', 1000);
-        assert_eq!(b.fired, None, "gap equal to the timeout abandons the sequence");
+        assert_eq!(
+            b.fired, None,
+            "gap equal to the timeout abandons the sequence"
+        );
         assert_eq!(s(&b.forward), "*2");
         let mut m = Matcher::new(&codes(false));
         m.feed('*', 0);
-        assert_eq!(m.feed('2', 999).fired.map(|f| f.0), Some(FeatureCode::Start));
+        assert_eq!(
+            m.feed('2', 999).fired.map(|f| f.0),
+            Some(FeatureCode::Start)
+        );
     }
 
     #[test]
@@ -332,7 +338,11 @@ mod tests {
         m.feed('#', 0);
         m.feed('4', 10);
         let f = m.feed('*', 20);
-        assert_eq!(s(&f.forward), "#4", "the new * may start a code, so it is held");
+        assert_eq!(
+            s(&f.forward),
+            "#4",
+            "the new * may start a code, so it is held"
+        );
         assert!(m.holding());
         assert_eq!(m.feed('3', 30).fired.map(|f| f.0), Some(FeatureCode::Stop));
     }

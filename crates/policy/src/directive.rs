@@ -180,7 +180,9 @@ mod tests {
             FlowDirective::DoNotRecord,
             FlowDirective::Pause,
             FlowDirective::Resume,
-            FlowDirective::StatementStart { id: "Stmt-7".into() },
+            FlowDirective::StatementStart {
+                id: "Stmt-7".into(),
+            },
             FlowDirective::StatementStart { id: String::new() },
             FlowDirective::StatementStop,
         ];
@@ -217,7 +219,10 @@ mod tests {
             "start,",
         ] {
             let err = parse_record_header(bad).unwrap_err();
-            assert!(matches!(err, PolicyError::BadDirective { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, PolicyError::BadDirective { .. }),
+                "{bad}: {err}"
+            );
         }
         assert_eq!(" Denied ".parse::<Consent>().unwrap(), Consent::Denied);
         assert_eq!("granted".parse::<Consent>().unwrap(), Consent::Granted);

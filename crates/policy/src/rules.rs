@@ -15,7 +15,9 @@ use crate::digits::{normalize_digit, MAX_CODE_LEN};
 use crate::PolicyError;
 
 /// How a call reached (or left) the agent's station.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Placed by the agent (station) towards a customer.
