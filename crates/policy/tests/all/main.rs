@@ -5,6 +5,7 @@ mod config;
 mod feature_codes;
 mod filters;
 mod priority;
+mod props;
 mod sampling;
 mod stations;
 
