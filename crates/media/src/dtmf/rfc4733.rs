@@ -92,6 +92,8 @@ struct Current {
 pub struct Rfc4733Detector {
     cfg: Rfc4733Config,
     current: Option<Current>,
+    /// SSRC of the packets given to `handle_rtp`, to notice a new sender.
+    ssrc: Option<u32>,
     queue: EventQueue,
     stats: Rfc4733Stats,
 }
@@ -99,6 +101,11 @@ pub struct Rfc4733Detector {
 /// Below this segment length a new timestamp is always a new key press; above it, a segment
 /// continuing exactly where the previous one ends is the same press (§2.5.1.3).
 const LONG_SEGMENT: u16 = 0x8000;
+
+/// How long after its last packet a finished event still shadows older timestamps. Late
+/// retransmissions arrive within milliseconds; a sender whose timestamps jump backwards (a
+/// restarted stream keeping its SSRC) must not be ignored for ever.
+const STALE_WINDOW: Duration = Duration::from_secs(2);
 
 /// Whether `a` is after `b` in RTP serial-number arithmetic (RFC 1982).
 fn ts_after(a: u32, b: u32) -> bool {
@@ -114,6 +121,7 @@ impl Rfc4733Detector {
         Self {
             cfg,
             current: None,
+            ssrc: None,
             queue: EventQueue::new(),
             stats: Rfc4733Stats::default(),
         }
@@ -131,11 +139,17 @@ impl Rfc4733Detector {
     }
 
     /// Feeds one RTP packet. Packets of another payload type are left alone and `Ok(false)`
-    /// is returned, so the caller can offer every packet of the leg.
+    /// is returned, so the caller can offer every packet of the leg. A change of SSRC means
+    /// a new sender: an event in progress from the old one is reported and forgotten.
     pub fn handle_rtp(&mut self, now: Instant, pkt: &RtpView<'_>) -> Result<bool, DtmfError> {
         if pkt.payload_type() != self.cfg.payload_type {
             return Ok(false);
         }
+        if self.ssrc.is_some_and(|s| s != pkt.ssrc()) {
+            self.report(true);
+            self.current = None;
+        }
+        self.ssrc = Some(pkt.ssrc());
         self.handle_packet(
             now,
             pkt.marker(),
@@ -194,7 +208,9 @@ impl Rfc4733Detector {
         }
 
         let delta = timestamp.wrapping_sub(cur.seg_ts);
-        if timestamp == cur.seg_ts || ts_after(timestamp, cur.seg_ts) {
+        let long_finished =
+            cur.reported && now.saturating_duration_since(cur.last_rx) > STALE_WINDOW;
+        if timestamp == cur.seg_ts || ts_after(timestamp, cur.seg_ts) || long_finished {
             let continues = !marker
                 && !cur.end_seen
                 && code == cur.code
@@ -311,9 +327,10 @@ impl Rfc4733Detector {
         self.report(true);
     }
 
-    /// Forgets all state, e.g. when the sender's SSRC changes. Counters are kept.
+    /// Forgets all state, e.g. when the call is re-negotiated. Counters are kept.
     pub fn reset(&mut self) {
         self.current = None;
+        self.ssrc = None;
         self.queue.clear();
     }
 }
@@ -672,6 +689,42 @@ mod tests {
         let evs = run(&mut det, Instant::now(), &pkts);
         assert_eq!(digits(&evs), "*2");
         assert_eq!(det.stats().stale, 2);
+    }
+
+    #[test]
+    fn timestamps_jumping_backwards_after_a_while_start_a_new_digit() {
+        let mut det = detector();
+        let t0 = Instant::now();
+        det.handle_packet(t0, true, 1, 900_000, &[1, 0x80, 1, 0])
+            .unwrap();
+        // A late straggler is stale; the same timestamps 3 s later are a restarted sender.
+        let late = t0 + Duration::from_millis(30);
+        det.handle_packet(late, true, 2, 100, &[2, 0x80, 1, 0])
+            .unwrap();
+        let restarted = t0 + Duration::from_secs(3);
+        det.handle_packet(restarted, true, 3, 100, &[2, 0x80, 1, 0])
+            .unwrap();
+        let evs: Vec<_> = std::iter::from_fn(|| det.poll_event()).collect();
+        assert_eq!(digits(&evs), "12");
+        assert_eq!(det.stats().stale, 1);
+    }
+
+    #[test]
+    fn new_ssrc_reports_the_old_senders_event_and_starts_afresh() {
+        let mut det = detector();
+        let t0 = Instant::now();
+        let mut buf = [0u8; 16];
+        write_header(&mut buf, true, PT, 1, 5000, 1);
+        buf[12..].copy_from_slice(&[10, 0, 0, 160]);
+        det.handle_rtp(t0, &RtpView::parse(&buf).unwrap()).unwrap();
+        assert_eq!(det.in_progress(), Some('*'));
+        // The new sender's timestamp is older: without the SSRC change it would be stale.
+        write_header(&mut buf, true, PT, 9, 10, 2);
+        buf[12..].copy_from_slice(&[2, 0x80, 0, 160]);
+        det.handle_rtp(t0, &RtpView::parse(&buf).unwrap()).unwrap();
+        let evs: Vec<_> = std::iter::from_fn(|| det.poll_event()).collect();
+        assert_eq!(digits(&evs), "*2");
+        assert_eq!(det.stats().end_lost, 1);
     }
 
     #[test]
