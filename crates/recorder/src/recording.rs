@@ -377,6 +377,9 @@ impl Recording {
                 let len = (end - self.play) as usize;
                 let kind = self.kind();
                 let from = self.play;
+                for ch in &mut self.channels {
+                    ch.release(end, from, &mut self.scratch);
+                }
                 self.play = end;
                 match kind {
                     None => self.discard(from, len),

@@ -111,7 +111,7 @@ fn repair_file(
         .filter_map(|s| s.call_end_ms)
         .max()
         .unwrap_or(0);
-    metadata.call_duration_ms = metadata.call_duration_ms.max(last_end);
+    metadata.call_duration_ms = metadata.call_duration_ms.max(last_end).max(duration_ms);
     if metadata.start_unix_ms > 0 {
         metadata.end_unix_ms = Some(metadata.start_unix_ms + metadata.call_duration_ms);
     }

@@ -43,6 +43,11 @@ const SHIFT_CONFIRM: u32 = 4;
 const SHIFT_AGREE: i64 = 160;
 /// Added to the jitter delay to tell a jump from a late packet: 45 ms.
 const JUMP_MARGIN: i64 = 360;
+/// G.722 packets held for in-order decoding (320 ms of 20 ms packets, well beyond the jitter
+/// delay; when full, the oldest is decoded early)…
+const HOLD_SLOTS: usize = 16;
+/// …of at most this size (60 ms); larger ones are decoded on arrival.
+const HOLD_BYTES: usize = 480;
 /// Sequence numbers remembered for duplicate detection.
 const SEQ_WINDOW: i64 = 128;
 /// A sequence jump larger than this starts a new sequence epoch (sender restarted numbering).
@@ -135,6 +140,15 @@ pub(crate) struct ChannelTimeline {
     codecs_seen: u8,
     /// Deviation from the mean arrival delay (samples) that is a jump, not jitter.
     jump: i64,
+    held: Vec<Held>,
+}
+
+/// A G.722 payload waiting to be decoded in order.
+struct Held {
+    seq_ext: i64,
+    pos: i64,
+    len: usize,
+    payload: [u8; HOLD_BYTES],
 }
 
 impl std::fmt::Debug for ChannelTimeline {
@@ -160,6 +174,7 @@ impl ChannelTimeline {
     pub(crate) fn new(jitter_delay: i64) -> Self {
         Self {
             jump: jitter_delay + JUMP_MARGIN,
+            held: Vec::with_capacity(HOLD_SLOTS),
             ring: vec![0i16; RING].into_boxed_slice(),
             codecs: PayloadMap::with_static(),
             decoder: Decoder::new(),
@@ -232,6 +247,8 @@ impl ChannelTimeline {
                 cause = Some(ReanchorCause::SsrcChange);
             }
             self.ssrc = Some(rtp.ssrc());
+            // Held packets of the old stream are decoded with the old stream's state.
+            self.release(i64::MAX, play, scratch);
             self.close_seq_epoch();
             self.map = None;
             self.decoder.reset();
@@ -251,13 +268,7 @@ impl ChannelTimeline {
             self.stats.malformed += 1;
             return Placed::Nothing;
         }
-        let n = match self.decoder.decode(codec, payload, scratch) {
-            Ok(n) if n > 0 => n as i64,
-            _ => {
-                self.stats.malformed += 1;
-                return Placed::Nothing;
-            }
-        };
+        let n = codec.samples_for(payload.len()) as i64;
 
         let ts = rtp.timestamp();
         let pos = match self.map_packet(arrival, ts, seq_ext, n) {
@@ -272,7 +283,11 @@ impl ChannelTimeline {
         if cause.is_some() {
             self.stats.reanchored += 1;
         }
-        self.write(pos, play, &scratch[..n as usize]);
+        if codec == Codec::G722 && payload.len() <= HOLD_BYTES {
+            self.hold(seq_ext, pos, payload, play, scratch);
+        } else {
+            self.decode_and_write(codec, payload, pos, play, scratch);
+        }
         match cause {
             Some(c) => Placed::Reanchored(c),
             None => Placed::Nothing,
@@ -405,6 +420,72 @@ impl ChannelTimeline {
             m.remember(arrival, ts, ts_ext, seq_ext, n);
         }
         Mapped::Normal(ts_ext + m.offset)
+    }
+
+    fn decode_and_write(
+        &mut self,
+        codec: Codec,
+        payload: &[u8],
+        pos: i64,
+        play: i64,
+        scratch: &mut [i16; MAX_PACKET_SAMPLES],
+    ) {
+        match self.decoder.decode(codec, payload, scratch) {
+            Ok(n) if n > 0 => self.write(pos, play, &scratch[..n]),
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    /// Keeps a G.722 payload until its audio is due, so that reordered packets reach the
+    /// ADPCM decoder in sequence order (decoding them as they arrive would run the predictor
+    /// on the wrong history and smear audio across packets).
+    fn hold(
+        &mut self,
+        seq_ext: i64,
+        pos: i64,
+        payload: &[u8],
+        play: i64,
+        scratch: &mut [i16; MAX_PACKET_SAMPLES],
+    ) {
+        let n = payload.len() as i64;
+        if pos + n <= play {
+            self.stats.late_dropped += 1;
+            return;
+        }
+        if pos >= play + RING as i64 {
+            self.stats.early_dropped += 1;
+            return;
+        }
+        if self.held.len() == HOLD_SLOTS {
+            if let Some(oldest) = (0..self.held.len()).min_by_key(|&i| self.held[i].seq_ext) {
+                let h = self.held.swap_remove(oldest);
+                self.decode_and_write(Codec::G722, &h.payload[..h.len], h.pos, play, scratch);
+            }
+        }
+        let mut h = Held {
+            seq_ext,
+            pos,
+            len: payload.len(),
+            payload: [0; HOLD_BYTES],
+        };
+        h.payload[..payload.len()].copy_from_slice(payload);
+        self.held.push(h);
+    }
+
+    /// Decodes, in sequence order, the held packets that start before `until`.
+    pub(crate) fn release(
+        &mut self,
+        until: i64,
+        play: i64,
+        scratch: &mut [i16; MAX_PACKET_SAMPLES],
+    ) {
+        while let Some(i) = (0..self.held.len())
+            .filter(|&i| self.held[i].pos < until)
+            .min_by_key(|&i| self.held[i].seq_ext)
+        {
+            let h = self.held.swap_remove(i);
+            self.decode_and_write(Codec::G722, &h.payload[..h.len], h.pos, play, scratch);
+        }
     }
 
     /// Writes decoded samples at `pos`, clipped to the part of the ring still ahead of `play`.
