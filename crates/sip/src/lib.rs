@@ -15,7 +15,10 @@ pub mod message;
 pub mod transaction;
 pub mod uri;
 
-pub use message::{parse, CSeq, HeaderAccess, Headers, Message, Method, Request, Response};
+pub use message::{
+    check_request_semantics, check_response_semantics, frame_len, parse, CSeq, HeaderAccess,
+    Headers, Message, Method, Rejection, Request, Response,
+};
 pub use uri::{Host, NameAddr, Params, SipUri, Transport, Uri, Via};
 
 use thiserror::Error;

@@ -470,16 +470,28 @@ impl Message {
     }
 }
 
+fn is_content_length(name: &str) -> bool {
+    name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l")
+}
+
 fn write_headers(out: &mut String, headers: &Headers, body_len: usize) {
+    // Content-Length is always written from the body we hold, so a rewritten SDP can never
+    // disagree with its header. It stays where it was, so a relayed message keeps its order.
+    let mut length_written = false;
     for (n, v) in &headers.0 {
-        if n.eq_ignore_ascii_case("Content-Length") {
+        if is_content_length(n) {
+            if !length_written {
+                let _ = write!(out, "Content-Length: {body_len}\r\n");
+                length_written = true;
+            }
             continue;
         }
         let _ = write!(out, "{n}: {v}\r\n");
     }
-    // Content-Length is always written from the body we hold, so a rewritten SDP can never
-    // disagree with its header.
-    let _ = write!(out, "Content-Length: {body_len}\r\n\r\n");
+    if !length_written {
+        let _ = write!(out, "Content-Length: {body_len}\r\n");
+    }
+    out.push_str("\r\n");
 }
 
 /// Where a stream of bytes holds one complete message: the length of head + body.
@@ -498,8 +510,12 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let mut len = None;
     for line in head.split("\r\n").skip(1) {
         if let Some((n, v)) = line.split_once(':') {
-            let n = n.trim();
-            if n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("l") {
+            if is_content_length(n.trim()) {
+                // Two lengths leave the framing unknowable (RFC 4475 §3.3.9): the stream is
+                // unrecoverable and must be closed.
+                if len.is_some() {
+                    return Err(ParseError::bad("multiple Content-Length headers"));
+                }
                 len = Some(
                     v.trim()
                         .parse::<usize>()
@@ -598,6 +614,15 @@ pub fn parse(buf: &[u8], datagram: bool) -> Result<Message, ParseError> {
             ))
         }
     };
+    // §19.1.1 Table 1: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11).
+    if uri.sip().is_some_and(|u| u.headers.is_some()) {
+        return Err(partial(
+            headers,
+            method,
+            ParseErrorKind::BadRequest,
+            "Request-URI must not contain headers".into(),
+        ));
+    }
     let method_v = Method::parse(method);
     let body = match check_common(&headers, body, datagram, true) {
         Ok(b) => b,
@@ -734,6 +759,12 @@ fn check_common<'b>(
             e.parse::<u32>()
                 .map_err(|_| "Expires out of range".to_string())?;
         }
+        // Responses are not held to this: a sloppy Date must not cost an answered call.
+        if let Some(d) = headers.get("Date") {
+            if !is_sip_date(d) {
+                return Err("Date is not an RFC 1123 GMT date".into());
+            }
+        }
     }
     let body = match headers.count("Content-Length") {
         0 => body,
@@ -758,6 +789,29 @@ fn check_common<'b>(
     Ok(body)
 }
 
+/// `Date: Sat, 13 Nov 2010 23:29:00 GMT` (RFC 3261 §20.17: RFC 1123 form, GMT only).
+fn is_sip_date(s: &str) -> bool {
+    const DAYS: [&str; 7] = ["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    let p: Vec<&str> = s.split_whitespace().collect();
+    let [wkday, day, month, year, time, zone] = p[..] else {
+        return false;
+    };
+    let hms: Vec<&str> = time.split(':').collect();
+    DAYS.contains(&wkday)
+        && digits(day, 1..=2)
+        && MONTHS.contains(&month)
+        && digits(year, 4..=4)
+        && hms.len() == 3
+        && hms.iter().all(|f| digits(f, 2..=2))
+        && zone == "GMT"
+}
+
 /// What could be read of a request that failed validation: enough to answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartialRequest {
@@ -766,25 +820,172 @@ pub struct PartialRequest {
 }
 
 impl PartialRequest {
-    /// A response can be sent only if the headers that route and match it are usable, and
-    /// never to an ACK (§17.2.1: ACK gets no response).
+    /// The response to a request that failed validation, built from what could be read.
+    ///
+    /// It needs a top Via to travel back on (of any SIP version, so a `SIP/7.0` request still
+    /// gets its 505) and a CSeq for the client to match it; From, To and Call-ID are copied
+    /// when present, the first of each if repeated, since the point is to tell the sender that
+    /// exactly these are wrong (RFC 4475 §3.3.1, §3.3.8). An ACK is never answered (§17.2.1).
     pub fn error_response(&self, status: u16, reason: &str) -> Option<Response> {
         if self.method == Method::Ack {
             return None;
         }
         let via = self.headers.get_all("Via").next()?;
-        Via::parse(via).ok()?;
-        for h in ["From", "To", "Call-ID", "CSeq"] {
-            if self.headers.count(h) != 1 {
-                return None;
+        Via::parse_any_version(via).ok()?;
+        self.headers.get("CSeq")?;
+        let mut headers = Headers::default();
+        for (n, v) in &self.headers.0 {
+            let copy = if n == "Via" {
+                true
+            } else {
+                ["From", "To", "Call-ID", "CSeq"].contains(&n.as_str()) && headers.count(n) == 0
+            };
+            if copy {
+                headers.0.push((n.clone(), v.clone()));
             }
         }
-        let req = Request {
-            method: self.method.clone(),
-            uri: Uri::Other(String::new()),
-            headers: self.headers.clone(),
+        Some(Response {
+            status,
+            reason: reason.to_string(),
+            headers,
             body: Vec::new(),
-        };
-        Some(req.response(status, reason))
+        })
+    }
+}
+
+/// Why a well-formed request is refused before tapir acts on it, and what the answer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: String,
+    /// Headers the answer must carry: `Unsupported` for 420, `Accept` or `Accept-Encoding`
+    /// for 415, `Warning` for 406.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Rejection {
+    fn new(status: u16, reason: &str) -> Self {
+        Self {
+            status,
+            reason: reason.to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// The response to send (the caller adds a To tag where a dialog could follow).
+    pub fn response(&self, req: &Request) -> Response {
+        let mut r = req.response(self.status, &self.reason);
+        for (n, v) in &self.headers {
+            r.headers.push(n, v.clone());
+        }
+        r
+    }
+}
+
+/// Request-URI schemes tapir routes; any other gets 416 (RFC 3261 §8.2.2.1).
+pub const SUPPORTED_URI_SCHEMES: &[&str] = &["sip", "sips", "tel"];
+
+/// Methods whose body tapir must understand, because it anchors the media they describe.
+fn carries_session(method: &Method) -> bool {
+    matches!(method, Method::Invite | Method::Update | Method::Prack)
+}
+
+fn media_type(v: &str) -> String {
+    v.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The checks a UAS makes on a request that parsed, before acting on it (RFC 3261 §8.2.2,
+/// §8.2.3, §16.3 item 3), in the order the RFC lists them.
+///
+/// tapir terminates each request as a UAS and then originates its own on the other leg, so the
+/// UAS rules apply: the Request-URI scheme (416), `Require` against `supported` option tags
+/// (420; `Proxy-Require` is addressed to proxies and is relayed, not judged), the body type and
+/// encoding of session-carrying methods (415) and an `Accept` that rules out the SDP the answer
+/// must carry (406). Max-Forwards is where the B2BUA behaves like a proxy: it relays the request,
+/// so 0 means a loop and gets 483, except for OPTIONS, which §16.3 lets the element answer as the
+/// final recipient. `Ok` for an OPTIONS whose Max-Forwards is 0 therefore means "answer it here,
+/// do not relay it". ACK and CANCEL are exempt: an ACK gets no response, and the transaction
+/// layer has already answered a CANCEL.
+pub fn check_request_semantics(req: &Request, supported: &[&str]) -> Result<(), Rejection> {
+    if matches!(req.method, Method::Ack | Method::Cancel) {
+        return Ok(());
+    }
+    let scheme = match &req.uri {
+        Uri::Sip(u) if u.secure => "sips",
+        Uri::Sip(_) => "sip",
+        Uri::Other(s) => s.split(':').next().unwrap_or(""),
+    };
+    if !SUPPORTED_URI_SCHEMES
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(scheme))
+    {
+        return Err(Rejection::new(416, "Unsupported URI Scheme"));
+    }
+    if req.max_forwards() == Some(0) && req.method != Method::Options {
+        return Err(Rejection::new(483, "Too Many Hops"));
+    }
+    let unsupported: Vec<&str> = req
+        .headers
+        .get_all("Require")
+        .filter(|tag| !supported.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(
+            Rejection::new(420, "Bad Extension").with("Unsupported", unsupported.join(", "))
+        );
+    }
+    if carries_session(&req.method) {
+        if !req.body.is_empty() {
+            let ct = media_type(req.headers.get("Content-Type").unwrap_or(""));
+            if ct != "application/sdp" && !ct.starts_with("multipart/") {
+                return Err(Rejection::new(415, "Unsupported Media Type")
+                    .with("Accept", "application/sdp, multipart/mixed"));
+            }
+            if req
+                .headers
+                .get_all("Content-Encoding")
+                .any(|e| !e.eq_ignore_ascii_case("identity"))
+            {
+                return Err(Rejection::new(415, "Unsupported Media Type")
+                    .with("Accept-Encoding", "identity"));
+            }
+        }
+        if req.headers.count("Accept") > 0 {
+            let takes_sdp = req.headers.get_all("Accept").any(|a| {
+                matches!(
+                    media_type(a).as_str(),
+                    "application/sdp" | "application/*" | "*/*"
+                )
+            });
+            if !takes_sdp {
+                return Err(Rejection::new(406, "Not Acceptable").with(
+                    "Warning",
+                    "399 tapir \"the answer must carry application/sdp\"",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The check a UAC makes on a response that parsed (RFC 3261 §8.1.3.3): it must carry exactly
+/// one Via, ours; anything else was misrouted and is discarded silently. tapir is a UAC toward
+/// every next hop, so this also keeps it from relaying a response toward an address a second
+/// Via names (RFC 4475 §3.3.10, a broadcast address there).
+pub fn check_response_semantics(resp: &Response) -> Result<(), String> {
+    match resp.headers.get_all("Via").count() {
+        1 => Ok(()),
+        n => Err(format!(
+            "response with {n} Via values; a UAC expects exactly one"
+        )),
     }
 }

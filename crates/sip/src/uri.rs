@@ -259,15 +259,16 @@ impl Uri {
             }
             return Ok(Uri::Other(s.to_string()));
         };
-        let (rest, headers) = match rest.split_once('?') {
-            Some((r, h)) => (r, Some(h.to_string())),
-            None => (rest, None),
-        };
-        // The user part may itself contain ';' (user parameters, RFC 3261 §19.1.1), so find
-        // the host after the last '@' before any parameter of the host part.
-        let (user, hostpart) = match rest.rfind('@') {
+        // The userinfo may contain ';', '?', '/', ',' and more (user-unreserved, RFC 3261
+        // §25.1, RFC 4475 §3.1.1.2) but never an unescaped '@', and neither may the parameters
+        // or headers after the host: the first '@' is the only possible end of the userinfo.
+        let (user, rest) = match rest.find('@') {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
+        };
+        let (hostpart, headers) = match rest.split_once('?') {
+            Some((r, h)) => (r, Some(h.to_string())),
+            None => (rest, None),
         };
         if let Some(u) = user {
             if u.is_empty() {
@@ -397,7 +398,12 @@ impl NameAddr {
         };
         if let Some(r) = rest.strip_prefix('<') {
             let gt = r.find('>').ok_or(ParseError::bad("unterminated <URI>"))?;
-            let uri = Uri::parse(&r[..gt])?;
+            let inner = &r[..gt];
+            // `< sip:a@b >`: LAQUOT and RAQUOT allow no whitespace inside (RFC 4475 §3.1.2.14).
+            if inner.starts_with([' ', '\t']) || inner.ends_with([' ', '\t']) {
+                return Err(ParseError::bad("whitespace inside <URI>"));
+            }
+            let uri = Uri::parse(inner)?;
             let after = r[gt + 1..].trim();
             if !after.is_empty() && !after.starts_with(';') {
                 return Err(ParseError::bad("garbage after <URI>"));
@@ -509,21 +515,32 @@ pub struct Via {
 
 impl Via {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let (via, version) = Self::parse_any_version(s)?;
+        if version != "2.0" {
+            return Err(ParseError::bad("Via protocol is not SIP/2.0"));
+        }
+        Ok(via)
+    }
+
+    /// Parses a Via whatever its SIP version, so that a request of another version can still
+    /// be answered with 505 (RFC 4475 §3.1.2.16). Returns the version too.
+    pub(crate) fn parse_any_version(s: &str) -> Result<(Self, String), ParseError> {
         let s = s.trim();
-        let (proto, rest) = take_via_protocol(s)?;
+        let (version, proto, rest) = take_via_protocol(s)?;
         let rest = rest.trim_start();
         let (sent_by, params) = match rest.split_once(';') {
             Some((h, p)) => (h, Params::parse(p)?),
             None => (rest, Params::default()),
         };
         let (host, port) = parse_hostport(sent_by)?;
-        Ok(Via {
+        let via = Via {
             transport: Transport::parse(&proto).unwrap_or(Transport::Udp),
             transport_name: proto,
             host,
             port,
             params,
-        })
+        };
+        Ok((via, version))
     }
 
     pub fn branch(&self) -> Option<&str> {
@@ -531,8 +548,8 @@ impl Via {
     }
 }
 
-/// Reads `SIP / 2.0 / UDP` with optional LWS around the slashes.
-fn take_via_protocol(s: &str) -> Result<(String, &str), ParseError> {
+/// Reads `SIP / 2.0 / UDP` with optional LWS around the slashes: (version, transport, rest).
+fn take_via_protocol(s: &str) -> Result<(String, String, &str), ParseError> {
     let mut parts = Vec::with_capacity(3);
     let mut rest = s;
     for i in 0..3 {
@@ -552,10 +569,10 @@ fn take_via_protocol(s: &str) -> Result<(String, &str), ParseError> {
                 .ok_or(ParseError::bad("malformed Via protocol"))?;
         }
     }
-    if !parts[0].eq_ignore_ascii_case("SIP") || parts[1] != "2.0" {
-        return Err(ParseError::bad("Via protocol is not SIP/2.0"));
+    if !parts[0].eq_ignore_ascii_case("SIP") {
+        return Err(ParseError::bad("Via protocol is not SIP"));
     }
-    Ok((parts[2].to_ascii_uppercase(), rest))
+    Ok((parts[1].to_string(), parts[2].to_ascii_uppercase(), rest))
 }
 
 impl fmt::Display for Via {
