@@ -591,7 +591,7 @@ pub fn parse(buf: &[u8], datagram: bool) -> Result<Message, ParseError> {
     }
     let version = start_parts[2];
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        let kind = if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+        let kind = if version.len() > 4 && version.as_bytes()[..4].eq_ignore_ascii_case(b"SIP/") {
             ParseErrorKind::VersionNotSupported
         } else {
             ParseErrorKind::BadRequest
