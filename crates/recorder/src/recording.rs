@@ -443,6 +443,17 @@ impl Recording {
         self.run != Run::Stopped
     }
 
+    /// Memory held by this recording (struct and buffers; sinks not included).
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.channels.iter().map(|c| c.heap_bytes()).sum::<usize>()
+            + std::mem::size_of_val(&*self.scratch)
+            + std::mem::size_of_val(&*self.out)
+            + self.pending.capacity() * std::mem::size_of::<(i64, Command)>()
+            + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.segments.capacity() * std::mem::size_of::<Segment>()
+    }
+
     fn position(&self, now: Instant) -> i64 {
         let nanos = now.saturating_duration_since(self.t0).as_nanos();
         (nanos / NANOS_PER_SAMPLE).min(i64::MAX as u128 / 2) as i64

@@ -188,6 +188,12 @@ impl ChannelTimeline {
         }
     }
 
+    /// Heap bytes owned by this timeline (the struct itself excluded).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.ring.len() * std::mem::size_of::<i16>()
+            + self.held.capacity() * std::mem::size_of::<Held>()
+    }
+
     pub(crate) fn set_codecs(&mut self, codecs: &PayloadMap) {
         self.codecs = codecs.clone();
     }

@@ -331,6 +331,9 @@ impl Sink for Analyzer {
     }
 }
 
+/// A packet on the wire: (arrival ns, tie-breaker, leg index, datagram).
+type InFlight = (u64, u64, usize, Vec<u8>);
+
 /// A whole synthetic call: legs, network, commands at real times, run to `end` seconds.
 pub struct Call {
     pub legs: Vec<Leg>,
@@ -369,7 +372,7 @@ impl Call {
         let at = |s: f64| t0 + Duration::from_secs_f64(s.max(0.0));
         let mut rec = Recording::new(t0, self.config);
         let mut rng = Rng(self.seed);
-        let mut heap: BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>> = BinaryHeap::new();
+        let mut heap: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
         let mut order = 0u64;
         let mut buf = Vec::with_capacity(400);
         let mut commands = std::mem::take(&mut self.commands);
