@@ -58,5 +58,5 @@ pub use recording::{
     CHANNELS, MAX_CHUNK_FRAMES, SAMPLE_RATE,
 };
 pub use repair::{repair_spool, repair_wav, RepairedFile};
-pub use sink::{create_sink, Format, Mp3Sink, Sink, SinkOptions, WavSink};
+pub use sink::{create_sink, transcode_wav_to_mp3, Format, Mp3Sink, Sink, SinkOptions, WavSink};
 pub use timeline::{ChannelStats, ReanchorCause};

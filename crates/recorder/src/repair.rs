@@ -170,7 +170,7 @@ pub fn repair_wav(path: &Path) -> Result<u64, RecorderError> {
 }
 
 /// Finds where the `data` chunk's samples start and the frame size (block align).
-fn parse_wav_layout(head: &[u8]) -> Result<(u64, u64), &'static str> {
+pub(crate) fn parse_wav_layout(head: &[u8]) -> Result<(u64, u64), &'static str> {
     if head.len() < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
         return Err("no RIFF/WAVE signature");
     }

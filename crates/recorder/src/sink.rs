@@ -423,3 +423,65 @@ impl<W: Write + Send> Sink for Mp3Sink<W> {
         self.frames
     }
 }
+
+/// Encodes a finished (or repaired) recording WAV into an MP3 at `mp3`; returns the frames
+/// encoded.
+///
+/// LAME keeps about 280 KiB of state per encoder, more than a live recording's budget. A
+/// driver with many concurrent MP3 calls can therefore spool every call as WAV (80 KiB per
+/// live call, and the simplest crash repair) and run this on its writer thread when the call
+/// ends, at several hundred times realtime.
+pub fn transcode_wav_to_mp3(
+    wav: &Path,
+    mp3: &Path,
+    options: SinkOptions,
+) -> Result<u64, RecorderError> {
+    use std::io::Read;
+    let io = |op| move |e| RecorderError::io(op, wav, e);
+    let mut file = File::open(wav).map_err(io("open"))?;
+    let mut head = [0u8; 4096];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]).map_err(io("read"))? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let (data_start, frame_bytes) =
+        crate::repair::parse_wav_layout(&head[..got]).map_err(|reason| RecorderError::NotWav {
+            path: wav.to_path_buf(),
+            reason,
+        })?;
+    if frame_bytes != WAV_FRAME_BYTES {
+        return Err(RecorderError::NotWav {
+            path: wav.to_path_buf(),
+            reason: "not 16-bit stereo",
+        });
+    }
+    let declared = u64::from(u32::from_le_bytes([
+        head[data_start as usize - 4],
+        head[data_start as usize - 3],
+        head[data_start as usize - 2],
+        head[data_start as usize - 1],
+    ]));
+    file.seek(SeekFrom::Start(data_start)).map_err(io("seek"))?;
+    let mut remaining = declared / WAV_FRAME_BYTES * WAV_FRAME_BYTES;
+    let mut sink = Mp3Sink::create(mp3, options)?;
+    let mut bytes = vec![0u8; MP3_STEP_FRAMES * WAV_FRAME_BYTES as usize];
+    let mut samples = vec![0i16; MP3_STEP_FRAMES * 2];
+    while remaining > 0 {
+        let want = (bytes.len() as u64).min(remaining) as usize;
+        let n = file.read(&mut bytes[..want]).map_err(io("read"))?;
+        // A file shorter than its header claims ends the audio there.
+        let n = n / WAV_FRAME_BYTES as usize * WAV_FRAME_BYTES as usize;
+        if n == 0 {
+            break;
+        }
+        for (s, b) in samples.iter_mut().zip(bytes[..n].chunks_exact(2)) {
+            *s = i16::from_le_bytes([b[0], b[1]]);
+        }
+        sink.write(&samples[..n / 2])?;
+        remaining -= n as u64;
+    }
+    sink.finish()
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 use common::*;
 use media::codec::Codec;
 use recorder::{
-    create_sink, repair_spool, sidecar_path, Channel, Format, Mp3Sink, RecorderError, Recording,
-    RecordingMetadata, Sink, SinkOptions, WavSink,
+    create_sink, repair_spool, sidecar_path, transcode_wav_to_mp3, Channel, Format, Mp3Sink,
+    RecorderError, Recording, RecordingMetadata, Sink, SinkOptions, WavSink,
 };
 
 /// `seconds` of a 400 Hz tone left and a 1000 Hz tone right, in 20 ms chunks.
@@ -385,4 +385,31 @@ fn metadata_round_trips_with_call_facts_and_stats() {
     assert_eq!(RecordingMetadata::read_from(&path).unwrap(), meta);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"format\": \"wav\"") && text.contains("\"kind\": \"full\""));
+}
+
+#[test]
+fn spooled_wav_transcodes_to_mp3_with_tones_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("c.wav");
+    let mp3 = dir.path().join("c.mp3");
+    let mut sink = WavSink::create(&wav, SinkOptions::default()).unwrap();
+    write_tones(&mut sink, 4.0);
+    sink.finish().unwrap();
+    assert_eq!(
+        transcode_wav_to_mp3(&wav, &mp3, SinkOptions::default()).unwrap(),
+        32_000
+    );
+    let data = std::fs::read(&mp3).unwrap();
+    assert!(mp3_frames_are_valid(&data) >= 55);
+    let pcm = decode_mp3(&data);
+    let mut a = Analyzer::new();
+    a.push(&pcm);
+    assert!(a.loud_fraction(0, 0.2, 3.8) > 0.95 && a.runs(0, 1).len() == 1);
+    assert!(a.runs(1, 2).len() == 1 && a.runs(1, 1).is_empty());
+    // Not a WAV: a typed error.
+    std::fs::write(&wav, b"garbage").unwrap();
+    assert!(matches!(
+        transcode_wav_to_mp3(&wav, &mp3, SinkOptions::default()),
+        Err(RecorderError::NotWav { .. })
+    ));
 }
