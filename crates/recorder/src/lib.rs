@@ -9,7 +9,7 @@
 //! * `timeline`: per-channel placement of RTP packets by timestamp on the call clock
 //!   (reordering, duplicates, loss, re-anchoring, clock-skew slewing), see [`ChannelStats`].
 //! * [`sink`]: blocking WAV/MP3 writers for a writer thread, flushed and playable at least
-//!   every second.
+//!   every second, and [`transcode_wav_to_mp3`] for drivers that spool MP3 calls as WAV.
 //! * [`metadata`]: the JSON sidecar.
 //! * [`repair`]: start-up repair of files interrupted by a crash.
 //!

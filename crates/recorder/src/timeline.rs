@@ -58,7 +58,7 @@ const SEQ_RESTART: i64 = 3000;
 pub struct ChannelStats {
     /// Datagrams that parsed as RTP (including duplicates, late and unsupported ones).
     pub received: u64,
-    /// Packets never received, from sequence-number gaps.
+    /// Packets never received, from sequence-number gaps among supported payload types.
     pub lost: u64,
     /// Packets received more than once (second and later copies).
     pub duplicated: u64,
@@ -247,6 +247,17 @@ impl ChannelTimeline {
             };
         }
 
+        self.note_codec(codec);
+        if !codec.is_audio() {
+            // CN and telephone-events put no samples on the timeline: their span stays silent.
+            // They share the audio stream's sequence space, so they count for loss and
+            // duplicates, but only audio may change the stream: some endpoints send events
+            // with an SSRC of their own.
+            if self.ssrc == Some(rtp.ssrc()) {
+                let _ = self.track_sequence(rtp.sequence());
+            }
+            return Placed::Nothing;
+        }
         let mut cause = None;
         if self.ssrc != Some(rtp.ssrc()) {
             if self.ssrc.is_some() {
@@ -262,12 +273,6 @@ impl ChannelTimeline {
         let Some(seq_ext) = self.track_sequence(rtp.sequence()) else {
             return Placed::Nothing;
         };
-        self.note_codec(codec);
-        if !codec.is_audio() {
-            // CN and telephone-events count for loss and duplicates (they share the sequence
-            // space) but put no samples on the timeline: their span stays silent.
-            return Placed::Nothing;
-        }
 
         let payload = rtp.payload();
         if payload.is_empty() || codec.samples_for(payload.len()) > MAX_PACKET_SAMPLES {

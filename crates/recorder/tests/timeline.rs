@@ -423,3 +423,49 @@ fn segments_pause_agent_only_and_stop() {
         }
     )));
 }
+
+#[test]
+fn telephone_events_stay_out_of_the_audio_and_do_not_change_the_stream() {
+    let t0 = std::time::Instant::now();
+    let ms = |m: u64| t0 + std::time::Duration::from_millis(m);
+    let mut rec = Recording::new(t0, RecordingConfig::default());
+    let mut map = PayloadMap::with_static();
+    map.insert_rtpmap(101, "telephone-event", 8000);
+    rec.set_codecs(Channel::Agent, &map);
+    rec.handle_command(t0, Command::Start { reason: "t".into() });
+    let mut a = Analyzer::new();
+    let mut events = Vec::new();
+    for i in 0..100u16 {
+        let now = ms(20 * i as u64 + 20);
+        rec.handle_timeout(now);
+        let mut p = vec![0u8; 172];
+        if (40..50).contains(&i) {
+            // A DTMF event in place of audio, from an SSRC of its own.
+            media::rtp::write_header(&mut p[..16], i == 40, 101, i, 160 * 40, 99);
+            p.truncate(16);
+        } else {
+            media::rtp::write_header(&mut p, false, 0, i, 160 * i as u32, 7);
+            for (j, b) in p[12..].iter_mut().enumerate() {
+                *b = if (j / 4) % 2 == 0 { 0x80 } else { 0x00 };
+            }
+        }
+        rec.handle_packet(now, Channel::Agent, &p);
+        drain(&mut rec, &mut a, &mut events);
+    }
+    rec.finish(ms(2100), "end");
+    drain(&mut rec, &mut a, &mut events);
+    assert!(!events.iter().any(|e| matches!(e, Event::Reanchored { .. })));
+    assert!(a.loud_fraction(AGENT, 0.005, 0.795) > 0.99);
+    assert_eq!(
+        a.loud_fraction(AGENT, 0.8025, 0.9975),
+        0.0,
+        "event span is silent"
+    );
+    assert!(a.loud_fraction(AGENT, 1.005, 1.995) > 0.99);
+    assert_eq!(
+        rec.codecs_seen(Channel::Agent),
+        vec!["PCMU", "telephone-event"]
+    );
+    let s = rec.stats(Channel::Agent);
+    assert_eq!((s.received, s.lost), (100, 10));
+}
