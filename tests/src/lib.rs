@@ -1,1 +1,406 @@
-//! Helpers for the black-box tests.
+//! Harness for black-box tests: start the real `tapir` binary on free ports, run SIPp
+//! scenarios against it, read its metrics.
+//!
+//! Tests wait for events (the "tapir ready" log line, a process exit, a metric reaching a
+//! value), never for fixed sleeps.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Directory of the SIPp scenarios (`tests/sipp`).
+pub fn scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp")
+}
+
+/// `../shared` beside the repository, when present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    p.is_dir().then_some(p)
+}
+
+/// Whether SIPp is installed; tests that need it fail loudly without it, because the test
+/// command installs it.
+pub fn sipp_path() -> PathBuf {
+    PathBuf::from(std::env::var("SIPP").unwrap_or_else(|_| "sipp".into()))
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A port free for both UDP and TCP on `ip`, distinct from others handed out in this process.
+pub fn free_port(ip: &str) -> u16 {
+    let base = 21000 + (std::process::id() % 50) as u16 * 200;
+    loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = base + (n % 8000);
+        let addr: SocketAddr = format!("{}:{port}", bracket(ip)).parse().unwrap();
+        if UdpSocket::bind(addr).is_ok() && TcpListener::bind(addr).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A media port for SIPp's `-mp`: SIPp binds it and the next three (RTP/RTCP for audio and
+/// video), so these come in blocks of four from their own range.
+pub fn free_media_port(ip: &str) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 52000 + (std::process::id() % 10) as u16 * 1000;
+    loop {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = base + (k % 250) * 4;
+        let ok = (0..4).all(|i| {
+            let addr: SocketAddr = format!("{}:{}", bracket(ip), port + i).parse().unwrap();
+            UdpSocket::bind(addr).is_ok()
+        });
+        if ok {
+            return port;
+        }
+    }
+}
+
+/// A block of `n` consecutive free UDP ports (for RTP ranges).
+pub fn free_port_range(n: u16) -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 40000 + (std::process::id() % 20) as u16 * 1000;
+    let k = NEXT.fetch_add(1, Ordering::Relaxed);
+    let start = base + (k * n) % 10000;
+    (start, start + n - 1)
+}
+
+pub fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// A running tapir.
+pub struct Tapir {
+    child: Child,
+    pub sip_port: u16,
+    pub http: SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+pub struct TapirOptions {
+    /// Extra TOML appended to the generated config (routes, recording...).
+    pub extra: String,
+    /// Listen also on [::1].
+    pub ipv6: bool,
+    pub t1_ms: u64,
+    pub rtp_ports: u16,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Default for TapirOptions {
+    fn default() -> Self {
+        Self {
+            extra: String::new(),
+            ipv6: false,
+            t1_ms: 500,
+            rtp_ports: 200,
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+impl Tapir {
+    /// Starts tapir with one route to `callee` (a SIP URI) plus `opts.extra`.
+    pub fn start(bin: &str, routes: &str, opts: TapirOptions) -> Tapir {
+        let dir = tempfile::tempdir().unwrap();
+        let sip_port = free_port("127.0.0.1");
+        let http_port = free_port("127.0.0.1");
+        let (pmin, pmax) = free_port_range(opts.rtp_ports);
+        let (udp, tcp, ips) = if opts.ipv6 {
+            (
+                format!("[\"127.0.0.1:{sip_port}\", \"[::1]:{sip_port}\"]"),
+                format!("[\"127.0.0.1:{sip_port}\", \"[::1]:{sip_port}\"]"),
+                "[\"127.0.0.1\", \"::1\"]".to_string(),
+            )
+        } else {
+            (
+                format!("[\"127.0.0.1:{sip_port}\"]"),
+                format!("[\"127.0.0.1:{sip_port}\"]"),
+                "[\"127.0.0.1\"]".to_string(),
+            )
+        };
+        let cfg = format!(
+            "[sip]\nlisten_udp = {udp}\nlisten_tcp = {tcp}\nt1_ms = {t1}\nt2_ms = {t2}\n\n\
+             [media]\nips = {ips}\nport_min = {pmin}\nport_max = {pmax}\n\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[log]\nlevel = \"info,tapir=debug\"\n\n{extra}\n{routes}\n",
+            t1 = opts.t1_ms,
+            t2 = (opts.t1_ms * 8).max(opts.t1_ms),
+            extra = opts.extra,
+        );
+        let path = dir.path().join("tapir.toml");
+        std::fs::write(&path, cfg).unwrap();
+        Self::spawn(bin, dir, sip_port, http_port, &opts)
+    }
+
+    fn spawn(
+        bin: &str,
+        dir: tempfile::TempDir,
+        sip_port: u16,
+        http_port: u16,
+        opts: &TapirOptions,
+    ) -> Tapir {
+        let path = dir.path().join("tapir.toml");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&path)
+            .args(&opts.args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start tapir");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut ready = Some(ready_tx);
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("tapir ready") {
+                    if let Some(t) = ready.take() {
+                        let _ = t.send(());
+                    }
+                }
+                log2.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("tapir did not become ready:\n{}", log.lock().unwrap());
+        }
+        Tapir {
+            child,
+            sip_port,
+            http: format!("127.0.0.1:{http_port}").parse().unwrap(),
+            dir,
+            log,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tapir.toml")
+    }
+
+    pub fn sip(&self) -> String {
+        format!("127.0.0.1:{}", self.sip_port)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to tapir.
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for tapir to exit; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A plain HTTP/1.0 GET or POST on the HTTP port; returns (status, body).
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        http_request(self.http, method, path, "")
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http("GET", "/metrics").1
+    }
+
+    /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        parse_metric(&self.metrics(), prefix)
+    }
+
+    /// Polls a metric until `pred` holds (the event we wait for), or panics after `timeout`.
+    pub fn wait_metric(&self, prefix: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let end = Instant::now() + timeout;
+        loop {
+            let v = self.metric(prefix);
+            if pred(v) {
+                return v;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "metric {prefix} = {v} never met the condition\nlog:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Tapir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn parse_metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(prefix)
+                && l[prefix.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c == ' ' || c == '{' || prefix.ends_with('}'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: tapir\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// A SIPp process.
+pub struct Sipp {
+    child: Child,
+    pub name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sipp {
+    /// Runs SIPp with `args` in its own directory (for its log files).
+    pub fn spawn(name: &str, args: &[String]) -> Sipp {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(sipp_path())
+            .args(args)
+            .args(["-nostdin", "-trace_err", "-trace_msg"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run sipp ({e}); the test command installs sip-tester")
+            });
+        Sipp {
+            child,
+            name: name.into(),
+            dir,
+        }
+    }
+
+    /// Waits for SIPp to finish; returns its exit code (0: every call succeeded).
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return -2;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIPp's error and message logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if let Ok(t) = std::fs::read_to_string(&p) {
+                    let tail: String = t
+                        .chars()
+                        .rev()
+                        .take(6000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    out.push_str(&format!("== {} {}\n{tail}\n", self.name, p.display()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Common SIPp arguments: scenario file (or built-in `-sn` name) and local address.
+pub fn sipp_args(scenario: &str, local_ip: &str, port: u16) -> Vec<String> {
+    let mut v = Vec::new();
+    if scenario.ends_with(".xml") {
+        v.push("-sf".into());
+        v.push(scenarios().join(scenario).to_string_lossy().into_owned());
+    } else {
+        v.push("-sn".into());
+        v.push(scenario.into());
+    }
+    v.extend(["-i".into(), local_ip.into(), "-p".into(), port.to_string()]);
+    v
+}

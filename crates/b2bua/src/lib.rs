@@ -245,7 +245,9 @@ impl IdGen {
     fn next(&mut self) -> String {
         self.n += 1;
         // splitmix64 scrambles the counter so ids do not look sequential on the wire.
-        let mut z = self.seed.wrapping_add(self.n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = self
+            .seed
+            .wrapping_add(self.n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         format!("{:016x}", z ^ (z >> 31))
@@ -445,7 +447,9 @@ impl B2bua {
     fn drain_tx(&mut self, now: Instant) {
         while let Some(o) = self.tx.poll_output() {
             match o {
-                TxOutput::Transmit { to, data } => self.out.push_back(Output::Transmit { to, data }),
+                TxOutput::Transmit { to, data } => {
+                    self.out.push_back(Output::Transmit { to, data })
+                }
                 TxOutput::Event(e) => self.on_tx_event(now, e),
             }
         }
@@ -515,9 +519,16 @@ impl B2bua {
         let t = if peer.transport == Transport::Udp {
             String::new()
         } else {
-            format!(";transport={}", peer.transport.as_str().to_ascii_lowercase())
+            format!(
+                ";transport={}",
+                peer.transport.as_str().to_ascii_lowercase()
+            )
         };
-        format!("<sip:tapir@{}:{}{t}>", sip::Host::from(local.ip()), local.port())
+        format!(
+            "<sip:tapir@{}:{}{t}>",
+            sip::Host::from(local.ip()),
+            local.port()
+        )
     }
 
     fn respond(&mut self, now: Instant, key: &TxKey, mut resp: Response) {
@@ -549,11 +560,14 @@ impl B2bua {
             Method::Invite => self.on_new_invite(now, key, req, from),
             Method::Options => {
                 // Keep-alive pings from trunks and load balancers (e.g. Kamailio dispatcher).
-                let mut r = req.response(if self.draining { 503 } else { 200 }, if self.draining {
-                    "Service Unavailable"
-                } else {
-                    "OK"
-                });
+                let mut r = req.response(
+                    if self.draining { 503 } else { 200 },
+                    if self.draining {
+                        "Service Unavailable"
+                    } else {
+                        "OK"
+                    },
+                );
                 r.headers.push(
                     "Allow",
                     "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY",
@@ -650,7 +664,10 @@ impl B2bua {
         let a_tag = self.ids.next();
         let from_na = req.from().unwrap_or_else(|| NameAddr::new(req.uri.clone()));
         let to_na = req.to().unwrap_or_else(|| NameAddr::new(req.uri.clone()));
-        let a_target = req.contact().map(|c| c.uri).unwrap_or_else(|| from_na.uri.clone());
+        let a_target = req
+            .contact()
+            .map(|c| c.uri)
+            .unwrap_or_else(|| from_na.uri.clone());
         let a_dialog = Dialog {
             call_id: req.call_id().to_string(),
             local_tag: a_tag.clone(),
@@ -658,7 +675,11 @@ impl B2bua {
             local_uri: strip_tag(&to_na),
             remote_uri: strip_tag(&from_na),
             remote_target: a_target,
-            route_set: req.headers.get_all("Record-Route").map(str::to_string).collect(),
+            route_set: req
+                .headers
+                .get_all("Record-Route")
+                .map(str::to_string)
+                .collect(),
             local_cseq: 0,
             remote_cseq: req.cseq().map(|c| c.seq),
         };
@@ -687,7 +708,9 @@ impl B2bua {
         b_req.headers.push("Call-ID", b_call_id.clone());
         b_req.headers.push("CSeq", "1 INVITE");
         b_req.headers.push("Contact", self.contact(b_peer));
-        b_req.headers.push("User-Agent", self.config.user_agent.clone());
+        b_req
+            .headers
+            .push("User-Agent", self.config.user_agent.clone());
         copy_end_to_end_headers(&req, &mut b_req);
         if let Some(mut s) = sdp.clone() {
             let i = s.audio_index().unwrap_or(0);
@@ -796,7 +819,15 @@ impl B2bua {
     }
 
     /// Builds the message for `to_leg` that carries `src`'s body, with SDP anchored.
-    fn copy_body(&mut self, call: CallId, from_leg: Leg, src_has_sdp: bool, body: &[u8], content_type: Option<&str>, dst: &mut sip::Headers) -> Vec<u8> {
+    fn copy_body(
+        &mut self,
+        call: CallId,
+        from_leg: Leg,
+        src_has_sdp: bool,
+        body: &[u8],
+        content_type: Option<&str>,
+        dst: &mut sip::Headers,
+    ) -> Vec<u8> {
         if body.is_empty() {
             return Vec::new();
         }
@@ -881,7 +912,14 @@ impl B2bua {
         }
         let has_sdp = resp.has_sdp();
         let ct = resp.content_type().map(str::to_string);
-        r.body = self.copy_body(relay.call, to_leg_of_resp, has_sdp, &resp.body, ct.as_deref(), &mut r.headers);
+        r.body = self.copy_body(
+            relay.call,
+            to_leg_of_resp,
+            has_sdp,
+            &resp.body,
+            ct.as_deref(),
+            &mut r.headers,
+        );
         if relay.request.method == Method::Invite && (200..300).contains(&resp.status) {
             // ACK the re-INVITE's 2xx on the answering leg at once; the caller's ACK to us is
             // absorbed (tapir holds both offer/answer sides, so nothing in it is needed).
@@ -890,7 +928,14 @@ impl B2bua {
         self.respond(now, &relay.server, r);
     }
 
-    fn ack_2xx(&mut self, now: Instant, call: CallId, leg: Leg, resp: &Response, body: Option<(Vec<u8>, String)>) {
+    fn ack_2xx(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        leg: Leg,
+        resp: &Response,
+        body: Option<(Vec<u8>, String)>,
+    ) {
         let _ = now;
         let Some(c) = self.calls.get_mut(&call) else {
             return;
@@ -978,7 +1023,14 @@ impl B2bua {
         }
         let has_sdp = resp.has_sdp();
         let ct = resp.content_type().map(str::to_string);
-        r.body = self.copy_body(call, Leg::B, has_sdp, &resp.body, ct.as_deref(), &mut r.headers);
+        r.body = self.copy_body(
+            call,
+            Leg::B,
+            has_sdp,
+            &resp.body,
+            ct.as_deref(),
+            &mut r.headers,
+        );
         let c = self.calls.get_mut(&call).expect("call exists");
         match resp.status {
             101..=199 => {}
@@ -1141,10 +1193,10 @@ impl B2bua {
                     return;
                 }
                 if req.method == Method::Invite
-                    && self
-                        .client
-                        .values()
-                        .any(|(cid, p)| *cid == call && matches!(p, Purpose::Relay(r) if r.request.method == Method::Invite))
+                    && self.client.values().any(|(cid, p)| {
+                        *cid == call
+                            && matches!(p, Purpose::Relay(r) if r.request.method == Method::Invite)
+                    })
                 {
                     // Glare: a re-INVITE is already in progress on this call (§14.1).
                     let r = req.response(491, "Request Pending");
@@ -1175,13 +1227,23 @@ impl B2bua {
         let mut out = l.dialog.request(req.method.clone());
         let peer = l.peer;
         out.headers.push_front("Via", self.via(peer));
-        if matches!(req.method, Method::Invite | Method::Update | Method::Subscribe | Method::Refer | Method::Notify) {
+        if matches!(
+            req.method,
+            Method::Invite | Method::Update | Method::Subscribe | Method::Refer | Method::Notify
+        ) {
             out.headers.push("Contact", self.contact(peer));
         }
         copy_end_to_end_headers(&req, &mut out);
         let has_sdp = req.has_sdp();
         let ct = req.content_type().map(str::to_string);
-        out.body = self.copy_body(call, leg, has_sdp, &req.body, ct.as_deref(), &mut out.headers);
+        out.body = self.copy_body(
+            call,
+            leg,
+            has_sdp,
+            &req.body,
+            ct.as_deref(),
+            &mut out.headers,
+        );
         let k = self.tx.send_request(now, out, peer);
         self.client.insert(
             k,

@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(p.free(), 4);
         assert_eq!(p.allocate(), Some(30006));
         let _ = p.allocate_pair().unwrap();
-        assert!(p.allocate_pair().is_none(), "one port left cannot make a pair");
+        assert!(
+            p.allocate_pair().is_none(),
+            "one port left cannot make a pair"
+        );
         assert_eq!(p.in_use(), 3);
     }
 }

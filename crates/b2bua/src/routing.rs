@@ -31,7 +31,8 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn parse(s: &str) -> Result<Self, B2buaError> {
-        let bad = || B2buaError::Config(format!("'{s}' is not an address or network (a.b.c.d/len)"));
+        let bad =
+            || B2buaError::Config(format!("'{s}' is not an address or network (a.b.c.d/len)"));
         let (a, l) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
@@ -137,8 +138,7 @@ impl Routes {
             }
             let user_pattern = match &r.user_pattern {
                 Some(p) => Some(
-                    regex_lite::Regex::new(p)
-                        .map_err(|e| ctx(format!("bad user_pattern: {e}")))?,
+                    regex_lite::Regex::new(p).map_err(|e| ctx(format!("bad user_pattern: {e}")))?,
                 ),
                 None => None,
             };
@@ -176,9 +176,7 @@ impl Routes {
     pub fn find(&self, source: IpAddr, user: &str) -> Option<&Route> {
         self.routes.iter().find(|r| {
             (r.source.is_empty() || r.source.iter().any(|c| c.contains(source)))
-                && r.user_prefix
-                    .as_deref()
-                    .is_none_or(|p| user.starts_with(p))
+                && r.user_prefix.as_deref().is_none_or(|p| user.starts_with(p))
                 && r.user_pattern.as_ref().is_none_or(|p| p.is_match(user))
         })
     }

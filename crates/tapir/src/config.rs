@@ -194,7 +194,10 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tapir") && n.ends_with(".toml")) {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("tapir") && n.ends_with(".toml"))
+            {
                 Config::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
                 n += 1;
             }
@@ -205,10 +208,17 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let text = DEFAULT_CONFIG.replace("t1_ms = 500", "t1_ms = 500\nt1_msec = 3");
-        let e = Config::from_str_with_env(&text, &[]).unwrap_err().to_string();
+        let e = Config::from_str_with_env(&text, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t1_msec"), "{e}");
-        let text = DEFAULT_CONFIG.replace("customer = \"caller\"", "customer = \"caller\"\ncustomr = 1");
-        let e = Config::from_str_with_env(&text, &[]).unwrap_err().to_string();
+        let text = DEFAULT_CONFIG.replace(
+            "customer = \"caller\"",
+            "customer = \"caller\"\ncustomr = 1",
+        );
+        let e = Config::from_str_with_env(&text, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("customr"), "{e}");
     }
 
@@ -217,7 +227,10 @@ mod tests {
         let env = vec![
             ("TAPIR_MEDIA__PORT_MIN".to_string(), "20000".to_string()),
             ("TAPIR_LOG__LEVEL".to_string(), "debug".to_string()),
-            ("TAPIR_SIP__LISTEN_UDP".to_string(), "[\"127.0.0.1:5999\"]".to_string()),
+            (
+                "TAPIR_SIP__LISTEN_UDP".to_string(),
+                "[\"127.0.0.1:5999\"]".to_string(),
+            ),
             ("OTHER".to_string(), "x".to_string()),
         ];
         let c = Config::from_str_with_env(DEFAULT_CONFIG, &env).unwrap();
@@ -225,15 +238,25 @@ mod tests {
         assert_eq!(c.log.level, "debug");
         assert_eq!(c.sip.listen_udp, vec!["127.0.0.1:5999".parse().unwrap()]);
         let bad = vec![("TAPIR_MEDIA__PORT_MNI".to_string(), "1".to_string())];
-        let e = Config::from_str_with_env(DEFAULT_CONFIG, &bad).unwrap_err().to_string();
+        let e = Config::from_str_with_env(DEFAULT_CONFIG, &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("port_mni"), "{e}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let text = DEFAULT_CONFIG.replace("target = \"sip:127.0.0.1:5070\"", "target = \"sip:pbx.example.com\"");
-        let e = Config::from_str_with_env(&text, &[]).unwrap_err().to_string();
-        assert!(e.contains("route 'default'") && e.contains("IP address"), "{e}");
+        let text = DEFAULT_CONFIG.replace(
+            "target = \"sip:127.0.0.1:5070\"",
+            "target = \"sip:pbx.example.com\"",
+        );
+        let e = Config::from_str_with_env(&text, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("route 'default'") && e.contains("IP address"),
+            "{e}"
+        );
         let text = DEFAULT_CONFIG.replace("port_min = 30000", "port_min = 50000");
         assert!(Config::from_str_with_env(&text, &[]).is_err());
     }

@@ -24,9 +24,17 @@ use crate::metrics::Metrics;
 use crate::relay::Relay;
 
 pub enum Input {
-    Sip { data: Vec<u8>, from: Peer },
-    TcpUp { addr: SocketAddr, tx: mpsc::UnboundedSender<Vec<u8>> },
-    TcpDown { addr: SocketAddr },
+    Sip {
+        data: Vec<u8>,
+        from: Peer,
+    },
+    TcpUp {
+        addr: SocketAddr,
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    TcpDown {
+        addr: SocketAddr,
+    },
     Control(Control),
 }
 
@@ -184,14 +192,21 @@ impl Engine {
         }
         let s = self.core.stats();
         let t = self.core.tx_stats();
-        let now = (s.messages_in, s.messages_out, s.parse_errors, t.retransmissions_sent);
+        let now = (
+            s.messages_in,
+            s.messages_out,
+            s.parse_errors,
+            t.retransmissions_sent,
+        );
         let last = self.last_stats;
         self.metrics.sip_in.inc_by(now.0 - last.0);
         self.metrics.sip_out.inc_by(now.1 - last.1);
         self.metrics.sip_parse_errors.inc_by(now.2 - last.2);
         self.metrics.sip_retransmissions.inc_by(now.3 - last.3);
         self.last_stats = now;
-        self.metrics.calls_active.set(self.core.active_calls() as i64);
+        self.metrics
+            .calls_active
+            .set(self.core.active_calls() as i64);
         let _ = self.calls_watch.send_if_modified(|n| {
             let c = self.core.active_calls();
             let changed = *n != c;
@@ -238,7 +253,11 @@ impl Engine {
                 let sock = self
                     .udp
                     .iter()
-                    .find(|s| s.local_addr().map(|a| a.is_ipv4() == to.addr.is_ipv4()).unwrap_or(false))
+                    .find(|s| {
+                        s.local_addr()
+                            .map(|a| a.is_ipv4() == to.addr.is_ipv4())
+                            .unwrap_or(false)
+                    })
                     .or(self.udp.first());
                 if let Some(s) = sock {
                     if let Err(e) = s.send_to(&data, to.addr).await {
@@ -256,7 +275,12 @@ impl Engine {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let _ = tx.send(data);
                 self.tcp.insert(to.addr, tx);
-                tokio::spawn(tcp_connect(to.addr, rx, self.inputs_tx.clone(), self.tcp_idle));
+                tokio::spawn(tcp_connect(
+                    to.addr,
+                    rx,
+                    self.inputs_tx.clone(),
+                    self.tcp_idle,
+                ));
             }
         }
     }
@@ -362,7 +386,10 @@ async fn tcp_connection(
         buf.extend_from_slice(&chunk[..n]);
         loop {
             // RFC 5626 keep-alive CRLFs between messages.
-            let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+            let skip = buf
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
             buf.drain(..skip);
             if buf.is_empty() {
                 break;

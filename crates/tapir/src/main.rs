@@ -48,7 +48,9 @@ enum Command {
 }
 
 fn env_vars() -> Vec<(String, String)> {
-    std::env::vars().filter(|(k, _)| k.starts_with("TAPIR_")).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("TAPIR_"))
+        .collect()
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,7 +105,9 @@ fn main() -> std::process::ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
     } else {

@@ -10,7 +10,7 @@ pub struct Metrics {
     pub sip_out: IntCounter,
     pub sip_parse_errors: IntCounter,
     pub sip_retransmissions: IntCounter,
-    pub rtp_relayed: IntCounter,
+    pub rtp_relayed: IntCounterVec,
     pub rtp_dropped: IntCounterVec,
     pub tap_dropped: IntCounter,
     pub recordings_total: IntCounterVec,
@@ -26,7 +26,8 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap();
-        let sip_in = IntCounter::new("tapir_sip_messages_in_total", "SIP messages received").unwrap();
+        let sip_in =
+            IntCounter::new("tapir_sip_messages_in_total", "SIP messages received").unwrap();
         let sip_out = IntCounter::new("tapir_sip_messages_out_total", "SIP messages sent").unwrap();
         let sip_parse_errors = IntCounter::new(
             "tapir_sip_parse_errors_total",
@@ -38,9 +39,19 @@ impl Metrics {
             "SIP retransmissions sent by tapir's transactions",
         )
         .unwrap();
-        let rtp_relayed = IntCounter::new("tapir_rtp_packets_relayed_total", "RTP/RTCP packets relayed").unwrap();
+        let rtp_relayed = IntCounterVec::new(
+            Opts::new(
+                "tapir_rtp_packets_relayed_total",
+                "RTP/RTCP packets relayed, by the leg they came from",
+            ),
+            &["from"],
+        )
+        .unwrap();
         let rtp_dropped = IntCounterVec::new(
-            Opts::new("tapir_rtp_packets_dropped_total", "RTP/RTCP packets dropped, by reason"),
+            Opts::new(
+                "tapir_rtp_packets_dropped_total",
+                "RTP/RTCP packets dropped, by reason",
+            ),
             &["reason"],
         )
         .unwrap();
@@ -54,7 +65,8 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
-        let recordings_active = IntGauge::new("tapir_recordings_active", "Recordings being written").unwrap();
+        let recordings_active =
+            IntGauge::new("tapir_recordings_active", "Recordings being written").unwrap();
         for c in [
             Box::new(calls_active.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(calls_total.clone()),

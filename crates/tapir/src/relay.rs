@@ -116,7 +116,10 @@ impl Relay {
     pub fn handle(&self, cmd: MediaCommand) {
         match cmd {
             MediaCommand::Open {
-                call, a_port, b_port, ..
+                call,
+                a_port,
+                b_port,
+                ..
             } => {
                 if let Err(e) = self.open(call, a_port, b_port) {
                     tracing::error!(call, a_port, b_port, error = %e, "cannot bind media ports");
@@ -214,7 +217,13 @@ fn to_socket_family(sock: &UdpSocket, dest: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn relay_loop(inner: Arc<RelayInner>, media: Arc<CallMedia>, call: CallId, leg: Leg, rtcp: bool) {
+async fn relay_loop(
+    inner: Arc<RelayInner>,
+    media: Arc<CallMedia>,
+    call: CallId,
+    leg: Leg,
+    rtcp: bool,
+) {
     let this = &media.legs[idx(leg)];
     let other = &media.legs[idx(leg.other())];
     let (sock, out_sock) = if rtcp {
@@ -222,7 +231,21 @@ async fn relay_loop(inner: Arc<RelayInner>, media: Arc<CallMedia>, call: CallId,
     } else {
         (this.rtp.clone(), other.rtp.clone())
     };
-    let latch = if rtcp { &this.latched_rtcp } else { &this.latched_rtp };
+    let latch = if rtcp {
+        &this.latched_rtcp
+    } else {
+        &this.latched_rtp
+    };
+    // Resolve the labelled counter once: no label lookup per packet.
+    let relayed = inner
+        .metrics
+        .rtp_relayed
+        .with_label_values(&[match (leg, rtcp) {
+            (Leg::A, false) => "a_rtp",
+            (Leg::B, false) => "b_rtp",
+            (Leg::A, true) => "a_rtcp",
+            (Leg::B, true) => "b_rtcp",
+        }]);
     let mut buf = [0u8; MAX_DATAGRAM];
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
@@ -241,15 +264,27 @@ async fn relay_loop(inner: Arc<RelayInner>, media: Arc<CallMedia>, call: CallId,
                 *l = Some(src);
             }
         }
-        let dest = if rtcp { other.rtcp_dest() } else { other.rtp_dest() };
+        let dest = if rtcp {
+            other.rtcp_dest()
+        } else {
+            other.rtp_dest()
+        };
         let Some(dest) = dest else {
-            inner.metrics.rtp_dropped.with_label_values(&["no_destination"]).inc();
+            inner
+                .metrics
+                .rtp_dropped
+                .with_label_values(&["no_destination"])
+                .inc();
             continue;
         };
         match out_sock.try_send_to(data, to_socket_family(&out_sock, dest)) {
-            Ok(_) => inner.metrics.rtp_relayed.inc(),
+            Ok(_) => relayed.inc(),
             Err(_) => {
-                inner.metrics.rtp_dropped.with_label_values(&["send_failed"]).inc();
+                inner
+                    .metrics
+                    .rtp_dropped
+                    .with_label_values(&["send_failed"])
+                    .inc();
                 continue;
             }
         }
@@ -259,7 +294,11 @@ async fn relay_loop(inner: Arc<RelayInner>, media: Arc<CallMedia>, call: CallId,
         }
         if let Some(tap) = &inner.tap {
             if n > TAP_MAX || media::rtp::RtpView::parse(data).is_err() {
-                inner.metrics.rtp_dropped.with_label_values(&["not_rtp"]).inc();
+                inner
+                    .metrics
+                    .rtp_dropped
+                    .with_label_values(&["not_rtp"])
+                    .inc();
                 continue;
             }
             match tap.try_reserve() {

@@ -1,0 +1,357 @@
+//! Black-box call tests: the real `tapir` binary between two SIPp instances, with RTP.
+//!
+//! Each test starts its own tapir on free ports, a SIPp callee behind it and a SIPp caller in
+//! front of it, and asserts on SIPp's exit code (every expected message arrived, in order) and
+//! on tapir's metrics (media went through tapir in both directions, calls ended as expected).
+
+use std::time::Duration;
+
+use tapir_tests::{free_port, sipp_args, Sipp, Tapir, TapirOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tapir");
+
+fn route(callee_port: u16, transport: &str, ip: &str) -> String {
+    let ip = tapir_tests::bracket(ip);
+    let t = if transport == "tcp" {
+        ";transport=tcp"
+    } else {
+        ""
+    };
+    format!(
+        "[[routes]]\nname = \"to-callee\"\ntarget = \"sip:{ip}:{callee_port}{t}\"\ncustomer = \"caller\"\ndirection = \"inbound\"\n"
+    )
+}
+
+struct Pair {
+    caller: Sipp,
+    callee: Sipp,
+}
+
+/// Starts the callee, then the caller, each with its own SIP and media ports.
+#[allow(clippy::too_many_arguments)]
+fn run_pair(
+    tapir: &Tapir,
+    caller_scn: &str,
+    callee_scn: &str,
+    callee_port: u16,
+    caller_extra: &[&str],
+    callee_extra: &[&str],
+    ip: &str,
+) -> Pair {
+    let mut a = sipp_args(callee_scn, ip, callee_port);
+    a.extend([
+        "-mp".into(),
+        tapir_tests::free_media_port(ip).to_string(),
+        "-m".into(),
+        "1".into(),
+    ]);
+    a.extend(callee_extra.iter().map(|s| s.to_string()));
+    let callee = Sipp::spawn("callee", &a);
+    let target = format!("{}:{}", tapir_tests::bracket(ip), tapir.sip_port);
+    let mut a = sipp_args(caller_scn, ip, free_port(ip));
+    a.insert(0, target);
+    a.extend([
+        "-mp".into(),
+        tapir_tests::free_media_port(ip).to_string(),
+        "-m".into(),
+        "1".into(),
+    ]);
+    a.extend(caller_extra.iter().map(|s| s.to_string()));
+    let caller = Sipp::spawn("caller", &a);
+    Pair { caller, callee }
+}
+
+fn expect_ok(tapir: &Tapir, mut p: Pair, timeout: Duration) {
+    let rc_caller = p.caller.wait(timeout);
+    let rc_callee = p.callee.wait(timeout);
+    assert!(
+        rc_caller == 0 && rc_callee == 0,
+        "caller rc {rc_caller}, callee rc {rc_callee}\n{}\n{}\ntapir log:\n{}",
+        p.caller.logs(),
+        p.callee.logs(),
+        tapir.log()
+    );
+}
+
+fn relayed(t: &Tapir, from: &str) -> f64 {
+    t.metric(&format!(
+        "tapir_rtp_packets_relayed_total{{from=\"{from}\"}}"
+    ))
+}
+
+/// After every call has ended, nothing may be left behind: no call, no ports in use.
+fn assert_clean(t: &Tapir) {
+    t.wait_metric("tapir_calls_active", Duration::from_secs(10), |v| v == 0.0);
+    let (code, body) = t.http("GET", "/calls");
+    assert_eq!(code, 200);
+    assert_eq!(body.trim(), "[]");
+}
+
+#[test]
+fn basic_call_relays_rtp_both_ways() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    // The callee echoes every RTP packet it receives: packets relayed from leg B prove that
+    // leg A's audio reached the far side through tapir.
+    let p = run_pair(
+        &t,
+        "uac_pcap.xml",
+        "uas",
+        callee_port,
+        &["-d", "3000"],
+        &["-rtp_echo"],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    let from_a = relayed(&t, "a_rtp");
+    let from_b = relayed(&t, "b_rtp");
+    // 3 s of 20 ms packets is 150; allow for the start and end of the call.
+    assert!(
+        from_a >= 100.0,
+        "caller audio relayed: {from_a}\n{}",
+        t.log()
+    );
+    assert!(
+        from_b >= from_a * 0.9,
+        "echo relayed back: {from_b} of {from_a}"
+    );
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"completed\"}"), 1.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn callee_hangs_up() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_wait_bye.xml",
+        "uas_bye.xml",
+        callee_port,
+        &[],
+        &["-d", "1500"],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert!(relayed(&t, "a_rtp") > 30.0 && relayed(&t, "b_rtp") > 30.0);
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"completed\"}"), 1.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn caller_hangs_up() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_pcap.xml",
+        "uas_answer.xml",
+        callee_port,
+        &["-d", "1500"],
+        &[],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert!(relayed(&t, "a_rtp") > 30.0 && relayed(&t, "b_rtp") > 30.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn cancel_before_answer() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_cancel.xml",
+        "uas_ring.xml",
+        callee_port,
+        &[],
+        &[],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"cancelled\"}"), 1.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn busy_is_relayed() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_busy.xml",
+        "uas_busy.xml",
+        callee_port,
+        &[],
+        &[],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"rejected\"}"), 1.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn no_answer_times_out_with_408() {
+    // Nothing listens on the callee port; with T1 = 50 ms, Timer B fires after 3.2 s.
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions {
+            t1_ms: 50,
+            ..Default::default()
+        },
+    );
+    let mut a = sipp_args("uac_timeout.xml", "127.0.0.1", free_port("127.0.0.1"));
+    a.insert(0, t.sip());
+    a.extend([
+        "-mp".into(),
+        tapir_tests::free_media_port("127.0.0.1").to_string(),
+        "-m".into(),
+        "1".into(),
+    ]);
+    let mut caller = Sipp::spawn("caller", &a);
+    let rc = caller.wait(Duration::from_secs(30));
+    assert_eq!(rc, 0, "{}\n{}", caller.logs(), t.log());
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"timeout\"}"), 1.0);
+    // 7 INVITEs over 64*T1 on leg B: six retransmissions.
+    assert!(t.metric("tapir_sip_retransmissions_total") >= 6.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn caller_holds_and_resumes() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_hold.xml",
+        "uas_held.xml",
+        callee_port,
+        &["-d", "700"],
+        &[],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert_clean(&t);
+}
+
+#[test]
+fn callee_holds_and_resumes() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_held.xml",
+        "uas_hold.xml",
+        callee_port,
+        &[],
+        &["-d", "700"],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert_clean(&t);
+}
+
+#[test]
+fn tcp_caller_udp_callee() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_pcap.xml",
+        "uas_answer.xml",
+        callee_port,
+        &["-t", "t1", "-d", "1000"],
+        &[],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn udp_caller_tcp_callee() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "tcp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_pcap.xml",
+        "uas_answer.xml",
+        callee_port,
+        &["-d", "1000"],
+        &["-t", "t1"],
+        "127.0.0.1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
+    assert_clean(&t);
+}
+
+#[test]
+fn ipv6_call() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this host; skipping");
+        return;
+    }
+    let callee_port = free_port("::1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "::1"),
+        TapirOptions {
+            ipv6: true,
+            ..Default::default()
+        },
+    );
+    let p = run_pair(
+        &t,
+        "uac_pcap.xml",
+        "uas_answer.xml",
+        callee_port,
+        &["-d", "1000"],
+        &[],
+        "::1",
+    );
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
+    assert_clean(&t);
+}
