@@ -1,7 +1,9 @@
 //! The SIP core of tapir, sans-IO.
 //!
 //! Layout:
-//! - [`message`]: parse, validate and print SIP messages; typed access to the headers tapir uses.
+//! - [`message`]: parse, validate and print SIP messages; typed access to the headers tapir uses;
+//!   the UAS/UAC checks on well-formed messages ([`check_request_semantics`],
+//!   [`check_response_semantics`]).
 //! - [`uri`]: SIP URIs, name-addr values, Via values and parameters.
 //! - [`transaction`]: the RFC 3261 §17 transaction layer (client and server, INVITE and
 //!   non-INVITE) as a state machine driven by `handle_*` calls and a caller-supplied `now`.

@@ -545,10 +545,15 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 /// datagram the excess is discarded; on a stream the caller has framed the message already.
 /// A missing Content-Length on a datagram means "the rest of the datagram".
 ///
-/// Validation: start line grammar and SIP/2.0 version (505 otherwise); To, From, Call-ID,
-/// CSeq, Via (and Max-Forwards on requests) present exactly once where singular; CSeq method
-/// equal to the request method; Content-Length a single non-negative number not larger than
-/// the body; numeric headers in range. Each failure names what is wrong.
+/// Validation: start line grammar and SIP/2.0 version (505 otherwise); no headers in the
+/// Request-URI; To, From, Call-ID and CSeq present exactly once and Via at least once, all
+/// well formed; CSeq method equal to the request method; Content-Length a single non-negative
+/// number not larger than the body; numeric headers in range; on requests, a Date in RFC 1123
+/// GMT form. Max-Forwards may be absent (RFC 2543 peers). Each failure names what is wrong.
+/// The RFC 4475 and RFC 5118 torture messages pin these rules down (`tests/torture.rs`).
+///
+/// What a UAS decides about a well-formed request (416, 420, 415, 406, 483) is not a parse
+/// error: see [`check_request_semantics`].
 pub fn parse(buf: &[u8], datagram: bool) -> Result<Message, ParseError> {
     let head_end = find_head_end(buf);
     let (head, body) = match head_end {

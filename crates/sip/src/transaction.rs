@@ -2,9 +2,14 @@
 //!
 //! [`TransactionLayer`] matches incoming messages to client and server transactions, absorbs
 //! retransmissions, retransmits over unreliable transports and fires timers A–K. It also
-//! carries the two INVITE duties RFC 6026 moved next to the transactions: retransmitting a 2xx
-//! until its ACK arrives (server) and passing retransmitted 2xx up so the UAC can re-ACK
-//! (client).
+//! carries the INVITE duties RFC 6026 moved next to the transactions: retransmitting a 2xx
+//! until its ACK arrives and absorbing INVITE retransmissions until Timer L (server), passing
+//! retransmitted 2xx up so the UAC can re-ACK (client), and Timer C, which bounds how long a
+//! ringing INVITE may wait for its final response.
+//!
+//! Every transaction ends on its own timers, so the layer holds nothing for a request once
+//! they have run (`len()` returns to zero); `tests/transaction.rs` checks each timer on a
+//! virtual clock and `tests/network.rs` runs two layers over a lossy network.
 //!
 //! The caller drives it str0m-style: feed input with `handle_*`, then drain [`poll_output`]
 //! until it returns `None`, and call [`handle_timeout`] at [`poll_timeout`].
