@@ -404,3 +404,108 @@ pub fn sipp_args(scenario: &str, local_ip: &str, port: u16) -> Vec<String> {
     v.extend(["-i".into(), local_ip.into(), "-p".into(), port.to_string()]);
     v
 }
+
+/// Writes a pcap of PCMA RTP (payload type 8, 20 ms packets) carrying a sine tone at `freq`
+/// Hz for `secs` seconds, for SIPp's `play_pcap_audio`.
+pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
+    let mut out = Vec::new();
+    // Global header: magic, v2.4, thiszone, sigfigs, snaplen, Ethernet.
+    for v in [0xa1b2c3d4u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    let packets = (secs / 0.02) as u32;
+    let mut phase = 0.0f64;
+    for i in 0..packets {
+        let mut rtp = [0u8; 172];
+        media::rtp::write_header(&mut rtp, i == 0, 8, i as u16, i * 160, 0x1234_5678);
+        for b in rtp[12..].iter_mut() {
+            *b = media::codec::encode_pcma((8000.0 * phase.sin()) as i16);
+            phase += 2.0 * std::f64::consts::PI * freq / 8000.0;
+        }
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut frame = Vec::with_capacity(14 + ip_len);
+        frame.extend_from_slice(&[0u8; 12]);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
+        frame.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&rtp);
+        let t_us = i as u64 * 20_000;
+        out.extend_from_slice(&((t_us / 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((t_us % 1_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// Energy of `freq` in `samples` (8 kHz), by the Goertzel algorithm.
+pub fn tone_energy(samples: &[i16], freq: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s0 = x as f64 + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - k * s1 * s2) / samples.len().max(1) as f64
+}
+
+/// Reads a stereo 8 kHz WAV into (channel 1, channel 2).
+pub fn read_stereo_wav(path: &Path) -> (Vec<i16>, Vec<i16>) {
+    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = r.spec();
+    assert_eq!(spec.channels, 2, "stereo");
+    assert_eq!(spec.sample_rate, 8000);
+    assert_eq!(spec.bits_per_sample, 16);
+    let all: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let c1 = all.iter().step_by(2).copied().collect();
+    let c2 = all.iter().skip(1).step_by(2).copied().collect();
+    (c1, c2)
+}
+
+impl Sipp {
+    /// Like [`Sipp::spawn`], with `tone.pcap` (a sine at `freq` Hz) in its working directory.
+    pub fn spawn_with_tone(name: &str, args: &[String], freq: f64, secs: f64) -> Sipp {
+        let dir = tempfile::tempdir().unwrap();
+        write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
+        let child = Command::new(sipp_path())
+            .args(args)
+            .args(["-nostdin", "-trace_err", "-trace_msg"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sipp ({e})"));
+        Sipp {
+            child,
+            name: name.into(),
+            dir,
+        }
+    }
+}

@@ -137,6 +137,9 @@ pub enum CallEvent {
         from: String,
         to: String,
         customer: Leg,
+        /// The route's recording mode and format, as configured (see [`RouteConfig`]).
+        record: Option<String>,
+        format: Option<String>,
     },
     Answered {
         call: CallId,
@@ -296,7 +299,7 @@ enum Purpose {
     Invite,
     Bye,
     /// Relayed in-dialog request; answer goes back on the relay's server transaction.
-    Relay(Relay),
+    Relay(Box<Relay>),
 }
 
 impl B2bua {
@@ -747,6 +750,8 @@ impl B2bua {
             from: span_from,
             to: span_to,
             customer,
+            record: route.record.clone(),
+            format: route.format.clone(),
         }));
         self.out.push_back(Output::Media(MediaCommand::Open {
             call,
@@ -872,7 +877,7 @@ impl B2bua {
                 let final_ = resp.status >= 200;
                 let relay = if final_ {
                     match self.client.remove(&key) {
-                        Some((_, Purpose::Relay(r))) => r,
+                        Some((_, Purpose::Relay(r))) => *r,
                         _ => return,
                     }
                 } else {
@@ -1249,12 +1254,12 @@ impl B2bua {
             k,
             (
                 call,
-                Purpose::Relay(Relay {
+                Purpose::Relay(Box::new(Relay {
                     call,
                     from_leg: leg,
                     server: key,
                     request: req,
-                }),
+                })),
             ),
         );
     }

@@ -95,6 +95,13 @@ pub struct RouteConfig {
     /// Label for the recording metadata and policy (e.g. `inbound`, `outbound`).
     #[serde(default)]
     pub direction: Option<String>,
+    /// Recording mode for calls on this route (`never`, `always`, `on_demand`); interpreted
+    /// by the recorder, which falls back to its own default when absent.
+    #[serde(default)]
+    pub record: Option<String>,
+    /// Recording file format for this route (`wav`, `mp3`); recorder default when absent.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +115,8 @@ pub struct Route {
     pub transport: Transport,
     pub customer: Side,
     pub direction: Option<String>,
+    pub record: Option<String>,
+    pub format: Option<String>,
 }
 
 /// The compiled routing table; first match wins.
@@ -168,6 +177,8 @@ impl Routes {
                 transport,
                 customer: r.customer,
                 direction: r.direction.clone(),
+                record: r.record.clone(),
+                format: r.format.clone(),
             });
         }
         Ok(Self { routes: out })
@@ -204,6 +215,8 @@ mod tests {
             target: "sip:127.0.0.1:5070".into(),
             customer: Side::Caller,
             direction: None,
+            record: None,
+            format: None,
         }
     }
 

@@ -150,6 +150,21 @@ impl Config {
             bail!("routes: no route configured; every INVITE would be refused");
         }
         self.recording.validate()?;
+        for r in &self.routes {
+            if let Some(m) = &r.record {
+                if crate::recording::Mode::parse(m).is_none() {
+                    bail!(
+                        "route '{}': record = '{m}' is not never, always or on_demand",
+                        r.name
+                    );
+                }
+            }
+            if let Some(f) = &r.format {
+                if crate::recording::Format::parse(f).is_none() {
+                    bail!("route '{}': format = '{f}' is not wav or mp3", r.name);
+                }
+            }
+        }
         self.compile_routes()?;
         self.advertise()?;
         Ok(())

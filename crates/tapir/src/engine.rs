@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::recording::{Format, Mode, RecCtl};
 use crate::relay::Relay;
 
 pub enum Input {
@@ -46,8 +47,14 @@ pub enum Control {
     ReloadRoutes(b2bua::Routes),
 }
 
-/// Call events fanned out to whoever cares (the recorder).
-pub type CallEvents = mpsc::UnboundedSender<CallEvent>;
+/// How the engine reaches the recorder thread.
+pub struct RecorderLink {
+    pub tx: std::sync::mpsc::Sender<RecCtl>,
+    pub default_mode: Mode,
+    pub default_format: Format,
+    /// Distinguishes this process's contact ids from other nodes'.
+    pub node: String,
+}
 
 pub struct Engine {
     core: B2bua,
@@ -57,7 +64,9 @@ pub struct Engine {
     inputs: mpsc::Receiver<Input>,
     relay: Relay,
     metrics: Arc<Metrics>,
-    events: Option<CallEvents>,
+    recorder: Option<RecorderLink>,
+    /// Calls whose packets the recorder wants.
+    tapped: std::collections::HashSet<CallId>,
     show_numbers: bool,
     tcp_idle: Duration,
     last_stats: (u64, u64, u64, u64),
@@ -80,7 +89,7 @@ impl Engine {
         tcp_addrs: &[SocketAddr],
         relay: Relay,
         metrics: Arc<Metrics>,
-        events: Option<CallEvents>,
+        recorder: Option<RecorderLink>,
         show_numbers: bool,
         tcp_idle: Duration,
     ) -> Result<EngineHandle> {
@@ -114,7 +123,8 @@ impl Engine {
             inputs,
             relay,
             metrics,
-            events,
+            recorder,
+            tapped: Default::default(),
             show_numbers,
             tcp_idle,
             last_stats: (0, 0, 0, 0),
@@ -186,7 +196,29 @@ impl Engine {
         while let Some(o) = self.core.poll_output() {
             match o {
                 Output::Transmit { to, data } => self.send(to, data).await,
-                Output::Media(cmd) => self.relay.handle(cmd),
+                Output::Media(cmd) => {
+                    if let (
+                        Some(r),
+                        b2bua::MediaCommand::Update {
+                            call, leg, codecs, ..
+                        },
+                    ) = (&self.recorder, &cmd)
+                    {
+                        let _ = r.tx.send(RecCtl::Codecs {
+                            call: *call,
+                            leg: *leg,
+                            codecs: codecs.clone(),
+                        });
+                    }
+                    let open = match &cmd {
+                        b2bua::MediaCommand::Open { call, .. } => Some(*call),
+                        _ => None,
+                    };
+                    self.relay.handle(cmd);
+                    if let Some(call) = open {
+                        self.relay.set_tap(call, self.tapped.contains(&call));
+                    }
+                }
                 Output::Call(ev) => self.on_call_event(ev),
             }
         }
@@ -242,8 +274,64 @@ impl Engine {
             }
             CallEvent::Info { call, leg, .. } => tracing::debug!(call, leg = ?leg, "INFO relayed"),
         }
-        if let Some(tx) = &self.events {
-            let _ = tx.send(ev);
+        if let Some(r) = &self.recorder {
+            let msg = match ev {
+                CallEvent::Started {
+                    call,
+                    route,
+                    direction,
+                    a_call_id,
+                    b_call_id,
+                    from,
+                    to,
+                    customer,
+                    record,
+                    format,
+                } => {
+                    let start = crate::recording::unix_ms();
+                    let (cust_id, agent_id) = match customer {
+                        b2bua::Leg::A => (a_call_id, b_call_id),
+                        b2bua::Leg::B => (b_call_id, a_call_id),
+                    };
+                    let meta = recorder::RecordingMetadata {
+                        contact_id: format!("{start}-{}-{call}", r.node),
+                        call_id_customer: Some(cust_id),
+                        call_id_agent: Some(agent_id),
+                        from,
+                        to,
+                        route,
+                        direction: direction.unwrap_or_default(),
+                        start_unix_ms: start,
+                        ..Default::default()
+                    };
+                    let mode = record
+                        .as_deref()
+                        .and_then(Mode::parse)
+                        .unwrap_or(r.default_mode);
+                    if mode != Mode::Never {
+                        self.tapped.insert(call);
+                    }
+                    Some(RecCtl::Started {
+                        call,
+                        meta: Box::new(meta),
+                        customer,
+                        mode,
+                        format: format
+                            .as_deref()
+                            .and_then(Format::parse)
+                            .unwrap_or(r.default_format),
+                    })
+                }
+                CallEvent::Answered { call } => Some(RecCtl::Answered { call }),
+                CallEvent::Ended { call, .. } => {
+                    self.tapped.remove(&call);
+                    Some(RecCtl::Ended { call })
+                }
+                CallEvent::Info { .. } => None,
+            };
+            if let Some(m) = msg {
+                let _ = r.tx.send(m);
+            }
         }
     }
 

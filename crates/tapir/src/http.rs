@@ -11,11 +11,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Control, Input};
 use crate::metrics::Metrics;
+use crate::recording::RecCtl;
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     inputs: mpsc::Sender<Input>,
+    recorder: std::sync::mpsc::Sender<RecCtl>,
 }
 
 /// Binds the HTTP listener and serves in the background; returns the bound address.
@@ -23,13 +25,19 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     inputs: mpsc::Sender<Input>,
+    recorder: std::sync::mpsc::Sender<RecCtl>,
 ) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(|| async { "ok" }))
         .route("/calls", get(list_calls))
         .route("/calls/{id}/hangup", post(hang_up))
-        .with_state(AppState { metrics, inputs });
+        .route("/calls/{id}/recording/{action}", post(recording_command))
+        .with_state(AppState {
+            metrics,
+            inputs,
+            recorder,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -66,6 +74,40 @@ async fn hang_up(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {
     }
     match rx.await {
         Ok(true) => StatusCode::NO_CONTENT,
+        Ok(false) => StatusCode::NOT_FOUND,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `POST /calls/{id}/recording/{start|stop|pause|resume|agent-only|both}`.
+async fn recording_command(
+    State(s): State<AppState>,
+    Path((id, action)): Path<(u64, String)>,
+) -> StatusCode {
+    let reason = format!("api: {action}");
+    let command = match action.as_str() {
+        "start" => recorder::Command::Start { reason },
+        "stop" => recorder::Command::Stop { reason },
+        "pause" => recorder::Command::Pause { reason },
+        "resume" => recorder::Command::Resume { reason },
+        "agent-only" => recorder::Command::AgentOnly { reason },
+        "both" => recorder::Command::BothChannels { reason },
+        _ => return StatusCode::BAD_REQUEST,
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.recorder
+        .send(RecCtl::Command {
+            call: id,
+            command,
+            reply: Some(tx),
+        })
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    match rx.await {
+        Ok(true) => StatusCode::NO_CONTENT,
+        // Unknown call, or a call whose route never records.
         Ok(false) => StatusCode::NOT_FOUND,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }

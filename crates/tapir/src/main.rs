@@ -132,21 +132,35 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
     };
     let core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
 
-    let relay = relay::Relay::new(metrics.clone(), None);
+    let node = format!("{:08x}", random_seed() as u32);
+    let (tap, rec_ctl) =
+        recording::start(cfg.recording.clone(), cfg.media.tap_queue, metrics.clone())?;
+    let relay = relay::Relay::new(metrics.clone(), Some(tap));
+    let link = engine::RecorderLink {
+        tx: rec_ctl.clone(),
+        default_mode: cfg.recording.mode,
+        default_format: cfg.recording.format,
+        node,
+    };
     let handle = Engine::start(
         core,
         &cfg.sip.listen_udp,
         &cfg.sip.listen_tcp,
         relay.clone(),
         metrics.clone(),
-        None,
+        Some(link),
         cfg.log.show_numbers,
         Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
     )
     .await?;
-    let http_addr = http::serve(cfg.http.listen, metrics.clone(), handle.inputs.clone())
-        .await
-        .context("cannot start the HTTP server")?;
+    let http_addr = http::serve(
+        cfg.http.listen,
+        metrics.clone(),
+        handle.inputs.clone(),
+        rec_ctl,
+    )
+    .await
+    .context("cannot start the HTTP server")?;
     // One line tests and operators can wait for: every socket is bound.
     tracing::info!(
         sip_udp = ?handle.local_udp,
