@@ -140,14 +140,20 @@ pub enum CallEvent {
         /// The route's recording mode and format, as configured (see [`RouteConfig`]).
         record: Option<String>,
         format: Option<String>,
+        /// `X-Tapir-*` headers of the caller's INVITE (policy facts and directives).
+        x_headers: Vec<(String, String)>,
     },
     Answered {
         call: CallId,
     },
-    /// An in-dialog INFO crossed tapir (DTMF relay for the policy engine).
-    Info {
+    /// An in-dialog request crossed tapir (re-INVITE, UPDATE, INFO...): its `X-Tapir-*`
+    /// headers carry flow directives, an INFO body may carry DTMF.
+    InDialog {
         call: CallId,
         leg: Leg,
+        method: String,
+        /// `X-Tapir-*` headers, name and value.
+        x_headers: Vec<(String, String)>,
         content_type: String,
         body: Vec<u8>,
     },
@@ -752,6 +758,7 @@ impl B2bua {
             customer,
             record: route.record.clone(),
             format: route.format.clone(),
+            x_headers: x_tapir_headers(&req),
         }));
         self.out.push_back(Output::Media(MediaCommand::Open {
             call,
@@ -1208,14 +1215,18 @@ impl B2bua {
                     self.respond(now, &key, r);
                     return;
                 }
-                if req.method == Method::Info {
-                    self.out.push_back(Output::Call(CallEvent::Info {
-                        call,
-                        leg,
-                        content_type: req.content_type().unwrap_or("").to_string(),
-                        body: req.body.clone(),
-                    }));
-                }
+                self.out.push_back(Output::Call(CallEvent::InDialog {
+                    call,
+                    leg,
+                    method: req.method.to_string(),
+                    x_headers: x_tapir_headers(&req),
+                    content_type: req.content_type().unwrap_or("").to_string(),
+                    body: if req.method == Method::Info {
+                        req.body.clone()
+                    } else {
+                        Vec::new()
+                    },
+                }));
                 self.relay_in_dialog(now, key, req, call, leg);
             }
         }
@@ -1331,6 +1342,16 @@ impl B2bua {
         self.calls.remove(&call);
         self.client.retain(|_, (c, _)| *c != call);
     }
+}
+
+/// The `X-Tapir-*` headers of a request (flow directives, consent, policy facts).
+fn x_tapir_headers(req: &Request) -> Vec<(String, String)> {
+    req.headers
+        .0
+        .iter()
+        .filter(|(n, _)| n.len() > 8 && n[..8].eq_ignore_ascii_case("x-tapir-"))
+        .cloned()
+        .collect()
 }
 
 fn strip_tag(na: &NameAddr) -> NameAddr {

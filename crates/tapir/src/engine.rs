@@ -272,7 +272,9 @@ impl Engine {
                     .with_label_values(&[outcome.label()])
                     .inc();
             }
-            CallEvent::Info { call, leg, .. } => tracing::debug!(call, leg = ?leg, "INFO relayed"),
+            CallEvent::InDialog {
+                call, leg, method, ..
+            } => tracing::debug!(call, leg = ?leg, method, "in-dialog request relayed"),
         }
         if let Some(r) = &self.recorder {
             let msg = match ev {
@@ -287,6 +289,7 @@ impl Engine {
                     customer,
                     record,
                     format,
+                    ..
                 } => {
                     let start = crate::recording::unix_ms();
                     let (cust_id, agent_id) = match customer {
@@ -327,7 +330,7 @@ impl Engine {
                     self.tapped.remove(&call);
                     Some(RecCtl::Ended { call })
                 }
-                CallEvent::Info { .. } => None,
+                CallEvent::InDialog { .. } => None,
             };
             if let Some(m) = msg {
                 let _ = r.tx.send(m);
