@@ -142,6 +142,8 @@ pub enum CallEvent {
         format: Option<String>,
         /// `X-Tapir-*` headers of the caller's INVITE (policy facts and directives).
         x_headers: Vec<(String, String)>,
+        /// Where the caller's INVITE came from (for zone-based classification).
+        source: SocketAddr,
     },
     Answered {
         call: CallId,
@@ -759,6 +761,7 @@ impl B2bua {
             record: route.record.clone(),
             format: route.format.clone(),
             x_headers: x_tapir_headers(&req),
+            source: from.addr,
         }));
         self.out.push_back(Output::Media(MediaCommand::Open {
             call,

@@ -56,6 +56,10 @@ pub struct RecordingMetadata {
     pub repaired: bool,
     /// Why the recording stopped early, if it did (e.g. a write error).
     pub error: Option<String>,
+    /// For a recorded statement: its id (the contact id names the call it belongs to).
+    pub statement_id: Option<String>,
+    /// The policy engine's decision log for the call: which rule fired and why.
+    pub decisions: Option<serde_json::Value>,
 }
 
 impl RecordingMetadata {

@@ -150,6 +150,9 @@ impl Config {
             bail!("routes: no route configured; every INVITE would be refused");
         }
         self.recording.validate()?;
+        if let Some(p) = &self.recording.policy_file {
+            crate::policy_link::load_rules(p).map_err(|e| anyhow::anyhow!("recording.policy_file: {e}"))?;
+        }
         for r in &self.routes {
             if let Some(m) = &r.record {
                 if crate::recording::Mode::parse(m).is_none() {

@@ -54,6 +54,10 @@ pub struct RecorderLink {
     pub default_format: Format,
     /// Distinguishes this process's contact ids from other nodes'.
     pub node: String,
+    /// Whether a policy rules file is in force (it then decides for routes without `record`).
+    pub policy: crate::policy_link::PolicyStore,
+    /// Named zones, to tell the policy where a call came from.
+    pub zones: Vec<(String, Vec<b2bua::routing::Cidr>)>,
 }
 
 pub struct Engine {
@@ -289,7 +293,8 @@ impl Engine {
                     customer,
                     record,
                     format,
-                    ..
+                    x_headers,
+                    source,
                 } => {
                     let start = crate::recording::unix_ms();
                     let (cust_id, agent_id) = match customer {
@@ -307,18 +312,39 @@ impl Engine {
                         start_unix_ms: start,
                         ..Default::default()
                     };
-                    let mode = record
-                        .as_deref()
-                        .and_then(Mode::parse)
-                        .unwrap_or(r.default_mode);
-                    if mode != Mode::Never {
+                    // An explicit route mode wins; otherwise the policy decides when one is
+                    // loaded, else the default mode.
+                    let mode = match record.as_deref().and_then(Mode::parse) {
+                        Some(m) => Some(m),
+                        None if r.policy.is_active() => None,
+                        None => Some(r.default_mode),
+                    };
+                    if mode != Some(Mode::Never) {
                         self.tapped.insert(call);
                     }
+                    let zone = r
+                        .zones
+                        .iter()
+                        .find(|(_, nets)| nets.iter().any(|n| n.contains(source.ip())))
+                        .map(|(z, _)| z.clone());
+                    let (station, customer_number) = match customer {
+                        b2bua::Leg::A => (Some(meta.to.clone()), meta.from.clone()),
+                        b2bua::Leg::B => (Some(meta.from.clone()), meta.to.clone()),
+                    };
+                    let input = crate::policy_link::CallInput {
+                        source_zone: zone,
+                        route: meta.route.clone(),
+                        station,
+                        customer_number,
+                        dialled_number: meta.to.clone(),
+                        x_headers,
+                    };
                     Some(RecCtl::Started {
                         call,
                         meta: Box::new(meta),
                         customer,
                         mode,
+                        input: Box::new(input),
                         format: format
                             .as_deref()
                             .and_then(Format::parse)
@@ -330,7 +356,20 @@ impl Engine {
                     self.tapped.remove(&call);
                     Some(RecCtl::Ended { call })
                 }
-                CallEvent::InDialog { .. } => None,
+                CallEvent::InDialog {
+                    call,
+                    leg,
+                    x_headers,
+                    content_type,
+                    body,
+                    ..
+                } => Some(RecCtl::InDialog {
+                    call,
+                    leg,
+                    x_headers,
+                    content_type,
+                    body,
+                }),
             };
             if let Some(m) = msg {
                 let _ = r.tx.send(m);

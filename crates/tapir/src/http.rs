@@ -33,6 +33,8 @@ pub async fn serve(
         .route("/calls", get(list_calls))
         .route("/calls/{id}/hangup", post(hang_up))
         .route("/calls/{id}/recording/{action}", post(recording_command))
+        .route("/calls/{id}/consent/{answer}", post(consent))
+        .route("/calls/{id}/directive/{value}", post(directive))
         .with_state(AppState {
             metrics,
             inputs,
@@ -111,4 +113,46 @@ async fn recording_command(
         Ok(false) => StatusCode::NOT_FOUND,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
+}
+
+async fn policy_event(s: &AppState, call: u64, event: policy::Event) -> StatusCode {
+    let (tx, rx) = oneshot::channel();
+    if s
+        .recorder
+        .send(RecCtl::Policy {
+            call,
+            event,
+            reply: Some(tx),
+        })
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    match rx.await {
+        Ok(true) => StatusCode::NO_CONTENT,
+        // Unknown call, or no policy in force for it.
+        Ok(false) => StatusCode::NOT_FOUND,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `POST /calls/{id}/consent/{granted|denied}`: the caller's answer, from an IVR.
+async fn consent(State(s): State<AppState>, Path((id, answer)): Path<(u64, String)>) -> StatusCode {
+    match answer.parse::<policy::Consent>() {
+        Ok(c) => policy_event(&s, id, policy::Event::Consent(c)).await,
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// `POST /calls/{id}/directive/{value}`: a flow directive in `X-Tapir-Record` syntax, e.g.
+/// `start`, `stop;type=ivr`, `pause`, `statement-start;id=terms`.
+async fn directive(State(s): State<AppState>, Path((id, value)): Path<(u64, String)>) -> StatusCode {
+    let Ok(ds) = policy::parse_record_header(&value) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let mut code = StatusCode::BAD_REQUEST;
+    for d in ds {
+        code = policy_event(&s, id, policy::Event::Directive(d)).await;
+    }
+    code
 }

@@ -12,6 +12,7 @@ mod config;
 mod engine;
 mod http;
 mod metrics;
+mod policy_link;
 mod recording;
 mod relay;
 
@@ -133,14 +134,29 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
     let core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
 
     let node = format!("{:08x}", random_seed() as u32);
-    let (tap, rec_ctl) =
-        recording::start(cfg.recording.clone(), cfg.media.tap_queue, metrics.clone())?;
+    let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
+    let (tap, rec_ctl) = recording::start(
+        cfg.recording.clone(),
+        cfg.media.tap_queue,
+        metrics.clone(),
+        policy.clone(),
+    )?;
+    let mut zones = Vec::new();
+    for (name, nets) in &cfg.zones {
+        let nets = nets
+            .iter()
+            .map(|n| b2bua::routing::Cidr::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        zones.push((name.clone(), nets));
+    }
     let relay = relay::Relay::new(metrics.clone(), Some(tap));
     let link = engine::RecorderLink {
         tx: rec_ctl.clone(),
         default_mode: cfg.recording.mode,
         default_format: cfg.recording.format,
         node,
+        policy,
+        zones,
     };
     let handle = Engine::start(
         core,

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub tap_dropped: IntCounter,
     pub recordings_total: IntCounterVec,
     pub recordings_active: IntGauge,
+    pub policy_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,8 +68,14 @@ impl Metrics {
         .unwrap();
         let recordings_active =
             IntGauge::new("tapir_recordings_active", "Recordings being written").unwrap();
+        let policy_reloads = IntCounterVec::new(
+            Opts::new("tapir_policy_reloads_total", "Policy file changes, by result"),
+            &["result"],
+        )
+        .unwrap();
         for c in [
-            Box::new(calls_active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(policy_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(calls_active.clone()),
             Box::new(calls_total.clone()),
             Box::new(sip_in.clone()),
             Box::new(sip_out.clone()),
@@ -95,6 +102,7 @@ impl Metrics {
             tap_dropped,
             recordings_total,
             recordings_active,
+            policy_reloads,
         }
     }
 

@@ -28,6 +28,7 @@ use recorder::{
 use serde::Deserialize;
 
 use crate::metrics::Metrics;
+use crate::policy_link::{CallControl, CallInput, Instruction, PolicyStore};
 use crate::relay::TapPacket;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -90,6 +91,10 @@ pub struct RecordingConfig {
     /// How far the recorder's output runs behind the live call, to reorder late packets.
     #[serde(default = "default_jitter_ms")]
     pub jitter_ms: u64,
+    /// Recording policy rules (station modes, *2, consent, policies); watched for changes.
+    /// When set, the policy decides for every route that does not set `record` itself.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
 }
 
 fn default_spool() -> PathBuf {
@@ -112,6 +117,7 @@ impl Default for RecordingConfig {
             recordings_dir: default_recordings(),
             format: Format::Wav,
             jitter_ms: default_jitter_ms(),
+            policy_file: None,
         }
     }
 }
@@ -134,8 +140,24 @@ pub enum RecCtl {
         call: CallId,
         meta: Box<RecordingMetadata>,
         customer: Leg,
-        mode: Mode,
+        /// `None`: the policy decides.
+        mode: Option<Mode>,
         format: Format,
+        input: Box<CallInput>,
+    },
+    /// `X-Tapir-*` headers and DTMF bodies of in-dialog requests.
+    InDialog {
+        call: CallId,
+        leg: Leg,
+        x_headers: Vec<(String, String)>,
+        content_type: String,
+        body: Vec<u8>,
+    },
+    /// Consent or a flow directive from the control API.
+    Policy {
+        call: CallId,
+        event: policy::Event,
+        reply: Option<tokio::sync::oneshot::Sender<bool>>,
     },
     Codecs {
         call: CallId,
@@ -155,16 +177,25 @@ pub enum RecCtl {
     },
 }
 
-struct Active {
+/// One file being written: the call recording or a recorded statement.
+struct Track {
     rec: Recording,
     meta: RecordingMetadata,
-    customer: Leg,
-    mode: Mode,
-    format: Format,
     sink: Option<Box<dyn Sink>>,
     /// Spool path of the audio (always WAV while recording).
     path: PathBuf,
     failed: bool,
+}
+
+struct Active {
+    main: Track,
+    statements: Vec<Track>,
+    customer: Leg,
+    mode: Option<Mode>,
+    format: Format,
+    control: Option<CallControl>,
+    /// Latest payload maps (customer, agent), for statements opened later.
+    codecs: [Option<PayloadMap>; 2],
 }
 
 impl Active {
@@ -185,6 +216,7 @@ pub struct RecorderThread {
     metrics: Arc<Metrics>,
     finisher: std::sync::mpsc::Sender<Finished>,
     tap_drops_seen: u64,
+    policy: PolicyStore,
 }
 
 /// Starts the recorder and finisher threads; returns the tap sender (for the relay) and the
@@ -193,6 +225,7 @@ pub fn start(
     cfg: RecordingConfig,
     tap_queue: usize,
     metrics: Arc<Metrics>,
+    policy: PolicyStore,
 ) -> Result<(SyncSender<TapPacket>, std::sync::mpsc::Sender<RecCtl>)> {
     std::fs::create_dir_all(&cfg.spool_dir)
         .map_err(|e| anyhow::anyhow!("cannot create spool dir {}: {e}", cfg.spool_dir.display()))?;
@@ -219,6 +252,7 @@ pub fn start(
         metrics,
         finisher: fin_tx,
         tap_drops_seen: 0,
+        policy,
     };
     std::thread::Builder::new()
         .name("tapir-recorder".into())
@@ -336,10 +370,55 @@ impl RecorderThread {
     }
 
     fn on_packet(&mut self, p: &TapPacket) {
+        let mut ins = Vec::new();
         if let Some(a) = self.calls.get_mut(&p.call) {
             let ch = a.channel(p.leg);
-            a.rec.handle_packet(p.at, ch, &p.data[..p.len as usize]);
+            let data = &p.data[..p.len as usize];
+            a.main.rec.handle_packet(p.at, ch, data);
+            for t in &mut a.statements {
+                t.rec.handle_packet(p.at, ch, data);
+            }
+            if ch == Channel::Agent {
+                if let Some(c) = a.control.as_mut() {
+                    c.on_agent_packet(p.at, data, &mut ins);
+                }
+            }
         }
+        if !ins.is_empty() {
+            self.apply(p.call, p.at, ins);
+        }
+    }
+
+    /// Carries out policy instructions on a call's recordings.
+    fn apply(&mut self, call: CallId, now: Instant, ins: Vec<Instruction>) {
+        let Some(a) = self.calls.get_mut(&call) else {
+            return;
+        };
+        for i in ins {
+            match i {
+                Instruction::Command(c) => a.main.rec.handle_command(now, c),
+                Instruction::StatementStart(id) => {
+                    let mut t = new_track(&self.cfg, now, a.main.meta.clone(), &format!("{}-statement-{id}", a.main.meta.contact_id));
+                    t.meta.statement_id = Some(id.clone());
+                    for (ch, map) in [Channel::Customer, Channel::Agent].into_iter().zip(&a.codecs) {
+                        if let Some(m) = map {
+                            t.rec.set_codecs(ch, m);
+                        }
+                    }
+                    t.rec.handle_command(now, Command::Start { reason: format!("statement {id}") });
+                    a.statements.push(t);
+                }
+                Instruction::StatementStop(id) => {
+                    if let Some(pos) = a.statements.iter().position(|t| t.meta.statement_id.as_deref() == Some(&id)) {
+                        let mut t = a.statements.remove(pos);
+                        t.rec.finish(now, "statement stopped");
+                        drain_track(call, &mut t, &self.metrics);
+                        finish_track(call, t, a.format, &self.metrics, &self.finisher);
+                    }
+                }
+            }
+        }
+        self.drain(call);
     }
 
     fn tick(&mut self, now: Instant) {
@@ -352,9 +431,19 @@ impl RecorderThread {
                 // The tap counts drops for the whole process; charge them to every active
                 // recording, which may over-report but never hides a loss.
                 if new_drops > 0 {
-                    a.rec.note_tap_drops(new_drops);
+                    a.main.rec.note_tap_drops(new_drops);
                 }
-                a.rec.handle_timeout(now);
+                a.main.rec.handle_timeout(now);
+                for t in &mut a.statements {
+                    t.rec.handle_timeout(now);
+                }
+                let mut ins = Vec::new();
+                if let Some(c) = a.control.as_mut() {
+                    c.tick(now, &mut ins);
+                }
+                if !ins.is_empty() {
+                    self.apply(id, now, ins);
+                }
             }
             self.drain(id);
         }
@@ -369,31 +458,37 @@ impl RecorderThread {
                 customer,
                 mode,
                 format,
+                input,
             } => {
-                if mode == Mode::Never {
-                    return;
-                }
-                let rec = Recording::new(
-                    now,
-                    recorder::RecordingConfig {
-                        jitter_delay: Duration::from_millis(self.cfg.jitter_ms),
-                        ..Default::default()
+                let rules = match mode {
+                    Some(Mode::Never) => return,
+                    Some(_) => None,
+                    None => match self.policy.current() {
+                        Some(r) => Some(r),
+                        None => return,
                     },
-                );
-                let path = self.cfg.spool_dir.join(format!("{}.wav", meta.contact_id));
+                };
+                let contact = meta.contact_id.clone();
+                let main = new_track(&self.cfg, now, *meta, &contact);
+                let mut ins = Vec::new();
+                let control = rules.map(|r| {
+                    let (c, i) = CallControl::new(&r, &contact, &input, now);
+                    ins = i;
+                    c
+                });
                 self.calls.insert(
                     call,
                     Active {
-                        rec,
-                        meta: *meta,
+                        main,
+                        statements: Vec::new(),
                         customer,
                         mode,
                         format,
-                        sink: None,
-                        path,
-                        failed: false,
+                        control,
+                        codecs: [None, None],
                     },
                 );
+                self.apply(call, now, ins);
             }
             RecCtl::Codecs { call, leg, codecs } => {
                 if let Some(a) = self.calls.get_mut(&call) {
@@ -402,30 +497,59 @@ impl RecorderThread {
                         map.insert_rtpmap(c.payload_type, &c.encoding, c.clock_rate);
                     }
                     let ch = a.channel(leg);
-                    a.rec.set_codecs(ch, &map);
+                    a.main.rec.set_codecs(ch, &map);
+                    for t in &mut a.statements {
+                        t.rec.set_codecs(ch, &map);
+                    }
+                    if ch == Channel::Agent {
+                        if let Some(c) = a.control.as_mut() {
+                            c.set_agent_codecs(&codecs);
+                        }
+                    }
+                    a.codecs[usize::from(ch == Channel::Agent)] = Some(map);
                 }
             }
             RecCtl::Answered { call } => {
+                let mut ins = Vec::new();
                 if let Some(a) = self.calls.get_mut(&call) {
-                    if a.mode == Mode::Always {
-                        a.rec.handle_command(
-                            now,
-                            Command::Start {
-                                reason: "route: always".into(),
-                            },
-                        );
+                    if a.mode == Some(Mode::Always) {
+                        ins.push(Instruction::Command(Command::Start {
+                            reason: "route: always".into(),
+                        }));
+                    }
+                    if let Some(c) = a.control.as_mut() {
+                        c.event(policy::Event::Answered, &mut ins);
                     }
                 }
-                self.drain(call);
+                self.apply(call, now, ins);
             }
-            RecCtl::Command {
+            RecCtl::InDialog {
                 call,
-                command,
-                reply,
+                leg,
+                x_headers,
+                content_type,
+                body,
             } => {
-                let known = match self.calls.get_mut(&call) {
-                    Some(a) => {
-                        a.rec.handle_command(now, command);
+                let mut ins = Vec::new();
+                if let Some(a) = self.calls.get_mut(&call) {
+                    let agent = a.channel(leg) == Channel::Agent;
+                    if let Some(c) = a.control.as_mut() {
+                        c.apply_headers(&x_headers, &mut ins);
+                        if !body.is_empty() {
+                            match media::dtmf::parse_info_body(&content_type, &body) {
+                                Ok(ev) => c.on_info_digit(ev.digit, agent, now, &mut ins),
+                                Err(e) => tracing::debug!(call, "INFO body is not DTMF: {e}"),
+                            }
+                        }
+                    }
+                }
+                self.apply(call, now, ins);
+            }
+            RecCtl::Policy { call, event, reply } => {
+                let mut ins = Vec::new();
+                let known = match self.calls.get_mut(&call).and_then(|a| a.control.as_mut()) {
+                    Some(c) => {
+                        c.event(event, &mut ins);
                         true
                     }
                     None => false,
@@ -433,85 +557,163 @@ impl RecorderThread {
                 if let Some(r) = reply {
                     let _ = r.send(known);
                 }
-                self.drain(call);
+                self.apply(call, now, ins);
+            }
+            RecCtl::Command {
+                call,
+                command,
+                reply,
+            } => {
+                let mut ins = Vec::new();
+                let known = match self.calls.get_mut(&call) {
+                    Some(a) => {
+                        match a.control.as_mut() {
+                            // With a policy, the API ranks as on-demand: the policy decides
+                            // (a refused consent still wins).
+                            Some(c) => {
+                                let e = match command {
+                                    Command::Start { .. } => Some(policy::Event::ApiStart),
+                                    Command::Stop { .. } => Some(policy::Event::ApiStop),
+                                    Command::Pause { .. } => Some(policy::Event::ApiPause),
+                                    Command::Resume { .. } => Some(policy::Event::ApiResume),
+                                    Command::AgentOnly { .. } => Some(policy::Event::Directive(
+                                        policy::FlowDirective::AgentOnly,
+                                    )),
+                                    Command::BothChannels { .. } => None,
+                                };
+                                match e {
+                                    Some(e) => c.event(e, &mut ins),
+                                    None => ins.push(Instruction::Command(command)),
+                                }
+                            }
+                            None => ins.push(Instruction::Command(command)),
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                if let Some(r) = reply {
+                    let _ = r.send(known);
+                }
+                self.apply(call, now, ins);
             }
             RecCtl::Ended { call } => {
+                let mut ins = Vec::new();
                 if let Some(a) = self.calls.get_mut(&call) {
-                    a.rec.finish(now, "call ended");
-                }
-                self.drain(call);
-                if let Some(mut a) = self.calls.remove(&call) {
-                    if let Some(mut s) = a.sink.take() {
-                        if let Err(e) = s.finish() {
-                            tracing::error!(call, error = %e, "cannot finish recording");
-                            a.meta.error.get_or_insert(e.to_string());
-                        }
-                        self.metrics.recordings_active.dec();
-                        a.meta.update_from(&a.rec);
-                        a.meta.complete = true;
-                        let _ = self.finisher.send(Finished {
-                            path: a.path,
-                            meta: a.meta,
-                            format: a.format,
-                        });
+                    if let Some(c) = a.control.as_mut() {
+                        c.event(policy::Event::HangUp, &mut ins);
                     }
+                }
+                self.apply(call, now, ins);
+                let Some(mut a) = self.calls.remove(&call) else {
+                    return;
+                };
+                let decisions = a.control.as_ref().map(|c| c.explain());
+                let mut tracks = std::mem::take(&mut a.statements);
+                tracks.insert(0, a.main);
+                for mut t in tracks {
+                    t.rec.finish(now, "call ended");
+                    drain_track(call, &mut t, &self.metrics);
+                    t.meta.decisions = decisions.clone();
+                    finish_track(call, t, a.format, &self.metrics, &self.finisher);
                 }
             }
         }
     }
 
-    /// Hands the recording's output to its sink; opens the file on the first audio.
     fn drain(&mut self, call: CallId) {
         let Some(a) = self.calls.get_mut(&call) else {
             return;
         };
-        while let Some(out) = a.rec.poll_output() {
-            match out {
-                Output::Audio(frames) => {
-                    if a.failed {
-                        continue;
-                    }
-                    if a.sink.is_none() {
-                        match create_sink(FileFormat::Wav, &a.path, SinkOptions::default()) {
-                            Ok(s) => {
-                                a.sink = Some(s);
-                                self.metrics.recordings_active.inc();
-                                let _ = a.meta.write_to(&recorder::sidecar_path(&a.path));
-                                tracing::info!(call, file = %a.path.display(), "recording started");
-                            }
-                            Err(e) => {
-                                tracing::error!(call, error = %e, "cannot create recording; the call continues unrecorded");
-                                self.metrics
-                                    .recordings_total
-                                    .with_label_values(&["error"])
-                                    .inc();
-                                a.failed = true;
-                                continue;
-                            }
+        drain_track(call, &mut a.main, &self.metrics);
+        for t in &mut a.statements {
+            drain_track(call, t, &self.metrics);
+        }
+    }
+}
+
+fn new_track(cfg: &RecordingConfig, now: Instant, meta: RecordingMetadata, name: &str) -> Track {
+    Track {
+        rec: Recording::new(
+            now,
+            recorder::RecordingConfig {
+                jitter_delay: Duration::from_millis(cfg.jitter_ms),
+                ..Default::default()
+            },
+        ),
+        meta,
+        sink: None,
+        path: cfg.spool_dir.join(format!("{name}.wav")),
+        failed: false,
+    }
+}
+
+/// Closes a finished track's file and hands it to the finisher; a track that never wrote
+/// audio leaves no file.
+fn finish_track(
+    call: CallId,
+    mut t: Track,
+    format: Format,
+    metrics: &Metrics,
+    finisher: &std::sync::mpsc::Sender<Finished>,
+) {
+    let Some(mut s) = t.sink.take() else {
+        return;
+    };
+    if let Err(e) = s.finish() {
+        tracing::error!(call, error = %e, "cannot finish recording");
+        t.meta.error.get_or_insert(e.to_string());
+    }
+    metrics.recordings_active.dec();
+    t.meta.update_from(&t.rec);
+    t.meta.complete = true;
+    let _ = finisher.send(Finished {
+        path: t.path,
+        meta: t.meta,
+        format,
+    });
+}
+
+/// Hands a track's output to its sink; opens the file on the first audio.
+fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
+    while let Some(out) = t.rec.poll_output() {
+        match out {
+            Output::Audio(frames) => {
+                if t.failed {
+                    continue;
+                }
+                if t.sink.is_none() {
+                    match create_sink(FileFormat::Wav, &t.path, SinkOptions::default()) {
+                        Ok(s) => {
+                            t.sink = Some(s);
+                            metrics.recordings_active.inc();
+                            let _ = t.meta.write_to(&recorder::sidecar_path(&t.path));
+                            tracing::info!(call, file = %t.path.display(), "recording started");
                         }
-                    }
-                    if let Some(s) = a.sink.as_mut() {
-                        if let Err(e) = s.write(frames) {
-                            tracing::error!(call, error = %e, "recording write failed; recording stopped, the call continues");
-                            a.meta.error = Some(e.to_string());
-                            a.failed = true;
+                        Err(e) => {
+                            tracing::error!(call, error = %e, "cannot create recording; the call continues unrecorded");
+                            metrics.recordings_total.with_label_values(&["error"]).inc();
+                            t.failed = true;
+                            continue;
                         }
                     }
                 }
-                Output::Event(recorder::Event::UnsupportedCodec {
-                    channel,
-                    payload_type,
-                }) => {
-                    tracing::warn!(
-                        call,
-                        ?channel,
-                        payload_type,
-                        "codec not supported by the recorder; recorded as silence"
-                    );
+                if let Some(s) = t.sink.as_mut() {
+                    if let Err(e) = s.write(frames) {
+                        tracing::error!(call, error = %e, "recording write failed; recording stopped, the call continues");
+                        t.meta.error = Some(e.to_string());
+                        t.failed = true;
+                    }
                 }
-                Output::Event(_) => {}
-                Output::Timeout(_) => break,
             }
+            Output::Event(recorder::Event::UnsupportedCodec {
+                channel,
+                payload_type,
+            }) => {
+                tracing::warn!(call, ?channel, payload_type, "codec not supported by the recorder; recorded as silence");
+            }
+            Output::Event(_) => {}
+            Output::Timeout(_) => break,
         }
     }
 }
