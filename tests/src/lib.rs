@@ -4,6 +4,8 @@
 //! Tests wait for events (the "tapir ready" log line, a process exit, a metric reaching a
 //! value), never for fixed sleeps.
 
+pub use tempfile;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -408,6 +410,51 @@ pub fn sipp_args(scenario: &str, local_ip: &str, port: u16) -> Vec<String> {
 /// Writes a pcap of PCMA RTP (payload type 8, 20 ms packets) carrying a sine tone at `freq`
 /// Hz for `secs` seconds, for SIPp's `play_pcap_audio`.
 pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
+    let packets = (secs / 0.02) as u32;
+    let mut phase = 0.0f64;
+    let mut list = Vec::new();
+    for i in 0..packets {
+        let mut rtp = vec![0u8; 172];
+        media::rtp::write_header(&mut rtp, i == 0, 8, i as u16, i * 160, 0x1234_5678);
+        for b in rtp[12..].iter_mut() {
+            *b = media::codec::encode_pcma((8000.0 * phase.sin()) as i16);
+            phase += 2.0 * std::f64::consts::PI * freq / 8000.0;
+        }
+        list.push((i as u64 * 20_000, rtp));
+    }
+    write_pcap(path, &list);
+}
+
+/// Writes a pcap of RFC 4733 telephone-events (payload type 101) keying `digits` the way a
+/// desk phone does: 100 ms per key with updates every 20 ms, the end packet sent three times,
+/// 100 ms between keys; one SSRC and increasing timestamps throughout.
+pub fn write_dtmf_pcap(path: &Path, digits: &str) {
+    let mut list = Vec::new();
+    let (mut t_us, mut ts, mut seq) = (0u64, 16000u32, 1000u16);
+    for d in digits.chars() {
+        let code = media::dtmf::digit_to_event_code(d).expect("DTMF digit");
+        for i in 0..8u16 {
+            let end = i >= 5;
+            let dur = 160 * (i.min(4) + 1);
+            let mut rtp = vec![0u8; 16];
+            media::rtp::write_header(&mut rtp, i == 0, 101, seq, ts, 0x0bad_cafe);
+            rtp[12] = code;
+            rtp[13] = if end { 0x80 | 10 } else { 10 };
+            rtp[14..16].copy_from_slice(&dur.to_be_bytes());
+            list.push((t_us, rtp));
+            seq = seq.wrapping_add(1);
+            if i < 5 {
+                t_us += 20_000;
+            }
+        }
+        t_us += 100_000;
+        ts = ts.wrapping_add(160 * 5 + 800);
+    }
+    write_pcap(path, &list);
+}
+
+/// Writes RTP packets (time in µs, RTP bytes) as an Ethernet/IPv4/UDP pcap.
+pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
     let mut out = Vec::new();
     // Global header: magic, v2.4, thiszone, sigfigs, snaplen, Ethernet.
     for v in [0xa1b2c3d4u32] {
@@ -419,15 +466,7 @@ pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&65535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
-    let packets = (secs / 0.02) as u32;
-    let mut phase = 0.0f64;
-    for i in 0..packets {
-        let mut rtp = [0u8; 172];
-        media::rtp::write_header(&mut rtp, i == 0, 8, i as u16, i * 160, 0x1234_5678);
-        for b in rtp[12..].iter_mut() {
-            *b = media::codec::encode_pcma((8000.0 * phase.sin()) as i16);
-            phase += 2.0 * std::f64::consts::PI * freq / 8000.0;
-        }
+    for (t_us, rtp) in packets {
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
         let mut frame = Vec::with_capacity(14 + ip_len);
@@ -452,8 +491,7 @@ pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
         frame.extend_from_slice(&6000u16.to_be_bytes());
         frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
-        frame.extend_from_slice(&rtp);
-        let t_us = i as u64 * 20_000;
+        frame.extend_from_slice(rtp);
         out.extend_from_slice(&((t_us / 1_000_000) as u32).to_le_bytes());
         out.extend_from_slice(&((t_us % 1_000_000) as u32).to_le_bytes());
         out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
@@ -493,6 +531,7 @@ impl Sipp {
     pub fn spawn_with_tone(name: &str, args: &[String], freq: f64, secs: f64) -> Sipp {
         let dir = tempfile::tempdir().unwrap();
         write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
+        write_dtmf_pcap(&dir.path().join("star2.pcap"), "*2");
         let child = Command::new(sipp_path())
             .args(args)
             .args(["-nostdin", "-trace_err", "-trace_msg"])

@@ -29,6 +29,9 @@ pub struct Config {
     pub zones: HashMap<String, Vec<String>>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Registration relay toward a PBX (phone-side deployment); off when absent.
+    #[serde(default)]
+    pub registrar: Option<b2bua::RegistrarConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,7 +154,8 @@ impl Config {
         }
         self.recording.validate()?;
         if let Some(p) = &self.recording.policy_file {
-            crate::policy_link::load_rules(p).map_err(|e| anyhow::anyhow!("recording.policy_file: {e}"))?;
+            crate::policy_link::load_rules(p)
+                .map_err(|e| anyhow::anyhow!("recording.policy_file: {e}"))?;
         }
         for r in &self.routes {
             if let Some(m) = &r.record {
@@ -169,8 +173,29 @@ impl Config {
             }
         }
         self.compile_routes()?;
+        if let Some(r) = &self.registrar {
+            if let Some(m) = &r.record {
+                if crate::recording::Mode::parse(m).is_none() {
+                    bail!("registrar: record = '{m}' is not never, always or on_demand");
+                }
+            }
+            if let Some(f) = &r.format {
+                if crate::recording::Format::parse(f).is_none() {
+                    bail!("registrar: format = '{f}' is not wav or mp3");
+                }
+            }
+        }
+        self.compile_registrar()?;
         self.advertise()?;
         Ok(())
+    }
+
+    /// The compiled `[registrar]` section, `None` when the registration relay is off.
+    pub fn compile_registrar(&self) -> Result<Option<b2bua::Registrar>> {
+        self.registrar
+            .as_ref()
+            .map(|r| r.compile().map_err(|e| anyhow::anyhow!("{e}")))
+            .transpose()
     }
 
     pub fn compile_routes(&self) -> Result<Routes> {
@@ -260,6 +285,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port_mni"), "{e}");
+    }
+
+    #[test]
+    fn registrar_section() {
+        let c = Config::from_str_with_env(DEFAULT_CONFIG, &[]).unwrap();
+        assert!(c.compile_registrar().unwrap().is_none(), "off by default");
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[registrar]\ntarget = \"sip:192.0.2.10:5060;transport=tcp\"\nmax_expires = 600\ncustomer = \"callee\"\n"
+        );
+        let c = Config::from_str_with_env(&text, &[]).unwrap();
+        let r = c.compile_registrar().unwrap().unwrap();
+        assert_eq!(r.peer().addr, "192.0.2.10:5060".parse().unwrap());
+        let r = c.registrar.as_ref().unwrap();
+        assert_eq!((r.min_expires, r.max_expires), (60, 600));
+        assert_eq!(r.customer, b2bua::Side::Callee);
+        let e = Config::from_str_with_env(&format!("{text}expire = 3\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expire"), "{e}");
+        let e = Config::from_str_with_env(
+            &text.replace("sip:192.0.2.10:5060", "sip:pbx.example.com"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("registrar") && e.contains("IP address"), "{e}");
+        let e = Config::from_str_with_env(&format!("{text}record = \"maybe\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registrar: record"), "{e}");
     }
 
     #[test]

@@ -117,8 +117,7 @@ async fn recording_command(
 
 async fn policy_event(s: &AppState, call: u64, event: policy::Event) -> StatusCode {
     let (tx, rx) = oneshot::channel();
-    if s
-        .recorder
+    if s.recorder
         .send(RecCtl::Policy {
             call,
             event,
@@ -146,7 +145,10 @@ async fn consent(State(s): State<AppState>, Path((id, answer)): Path<(u64, Strin
 
 /// `POST /calls/{id}/directive/{value}`: a flow directive in `X-Tapir-Record` syntax, e.g.
 /// `start`, `stop;type=ivr`, `pause`, `statement-start;id=terms`.
-async fn directive(State(s): State<AppState>, Path((id, value)): Path<(u64, String)>) -> StatusCode {
+async fn directive(
+    State(s): State<AppState>,
+    Path((id, value)): Path<(u64, String)>,
+) -> StatusCode {
     let Ok(ds) = policy::parse_record_header(&value) else {
         return StatusCode::BAD_REQUEST;
     };

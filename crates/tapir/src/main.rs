@@ -131,7 +131,8 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
         id_seed: random_seed(),
         user_agent: cfg.sip.user_agent.clone(),
     };
-    let core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
+    let mut core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
+    core.set_registrar(cfg.compile_registrar()?);
 
     let node = format!("{:08x}", random_seed() as u32);
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;

@@ -69,7 +69,10 @@ impl Metrics {
         let recordings_active =
             IntGauge::new("tapir_recordings_active", "Recordings being written").unwrap();
         let policy_reloads = IntCounterVec::new(
-            Opts::new("tapir_policy_reloads_total", "Policy file changes, by result"),
+            Opts::new(
+                "tapir_policy_reloads_total",
+                "Policy file changes, by result",
+            ),
             &["result"],
         )
         .unwrap();

@@ -37,8 +37,10 @@ impl PolicyStore {
 }
 
 pub fn load_rules(path: &Path) -> Result<Rules, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let rules: Rules = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let rules: Rules =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
     rules
         .validate()
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -47,7 +49,10 @@ pub fn load_rules(path: &Path) -> Result<Rules, String> {
 
 /// Loads the rules file and watches it: a valid change applies to the next calls, an invalid
 /// one is logged and the previous rules stay in force.
-pub fn start(path: Option<PathBuf>, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<PolicyStore> {
+pub fn start(
+    path: Option<PathBuf>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<PolicyStore> {
     let store = PolicyStore::default();
     let Some(path) = path else {
         return Ok(store);
@@ -122,7 +127,12 @@ pub struct CallControl {
 }
 
 impl CallControl {
-    pub fn new(rules: &Rules, contact_id: &str, input: &CallInput, now: Instant) -> (Self, Vec<Instruction>) {
+    pub fn new(
+        rules: &Rules,
+        contact_id: &str,
+        input: &CallInput,
+        now: Instant,
+    ) -> (Self, Vec<Instruction>) {
         let h = &input.x_headers;
         let queue = header(h, "X-Tapir-Queue").map(str::to_string);
         let record_hdr = header(h, "X-Tapir-Record").unwrap_or("");
@@ -224,7 +234,14 @@ impl CallControl {
             return;
         };
         if let Some(d) = self.rfc4733.as_mut() {
-            let _ = d.handle_rtp(at, &v);
+            let r = d.handle_rtp(at, &v);
+            tracing::trace!(
+                pt = v.payload_type(),
+                ts = v.timestamp(),
+                ssrc = v.ssrc(),
+                ?r,
+                "agent packet"
+            );
         } else if let Some(d) = self.inband.as_mut() {
             let codec = self.agent_codecs.get(v.payload_type());
             if matches!(codec, Codec::Pcmu | Codec::Pcma) {
@@ -258,6 +275,8 @@ impl CallControl {
             }
         }
         for digit in digits.into_iter().flatten() {
+            // The digit itself is not logged: agents key card and phone numbers.
+            tracing::debug!(source = "agent", "DTMF digit detected");
             self.event(
                 PEvent::Dtmf {
                     digit,
@@ -270,7 +289,13 @@ impl CallControl {
     }
 
     /// A DTMF digit from a SIP INFO on either leg.
-    pub fn on_info_digit(&mut self, digit: char, agent: bool, now: Instant, out: &mut Vec<Instruction>) {
+    pub fn on_info_digit(
+        &mut self,
+        digit: char,
+        agent: bool,
+        now: Instant,
+        out: &mut Vec<Instruction>,
+    ) {
         let side = if agent { Side::Agent } else { Side::Customer };
         let at_ms = self.at_ms(now);
         self.event(PEvent::Dtmf { digit, side, at_ms }, out);
@@ -295,8 +320,12 @@ impl CallControl {
                 ActionKind::Stop => Instruction::Command(recorder::Command::Stop { reason }),
                 ActionKind::Pause => Instruction::Command(recorder::Command::Pause { reason }),
                 ActionKind::Resume => Instruction::Command(recorder::Command::Resume { reason }),
-                ActionKind::AgentOnly => Instruction::Command(recorder::Command::AgentOnly { reason }),
-                ActionKind::Both => Instruction::Command(recorder::Command::BothChannels { reason }),
+                ActionKind::AgentOnly => {
+                    Instruction::Command(recorder::Command::AgentOnly { reason })
+                }
+                ActionKind::Both => {
+                    Instruction::Command(recorder::Command::BothChannels { reason })
+                }
                 ActionKind::StatementStart { id } => Instruction::StatementStart(id),
                 ActionKind::StatementStop { id } => Instruction::StatementStop(id),
                 // Nothing before a Start is ever written (a stopped span is not part of the

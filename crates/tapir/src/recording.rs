@@ -398,18 +398,35 @@ impl RecorderThread {
             match i {
                 Instruction::Command(c) => a.main.rec.handle_command(now, c),
                 Instruction::StatementStart(id) => {
-                    let mut t = new_track(&self.cfg, now, a.main.meta.clone(), &format!("{}-statement-{id}", a.main.meta.contact_id));
+                    let mut t = new_track(
+                        &self.cfg,
+                        now,
+                        a.main.meta.clone(),
+                        &format!("{}-statement-{id}", a.main.meta.contact_id),
+                    );
                     t.meta.statement_id = Some(id.clone());
-                    for (ch, map) in [Channel::Customer, Channel::Agent].into_iter().zip(&a.codecs) {
+                    for (ch, map) in [Channel::Customer, Channel::Agent]
+                        .into_iter()
+                        .zip(&a.codecs)
+                    {
                         if let Some(m) = map {
                             t.rec.set_codecs(ch, m);
                         }
                     }
-                    t.rec.handle_command(now, Command::Start { reason: format!("statement {id}") });
+                    t.rec.handle_command(
+                        now,
+                        Command::Start {
+                            reason: format!("statement {id}"),
+                        },
+                    );
                     a.statements.push(t);
                 }
                 Instruction::StatementStop(id) => {
-                    if let Some(pos) = a.statements.iter().position(|t| t.meta.statement_id.as_deref() == Some(&id)) {
+                    if let Some(pos) = a
+                        .statements
+                        .iter()
+                        .position(|t| t.meta.statement_id.as_deref() == Some(&id))
+                    {
                         let mut t = a.statements.remove(pos);
                         t.rec.finish(now, "statement stopped");
                         drain_track(call, &mut t, &self.metrics);
@@ -710,7 +727,12 @@ fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
                 channel,
                 payload_type,
             }) => {
-                tracing::warn!(call, ?channel, payload_type, "codec not supported by the recorder; recorded as silence");
+                tracing::warn!(
+                    call,
+                    ?channel,
+                    payload_type,
+                    "codec not supported by the recorder; recorded as silence"
+                );
             }
             Output::Event(_) => {}
             Output::Timeout(_) => break,
