@@ -14,6 +14,7 @@
 //! machine in this file.
 
 pub mod ports;
+pub mod registrar;
 pub mod routing;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +28,7 @@ use sip::{HeaderAccess, Message, Method, NameAddr, Request, Response, Transport,
 use thiserror::Error;
 
 pub use ports::PortPool;
+pub use registrar::{Binding, Bindings, Registrar, RegistrarConfig};
 pub use routing::{Route, RouteConfig, Routes, Side};
 
 #[derive(Debug, Error)]
@@ -301,6 +303,8 @@ pub struct B2bua {
     out: VecDeque<Output>,
     stats: Stats,
     draining: bool,
+    /// Registration relay (phone-side deployment); off until [`B2bua::set_registrar`].
+    reg: registrar::State,
 }
 
 enum Purpose {
@@ -328,6 +332,7 @@ impl B2bua {
             out: VecDeque::new(),
             stats: Stats::default(),
             draining: false,
+            reg: registrar::State::default(),
         }
     }
 
@@ -414,11 +419,16 @@ impl B2bua {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
+        self.expire_registrations(now);
         self.drain_tx(now);
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.tx.poll_timeout()
+        let tx = self.tx.poll_timeout();
+        match (tx, self.registrar_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -591,6 +601,7 @@ impl B2bua {
                 self.respond(now, &key, r);
             }
             Method::Cancel => {}
+            Method::Register => self.on_register(now, key, req, from),
             _ => {
                 let mut r = req.response(405, "Method Not Allowed");
                 r.headers.push(
@@ -652,7 +663,14 @@ impl B2bua {
             }
         };
         let user = req.uri.user().unwrap_or("").to_string();
-        let Some(route) = self.routes.find(from.addr.ip(), &user).cloned() else {
+        // A registered phone first, then the routes (see the `registrar` module).
+        let Some(route) = self
+            .registered_route(now, from, &req)
+            .or_else(|| self.routes.find(from.addr.ip(), &user).cloned())
+        else {
+            if self.is_registrar_side(from) {
+                return reject(self, 480, "Temporarily Unavailable");
+            }
             tracing::info!(peer = %from.addr, "no route for INVITE");
             return reject(self, 404, "Not Found: no route");
         };
@@ -872,6 +890,9 @@ impl B2bua {
     }
 
     fn on_response(&mut self, now: Instant, key: TxKey, resp: Response) {
+        if self.on_register_response(now, &key, &resp) {
+            return;
+        }
         let Some((call, purpose)) = self.client.get(&key).map(|(c, p)| (*c, p)) else {
             return;
         };
@@ -1076,6 +1097,9 @@ impl B2bua {
     }
 
     fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
+        if self.on_register_timeout(now, &key) {
+            return;
+        }
         let Some((call, purpose)) = self.client.remove(&key) else {
             return;
         };
