@@ -901,7 +901,7 @@ impl B2bua {
             Purpose::Bye => {
                 if resp.status >= 200 {
                     self.client.remove(&key);
-                    self.bye_done(call);
+                    self.bye_done(now, call);
                 }
             }
             Purpose::Relay(_) => {
@@ -1013,7 +1013,7 @@ impl B2bua {
                 self.send_bye(now, call, Leg::B);
             }
             if resp.status >= 200 {
-                self.maybe_forget(call);
+                self.maybe_forget(now, call);
             }
             return;
         }
@@ -1092,7 +1092,7 @@ impl B2bua {
         self.respond(now, &a_key, r);
         if resp.status >= 300 {
             self.finish(call, Outcome::Rejected(resp.status));
-            self.maybe_forget(call);
+            self.maybe_forget(now, call);
         }
     }
 
@@ -1110,9 +1110,9 @@ impl B2bua {
                 }
                 self.reply_a_invite(now, call, 408, "Request Timeout");
                 self.finish(call, Outcome::Timeout);
-                self.maybe_forget(call);
+                self.maybe_forget(now, call);
             }
-            Purpose::Bye => self.bye_done(call),
+            Purpose::Bye => self.bye_done(now, call),
             Purpose::Relay(relay) => {
                 let r = relay.request.response(408, "Request Timeout");
                 self.respond(now, &relay.server, r);
@@ -1221,7 +1221,7 @@ impl B2bua {
                 }
                 self.send_bye(now, call, leg.other());
                 self.finish(call, Outcome::Completed);
-                self.maybe_forget(call);
+                self.maybe_forget(now, call);
             }
             Method::Cancel | Method::Ack => {}
             _ => {
@@ -1319,11 +1319,11 @@ impl B2bua {
         self.client.insert(k, (call, Purpose::Bye));
     }
 
-    fn bye_done(&mut self, call: CallId) {
+    fn bye_done(&mut self, now: Instant, call: CallId) {
         if let Some(c) = self.calls.get_mut(&call) {
             c.byes_pending = c.byes_pending.saturating_sub(1);
         }
-        self.maybe_forget(call);
+        self.maybe_forget(now, call);
     }
 
     /// Records the outcome and releases media at once: the call may linger in SIP (BYE
@@ -1348,7 +1348,7 @@ impl B2bua {
     }
 
     /// Forgets a call whose SIP is all done.
-    fn maybe_forget(&mut self, call: CallId) {
+    fn maybe_forget(&mut self, now: Instant, call: CallId) {
         let Some(c) = self.calls.get(&call) else {
             return;
         };
@@ -1367,7 +1367,24 @@ impl B2bua {
         self.dialogs.remove(&key_a);
         self.dialogs.remove(&key_b);
         self.calls.remove(&call);
-        self.client.retain(|_, (c, _)| *c != call);
+        // A request relayed to the other leg and still unanswered must get a final response
+        // (§15.1.2 recommends 487); its server transaction would otherwise wait forever.
+        let mut unanswered = Vec::new();
+        self.client.retain(|_, (c, p)| {
+            if *c != call {
+                return true;
+            }
+            if let Purpose::Relay(r) = p {
+                unanswered.push((
+                    r.server.clone(),
+                    r.request.response(487, "Request Terminated"),
+                ));
+            }
+            false
+        });
+        for (key, r) in unanswered {
+            self.respond(now, &key, r);
+        }
     }
 }
 
