@@ -88,8 +88,12 @@ pub struct Tapir {
     pub http: SocketAddr,
     pub dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    bin: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
+#[derive(Clone)]
 pub struct TapirOptions {
     /// Extra TOML appended to the generated config (routes, recording...).
     pub extra: String,
@@ -196,7 +200,30 @@ impl Tapir {
             http: format!("127.0.0.1:{http_port}").parse().unwrap(),
             dir,
             log,
+            bin: bin.to_string(),
+            args: opts.args.clone(),
+            env: opts.env.clone(),
         }
+    }
+
+    /// Kills tapir with SIGKILL (no chance to clean up) and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts tapir again on the same configuration, directory and ports.
+    pub fn restart(self) -> Tapir {
+        let mut this = self;
+        this.kill9();
+        let opts = TapirOptions {
+            args: this.args.clone(),
+            env: this.env.clone(),
+            ..Default::default()
+        };
+        let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().unwrap());
+        let http_port = this.http.port();
+        Self::spawn(&this.bin.clone(), dir, this.sip_port, http_port, &opts)
     }
 
     pub fn config_path(&self) -> PathBuf {
