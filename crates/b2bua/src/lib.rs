@@ -13,6 +13,7 @@
 //! Layout: [`routing`] (routes and zones), [`ports`] (the RTP port pool), and the call state
 //! machine in this file.
 
+pub mod flood;
 pub mod ports;
 pub mod registrar;
 pub mod routing;
@@ -181,6 +182,8 @@ pub struct Stats {
     pub messages_out: u64,
     pub parse_errors: u64,
     pub bad_requests_answered: u64,
+    /// Requests refused or dropped by the per-source rate limit.
+    pub flood_limited: u64,
     pub stray_requests: u64,
 }
 
@@ -305,6 +308,7 @@ pub struct B2bua {
     draining: bool,
     /// Registration relay (phone-side deployment); off until [`B2bua::set_registrar`].
     reg: registrar::State,
+    flood: flood::FloodGuard,
 }
 
 enum Purpose {
@@ -333,6 +337,7 @@ impl B2bua {
             stats: Stats::default(),
             draining: false,
             reg: registrar::State::default(),
+            flood: flood::FloodGuard::new(flood::FloodConfig::default()),
         }
     }
 
@@ -375,9 +380,32 @@ impl B2bua {
         self.calls.keys().copied().collect()
     }
 
+    /// Sets the per-source request rate limit (off by default).
+    pub fn set_flood_limit(&mut self, cfg: flood::FloodConfig) {
+        self.flood.set_config(cfg);
+    }
+
     /// Feeds one datagram (or one framed stream message) received from `from`.
     pub fn handle_message(&mut self, now: Instant, data: &[u8], from: Peer) {
         self.stats.messages_in += 1;
+        // Responses belong to our own transactions and are never rate limited; requests are
+        // charged to their source address before any parsing, so a flood costs little.
+        if !data.starts_with(b"SIP/") {
+            if let flood::Verdict::Limit(action) = self.flood.check(now, from.addr.ip()) {
+                self.stats.flood_limited += 1;
+                if action == flood::FloodAction::Reject {
+                    if let Ok(Message::Request(r)) = sip::parse(data, !from.transport.is_reliable()) {
+                        if r.method != Method::Ack {
+                            let mut resp = r.response(503, "Service Unavailable");
+                            resp.headers.push("Retry-After", "5");
+                            self.tx.send_stateless(&Message::Response(resp), from);
+                            self.drain_tx(now);
+                        }
+                    }
+                }
+                return;
+            }
+        }
         let datagram = !from.transport.is_reliable();
         match sip::parse(data, datagram) {
             Ok(msg) => {
@@ -1165,10 +1193,11 @@ impl B2bua {
         }
     }
 
-    fn on_stray_2xx(&mut self, now: Instant, resp: Response, _from: Peer) {
+    fn on_stray_2xx(&mut self, now: Instant, resp: Response, from: Peer) {
         // A retransmitted 2xx: our ACK was lost. ACK again (§13.2.2.4).
         let Some(tag) = resp.from_tag() else { return };
         let Some(&(call, leg)) = self.dialogs.get(&(resp.call_id().to_string(), tag)) else {
+            self.end_orphan_2xx(now, &resp, from);
             return;
         };
         let Some(c) = self.calls.get(&call) else {
@@ -1178,6 +1207,45 @@ impl B2bua {
             return;
         }
         self.ack_2xx(now, call, leg, &resp, None);
+    }
+
+    /// A 2xx to an INVITE of ours whose call is gone (answered after Timer C gave up, or a
+    /// re-INVITE answered after the call ended): ACK it so the far end stops retransmitting,
+    /// and BYE the dialog it would otherwise believe established.
+    fn end_orphan_2xx(&mut self, now: Instant, resp: &Response, from: Peer) {
+        // Only for requests tapir sent: never ACK or BYE on behalf of a stranger's 2xx.
+        if !resp.top_via().is_some_and(|v| is_tapir_branch(&v)) {
+            return;
+        }
+        let (Some(local), Some(remote), Some(local_tag)) =
+            (resp.from(), resp.to(), resp.from_tag())
+        else {
+            return;
+        };
+        let mut d = Dialog {
+            call_id: resp.call_id().to_string(),
+            local_tag,
+            remote_tag: resp.to_tag(),
+            local_uri: strip_tag(&local),
+            remote_uri: strip_tag(&remote),
+            remote_target: resp.contact().map(|c| c.uri).unwrap_or(remote.uri),
+            route_set: resp
+                .headers
+                .get_all("Record-Route")
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect(),
+            local_cseq: resp.cseq().map(|c| c.seq).unwrap_or(1),
+            remote_cseq: None,
+        };
+        let mut ack = d.request(Method::Ack);
+        ack.headers.push_front("Via", self.via(from));
+        self.tx.send_stateless(&Message::Request(ack), from);
+        let mut bye = d.request(Method::Bye);
+        bye.headers.push_front("Via", self.via(from));
+        self.tx.send_request(now, bye, from);
     }
 
     fn on_in_dialog(&mut self, now: Instant, key: TxKey, req: Request, call: CallId, leg: Leg) {
