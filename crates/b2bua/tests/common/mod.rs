@@ -347,6 +347,10 @@ pub struct Ua {
     pub last_remote_sdp: Option<Sdp>,
     pub byes_received: u32,
     pub acks_received: u32,
+    /// Final responses to our requests, (method, status), kept even without `keep_log`.
+    pub finals: Vec<(Method, u16)>,
+    /// Whether 2xx responses to our INVITEs are acknowledged (false: a broken UA).
+    pub send_acks: bool,
 }
 
 pub fn sdp_body(rtp: SocketAddr, dir: Direction, version: u32) -> Vec<u8> {
@@ -425,6 +429,8 @@ impl Ua {
             last_remote_sdp: None,
             byes_received: 0,
             acks_received: 0,
+            finals: Vec::new(),
+            send_acks: true,
         }
     }
 
@@ -459,7 +465,7 @@ impl Ua {
         self.confirmed = false;
         self.invite = None;
         self.incoming = None;
-        self.scheduled.clear();
+        // Responses already scheduled still go out: their transactions must end.
         self.direction = Direction::SendRecv;
     }
 
@@ -678,6 +684,9 @@ impl Ua {
                 self.log(Seen::Ack(request));
             }
             Event::Response { key, response } => {
+                if response.status >= 200 {
+                    self.finals.push((key.method.clone(), response.status));
+                }
                 self.log(Seen::Response(response.clone()));
                 self.on_response(now, key, response);
             }
@@ -694,6 +703,8 @@ impl Ua {
                 self.log(Seen::Stray2xx(response));
             }
             Event::Timeout { key } => {
+                // Status 0: the request timed out locally, no response came.
+                self.finals.push((key.method.clone(), 0));
                 if self.invite.as_ref().is_some_and(|(k, _)| *k == key) {
                     self.invite = None;
                 }
@@ -748,7 +759,7 @@ impl Ua {
                     self.our_sdp(d)
                 };
                 Self::with_sdp(&mut r, body);
-                self.tx.respond(now, &key, r);
+                self.respond_in_dialog(now, key, r);
             }
             Method::Bye => {
                 self.byes_received += 1;
@@ -765,13 +776,22 @@ impl Ua {
                     let body = self.our_sdp(answer_direction(dir));
                     Self::with_sdp(&mut r, body);
                 }
-                if self.in_dialog_delay.is_zero() || !in_dialog {
-                    self.tx.respond(now, &key, r);
+                if in_dialog {
+                    self.respond_in_dialog(now, key, r);
                 } else {
-                    self.scheduled
-                        .push((now + self.in_dialog_delay, Scheduled::Respond(key, r)));
+                    self.tx.respond(now, &key, r);
                 }
             }
+        }
+    }
+
+    /// Answers an in-dialog request now or after `in_dialog_delay`.
+    fn respond_in_dialog(&mut self, now: Instant, key: TxKey, r: Response) {
+        if self.in_dialog_delay.is_zero() {
+            self.tx.respond(now, &key, r);
+        } else {
+            self.scheduled
+                .push((now + self.in_dialog_delay, Scheduled::Respond(key, r)));
         }
     }
 
@@ -859,6 +879,9 @@ impl Ua {
             d.remote_target = c.uri;
         }
         self.confirmed = true;
+        if !self.send_acks {
+            return;
+        }
         // ACK for the 2xx (§13.2.2.4): its own branch, the INVITE's CSeq number; a delayed
         // offer's answer rides in it.
         let seq = ireq.cseq().map(|c| c.seq).unwrap_or(1);
@@ -914,6 +937,15 @@ impl Ua {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The last final status for our requests of `method` (0: timed out locally).
+    pub fn last_final(&self, method: Method) -> Option<u16> {
+        self.finals
+            .iter()
+            .rev()
+            .find(|(m, _)| *m == method)
+            .map(|(_, s)| *s)
     }
 
     pub fn timeouts(&self) -> usize {
