@@ -19,7 +19,7 @@ pub enum FloodAction {
     Drop,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FloodConfig {
     /// Sustained requests per second allowed from one address; 0 disables the limit.
     pub rate: f64,
@@ -27,6 +27,8 @@ pub struct FloodConfig {
     pub burst: f64,
     pub action: FloodAction,
     pub max_sources: usize,
+    /// Trusted networks (carrier trunks, the PBX) that are never limited.
+    pub exempt: Vec<crate::routing::Cidr>,
 }
 
 impl Default for FloodConfig {
@@ -36,6 +38,7 @@ impl Default for FloodConfig {
             burst: 0.0,
             action: FloodAction::Reject,
             max_sources: 100_000,
+            exempt: Vec::new(),
         }
     }
 }
@@ -86,7 +89,7 @@ impl FloodGuard {
 
     /// Charges one request from `src` at `now`.
     pub fn check(&mut self, now: Instant, src: IpAddr) -> Verdict {
-        if self.cfg.rate <= 0.0 {
+        if self.cfg.rate <= 0.0 || self.cfg.exempt.iter().any(|c| c.contains(src)) {
             return Verdict::Allow;
         }
         self.sweep(now);
@@ -140,6 +143,7 @@ mod tests {
             burst: 20.0,
             action: FloodAction::Reject,
             max_sources: 1000,
+            exempt: vec![crate::routing::Cidr::parse("198.51.100.0/24").unwrap()],
         });
         let t0 = Instant::now();
         let flood = ip("192.0.2.1");
@@ -154,6 +158,9 @@ mod tests {
         for i in 0..20 {
             assert_eq!(g.check(t0 + Duration::from_millis(1000 + i), ip("192.0.2.2")), Verdict::Allow);
         }
+        for _ in 0..1000 {
+            assert_eq!(g.check(t0, ip("198.51.100.7")), Verdict::Allow, "exempt network");
+        }
     }
 
     #[test]
@@ -163,6 +170,7 @@ mod tests {
             burst: 1.0,
             action: FloodAction::Drop,
             max_sources: 10,
+            exempt: Vec::new(),
         });
         let t0 = Instant::now();
         let a = ip("2001:db8::1");
@@ -182,6 +190,7 @@ mod tests {
             burst: 5.0,
             action: FloodAction::Drop,
             max_sources: 100,
+            exempt: Vec::new(),
         });
         let t0 = Instant::now();
         for i in 0..10_000u32 {

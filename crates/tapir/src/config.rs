@@ -48,6 +48,14 @@ pub struct SipConfig {
     pub t4_ms: u64,
     pub tcp_idle_timeout_s: u64,
     pub user_agent: String,
+    /// Requests per second allowed from one source address; 0 turns the limit off.
+    pub rate_limit: f64,
+    pub rate_limit_burst: f64,
+    /// `reject` (503 + Retry-After) or `drop`.
+    pub rate_limit_action: String,
+    /// Zones (see `[zones]`) never rate limited: trunks and PBXs that carry many calls.
+    #[serde(default)]
+    pub rate_limit_exempt_zones: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +65,9 @@ pub struct MediaConfig {
     pub port_min: u16,
     pub port_max: u16,
     pub tap_queue: usize,
+    /// Seconds without RTP in either direction (while not on hold) after which a call is
+    /// ended with BYE on both legs; 0 disables.
+    pub timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +157,10 @@ impl Config {
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             bail!("sip: t1_ms must be > 0 and t2_ms >= t1_ms");
         }
+        if !["reject", "drop"].contains(&self.sip.rate_limit_action.as_str()) {
+            bail!("sip.rate_limit_action: '{}' is not reject or drop", self.sip.rate_limit_action);
+        }
+        self.flood()?;
         if !["text", "json"].contains(&self.log.format.as_str()) {
             bail!("log.format: '{}' is not text or json", self.log.format);
         }
@@ -196,6 +211,30 @@ impl Config {
             .as_ref()
             .map(|r| r.compile().map_err(|e| anyhow::anyhow!("{e}")))
             .transpose()
+    }
+
+    pub fn flood(&self) -> Result<b2bua::flood::FloodConfig> {
+        let mut exempt = Vec::new();
+        for z in &self.sip.rate_limit_exempt_zones {
+            let nets = self
+                .zones
+                .get(z)
+                .ok_or_else(|| anyhow::anyhow!("sip.rate_limit_exempt_zones: unknown zone '{z}'"))?;
+            for n in nets {
+                exempt.push(b2bua::routing::Cidr::parse(n).map_err(|e| anyhow::anyhow!("zone '{z}': {e}"))?);
+            }
+        }
+        Ok(b2bua::flood::FloodConfig {
+            rate: self.sip.rate_limit,
+            burst: self.sip.rate_limit_burst.max(self.sip.rate_limit),
+            action: if self.sip.rate_limit_action == "drop" {
+                b2bua::flood::FloodAction::Drop
+            } else {
+                b2bua::flood::FloodAction::Reject
+            },
+            max_sources: 100_000,
+            exempt,
+        })
     }
 
     pub fn compile_routes(&self) -> Result<Routes> {

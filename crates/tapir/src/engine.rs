@@ -73,9 +73,13 @@ pub struct Engine {
     tapped: std::collections::HashSet<CallId>,
     show_numbers: bool,
     tcp_idle: Duration,
-    last_stats: (u64, u64, u64, u64),
+    last_stats: (u64, u64, u64, u64, u64),
     /// Tells `main` how many calls remain (for drain on shutdown).
     calls_watch: watch::Sender<usize>,
+    /// Contact ids a transferred call continues, from its `Transferred` until its `Started`.
+    continued_contacts: HashMap<CallId, String>,
+    /// RTP counter of each call and when it last moved (media supervision).
+    media_seen: HashMap<CallId, (u64, Instant)>,
 }
 
 pub struct EngineHandle {
@@ -131,8 +135,10 @@ impl Engine {
             tapped: Default::default(),
             show_numbers,
             tcp_idle,
-            last_stats: (0, 0, 0, 0),
+            last_stats: (0, 0, 0, 0, 0),
             calls_watch,
+            continued_contacts: HashMap::new(),
+            media_seen: HashMap::new(),
         };
         tokio::spawn(engine.run());
         Ok(EngineHandle {
@@ -144,10 +150,19 @@ impl Engine {
     }
 
     async fn run(mut self) {
+        let media_timeout = self.relay.media_timeout();
+        // Look a few times per timeout period, so a silent call ends within about 1.25 times
+        // the configured time.
+        let period = (media_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let mut media_tick = tokio::time::interval(period);
+        media_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 biased;
+                _ = media_tick.tick(), if !media_timeout.is_zero() => {
+                    self.check_media(media_timeout);
+                }
                 input = self.inputs.recv() => {
                     let Some(input) = input else { return };
                     self.on_input(input);
@@ -166,6 +181,27 @@ impl Engine {
             }
             self.flush().await;
         }
+    }
+
+    /// Media supervision: a call whose relay saw no RTP from either party for `timeout` is
+    /// reported to the core, which ends it unless it is on hold.
+    fn check_media(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        let activity = self.relay.rtp_activity();
+        let mut live = std::collections::HashSet::with_capacity(activity.len());
+        for (call, count) in activity {
+            live.insert(call);
+            let seen = self.media_seen.entry(call).or_insert((count, now));
+            if seen.0 != count {
+                *seen = (count, now);
+                continue;
+            }
+            let idle = now.duration_since(seen.1);
+            if idle >= timeout && self.core.media_timeout(now.into_std(), call, idle) {
+                tracing::warn!(call, idle_s = idle.as_secs(), "no RTP from either side; call ended");
+            }
+        }
+        self.media_seen.retain(|c, _| live.contains(c));
     }
 
     fn on_input(&mut self, input: Input) {
@@ -233,12 +269,14 @@ impl Engine {
             s.messages_out,
             s.parse_errors,
             t.retransmissions_sent,
+            s.flood_limited,
         );
         let last = self.last_stats;
         self.metrics.sip_in.inc_by(now.0 - last.0);
         self.metrics.sip_out.inc_by(now.1 - last.1);
         self.metrics.sip_parse_errors.inc_by(now.2 - last.2);
         self.metrics.sip_retransmissions.inc_by(now.3 - last.3);
+        self.metrics.sip_rate_limited.inc_by(now.4 - last.4);
         self.last_stats = now;
         self.metrics
             .calls_active
@@ -279,6 +317,13 @@ impl Engine {
             CallEvent::InDialog {
                 call, leg, method, ..
             } => tracing::debug!(call, leg = ?leg, method, "in-dialog request relayed"),
+            CallEvent::Transferred {
+                call,
+                previous,
+                contact,
+                replaces,
+                ..
+            } => tracing::info!(call, previous, contact, replaces, "call continues a transfer"),
         }
         if let Some(r) = &self.recorder {
             let msg = match ev {
@@ -301,8 +346,14 @@ impl Engine {
                         b2bua::Leg::A => (a_call_id, b_call_id),
                         b2bua::Leg::B => (b_call_id, a_call_id),
                     };
+                    // A transferred call keeps the contact id of the call it continues.
+                    let contact_id = self
+                        .continued_contacts
+                        .remove(&call)
+                        .unwrap_or_else(|| format!("{start}-{}-{call}", r.node));
+                    self.core.set_contact_label(call, contact_id.clone());
                     let meta = recorder::RecordingMetadata {
-                        contact_id: format!("{start}-{}-{call}", r.node),
+                        contact_id,
                         call_id_customer: Some(cust_id),
                         call_id_agent: Some(agent_id),
                         from,
@@ -350,6 +401,12 @@ impl Engine {
                             .and_then(Format::parse)
                             .unwrap_or(r.default_format),
                     })
+                }
+                CallEvent::Transferred { call, label, .. } => {
+                    if let Some(l) = label {
+                        self.continued_contacts.insert(call, l);
+                    }
+                    None
                 }
                 CallEvent::Answered { call } => Some(RecCtl::Answered { call }),
                 CallEvent::Ended { call, .. } => {

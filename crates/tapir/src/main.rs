@@ -133,6 +133,7 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
     };
     let mut core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
     core.set_registrar(cfg.compile_registrar()?);
+    core.set_flood_limit(cfg.flood()?);
 
     let node = format!("{:08x}", random_seed() as u32);
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
@@ -151,6 +152,7 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
         zones.push((name.clone(), nets));
     }
     let relay = relay::Relay::new(metrics.clone(), Some(tap));
+    relay.set_media_timeout(Duration::from_secs(cfg.media.timeout_s));
     let link = engine::RecorderLink {
         tx: rec_ctl.clone(),
         default_mode: cfg.recording.mode,

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub sip_out: IntCounter,
     pub sip_parse_errors: IntCounter,
     pub sip_retransmissions: IntCounter,
+    pub sip_rate_limited: IntCounter,
     pub rtp_relayed: IntCounterVec,
     pub rtp_dropped: IntCounterVec,
     pub tap_dropped: IntCounter,
@@ -38,6 +39,11 @@ impl Metrics {
         let sip_retransmissions = IntCounter::new(
             "tapir_sip_retransmissions_total",
             "SIP retransmissions sent by tapir's transactions",
+        )
+        .unwrap();
+        let sip_rate_limited = IntCounter::new(
+            "tapir_sip_rate_limited_total",
+            "SIP requests refused or dropped by the per-source rate limit",
         )
         .unwrap();
         let rtp_relayed = IntCounterVec::new(
@@ -84,6 +90,7 @@ impl Metrics {
             Box::new(sip_out.clone()),
             Box::new(sip_parse_errors.clone()),
             Box::new(sip_retransmissions.clone()),
+            Box::new(sip_rate_limited.clone()),
             Box::new(rtp_relayed.clone()),
             Box::new(rtp_dropped.clone()),
             Box::new(tap_dropped.clone()),
@@ -100,6 +107,7 @@ impl Metrics {
             sip_out,
             sip_parse_errors,
             sip_retransmissions,
+            sip_rate_limited,
             rtp_relayed,
             rtp_dropped,
             tap_dropped,

@@ -139,3 +139,49 @@ fn sighup_reloads_routes_without_dropping_calls() {
     assert_eq!(caller1.wait(Duration::from_secs(20)), 0, "the call in progress was kept");
     assert_eq!(callee1.wait(Duration::from_secs(20)), 0);
 }
+
+#[test]
+fn a_flood_from_one_address_does_not_starve_calls_from_others() {
+    if std::net::UdpSocket::bind("127.0.0.2:0").is_err() {
+        eprintln!("no 127.0.0.2 on this host; skipping");
+        return;
+    }
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "never"),
+        TapirOptions {
+            extra: String::new(),
+            env: vec![
+                ("TAPIR_SIP__RATE_LIMIT".into(), "50".into()),
+                ("TAPIR_SIP__RATE_LIMIT_BURST".into(), "100".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    // 127.0.0.2 sends OPTIONS at 1,000 per second for 4 seconds.
+    let mut a = sipp_args("flood_options.xml", "127.0.0.2", free_port("127.0.0.1"));
+    a.insert(0, t.sip());
+    a.extend(["-r".into(), "1000".into(), "-m".into(), "4000".into(), "-l".into(), "4000".into()]);
+    let mut flood = Sipp::spawn("flood", &a);
+    // Meanwhile 127.0.0.1 places 20 calls at 10 per second; every one must complete.
+    let mut uas = sipp_args("uas", "127.0.0.1", callee_port);
+    uas.extend(["-mp".into(), free_media_port("127.0.0.1").to_string()]);
+    let _callee = Sipp::spawn("callee", &uas);
+    let mut uac = sipp_args("uac", "127.0.0.1", free_port("127.0.0.1"));
+    uac.insert(0, t.sip());
+    uac.extend([
+        "-mp".into(),
+        free_media_port("127.0.0.1").to_string(),
+        "-r".into(),
+        "10".into(),
+        "-m".into(),
+        "20".into(),
+    ]);
+    let mut caller = Sipp::spawn("caller", &uac);
+    assert_eq!(caller.wait(Duration::from_secs(60)), 0, "{}\n{}", caller.logs(), t.log());
+    flood.wait(Duration::from_secs(60));
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"completed\"}"), 20.0);
+    let limited = t.metric("tapir_sip_rate_limited_total");
+    assert!(limited > 1000.0, "rate limited {limited}");
+}
