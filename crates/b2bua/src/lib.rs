@@ -229,6 +229,10 @@ struct Call {
     b_invite: Option<TxKey>,
     /// Leg B's 2xx whose ACK waits for the caller's ACK (delayed offer: the answer is in it).
     b_ack_pending: Option<Response>,
+    /// CSeq and SDP of leg B's delayed-offer ACK, repeated if the 2xx is retransmitted (the
+    /// first ACK may have been lost, and an ACK without the answer would leave leg B without
+    /// one).
+    b_ack_body: Option<(u32, (Vec<u8>, String))>,
     /// BYE transactions still open; the call is forgotten when none is left.
     byes_pending: u32,
     answered: bool,
@@ -843,6 +847,7 @@ impl B2bua {
                 a_invite: Some((key, req)),
                 b_invite: Some(b_key),
                 b_ack_pending: None,
+                b_ack_body: None,
                 byes_pending: 0,
                 answered: false,
                 outcome: None,
@@ -1188,6 +1193,11 @@ impl B2bua {
                 } else {
                     None
                 };
+                if let (Some(c), Some(b), Some(cseq)) =
+                    (self.calls.get_mut(&call), &body, resp.cseq())
+                {
+                    c.b_ack_body = Some((cseq.seq, b.clone()));
+                }
                 self.ack_2xx(now, call, Leg::B, &resp, body);
             }
         }
@@ -1206,7 +1216,13 @@ impl B2bua {
         if c.b_ack_pending.is_some() {
             return;
         }
-        self.ack_2xx(now, call, leg, &resp, None);
+        let body = match &c.b_ack_body {
+            Some((seq, b)) if leg == Leg::B && resp.cseq().map(|c| c.seq) == Some(*seq) => {
+                Some(b.clone())
+            }
+            _ => None,
+        };
+        self.ack_2xx(now, call, leg, &resp, body);
     }
 
     /// A 2xx to an INVITE of ours whose call is gone (answered after Timer C gave up, or a
