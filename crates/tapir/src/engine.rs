@@ -71,6 +71,8 @@ pub struct Engine {
     recorder: Option<RecorderLink>,
     /// Calls whose packets the recorder wants.
     tapped: std::collections::HashSet<CallId>,
+    /// Feature-code filters decided at call start, handed to the relay when media opens.
+    dtmf_filters: HashMap<CallId, crate::relay::DtmfFilter>,
     show_numbers: bool,
     tcp_idle: Duration,
     last_stats: (u64, u64, u64, u64, u64),
@@ -133,6 +135,7 @@ impl Engine {
             metrics,
             recorder,
             tapped: Default::default(),
+            dtmf_filters: HashMap::new(),
             show_numbers,
             tcp_idle,
             last_stats: (0, 0, 0, 0, 0),
@@ -198,7 +201,11 @@ impl Engine {
             }
             let idle = now.duration_since(seen.1);
             if idle >= timeout && self.core.media_timeout(now.into_std(), call, idle) {
-                tracing::warn!(call, idle_s = idle.as_secs(), "no RTP from either side; call ended");
+                tracing::warn!(
+                    call,
+                    idle_s = idle.as_secs(),
+                    "no RTP from either side; call ended"
+                );
             }
         }
         self.media_seen.retain(|c, _| live.contains(c));
@@ -257,6 +264,8 @@ impl Engine {
                     self.relay.handle(cmd);
                     if let Some(call) = open {
                         self.relay.set_tap(call, self.tapped.contains(&call));
+                        self.relay
+                            .set_dtmf_filter(call, self.dtmf_filters.remove(&call));
                     }
                 }
                 Output::Call(ev) => self.on_call_event(ev),
@@ -323,7 +332,13 @@ impl Engine {
                 contact,
                 replaces,
                 ..
-            } => tracing::info!(call, previous, contact, replaces, "call continues a transfer"),
+            } => tracing::info!(
+                call,
+                previous,
+                contact,
+                replaces,
+                "call continues a transfer"
+            ),
         }
         if let Some(r) = &self.recorder {
             let msg = match ev {
@@ -372,6 +387,12 @@ impl Engine {
                     };
                     if mode != Some(Mode::Never) {
                         self.tapped.insert(call);
+                    }
+                    if mode.is_none() {
+                        if let Some(f) = r.policy.current().and_then(|rules| feature_filter(&rules))
+                        {
+                            self.dtmf_filters.insert(call, f);
+                        }
                     }
                     let zone = r
                         .zones
@@ -603,4 +624,27 @@ async fn tcp_connection(
     }
     writer.abort();
     let _ = inputs.send(Input::TcpDown { addr }).await;
+}
+
+/// The relay filter that keeps the policy's feature codes from the customer, unless the rules
+/// say to forward them.
+fn feature_filter(rules: &policy::Rules) -> Option<crate::relay::DtmfFilter> {
+    let fc = &rules.feature_codes;
+    if fc.forward {
+        return None;
+    }
+    let codes = [&fc.start, &fc.stop, &fc.pause, &fc.resume];
+    let mut starts = 0u16;
+    let mut max_len = 0u8;
+    for c in codes.iter().filter(|c| !c.is_empty()) {
+        if let Some(code) = c.chars().next().and_then(media::dtmf::digit_to_event_code) {
+            starts |= 1 << code;
+        }
+        max_len = max_len.max(c.chars().count() as u8);
+    }
+    (starts != 0).then(|| crate::relay::DtmfFilter {
+        starts,
+        max_len,
+        window: Duration::from_millis(fc.inter_digit_timeout_ms),
+    })
 }

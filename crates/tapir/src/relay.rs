@@ -9,6 +9,10 @@
 //! Symmetric RTP (RFC 4961 practice): the remote address of a leg is latched to the source of
 //! the packets that leg sends, so phones behind NAT get their media back; until a packet has
 //! arrived, the address from SDP is used. A new SDP address from a re-INVITE clears the latch.
+//!
+//! Media supervision: every RTP packet received on a call bumps a per-call counter (one
+//! relaxed atomic add, no clock read); the engine samples the counters periodically and
+//! reports calls whose counter stood still for `media.timeout_s` to the core.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -65,11 +69,29 @@ impl LegMedia {
     }
 }
 
+/// What the relay swallows of the agent's RFC 4733 digits so the customer never hears a
+/// feature code (`*2`...). Digits are dropped from the first digit that can start a code until
+/// as many digits as the longest code have passed or the inter-digit time ran out; a digit
+/// that turns out not to be a code is lost rather than delayed (the relay never holds media).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DtmfFilter {
+    /// Bit n set: event code n can start a feature code.
+    pub starts: u16,
+    pub max_len: u8,
+    pub window: std::time::Duration,
+}
+
 struct CallMedia {
     legs: [LegMedia; 2],
+    customer: Leg,
+    filter: Mutex<Option<DtmfFilter>>,
+    /// Telephone-event payload type of the agent leg, or 0xffff when none.
+    agent_te_pt: std::sync::atomic::AtomicU16,
     /// Tap only while some recording wants this call.
     tap_enabled: AtomicBool,
     packets: AtomicU64,
+    /// RTP packets received from either party, forwarded or not: proof of life.
+    rtp_rx: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -89,6 +111,8 @@ struct RelayInner {
     calls: Mutex<HashMap<CallId, Arc<CallMedia>>>,
     metrics: Arc<Metrics>,
     tap: Option<std::sync::mpsc::SyncSender<TapPacket>>,
+    /// `media.timeout_s` in milliseconds; 0 turns media supervision off.
+    media_timeout_ms: AtomicU64,
 }
 
 impl Relay {
@@ -98,7 +122,37 @@ impl Relay {
                 calls: Mutex::new(HashMap::new()),
                 metrics,
                 tap,
+                media_timeout_ms: AtomicU64::new(0),
             }),
+        }
+    }
+
+    /// How long a call may carry no RTP in either direction (while not on hold) before it is
+    /// ended; zero disables the check.
+    pub fn set_media_timeout(&self, timeout: std::time::Duration) {
+        self.inner
+            .media_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn media_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.inner.media_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// RTP packets received so far by each open call.
+    pub fn rtp_activity(&self) -> Vec<(CallId, u64)> {
+        self.inner
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, m)| (*c, m.rtp_rx.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn set_dtmf_filter(&self, call: CallId, filter: Option<DtmfFilter>) {
+        if let Some(c) = self.inner.calls.lock().unwrap().get(&call) {
+            *c.filter.lock().unwrap() = filter;
         }
     }
 
@@ -114,9 +168,9 @@ impl Relay {
                 call,
                 a_port,
                 b_port,
-                ..
+                customer,
             } => {
-                if let Err(e) = self.open(call, a_port, b_port) {
+                if let Err(e) = self.open(call, a_port, b_port, customer) {
                     tracing::error!(call, a_port, b_port, error = %e, "cannot bind media ports");
                     self.inner
                         .metrics
@@ -126,9 +180,21 @@ impl Relay {
                 }
             }
             MediaCommand::Update {
-                call, leg, remote, ..
+                call,
+                leg,
+                remote,
+                codecs,
+                ..
             } => {
                 if let Some(c) = self.inner.calls.lock().unwrap().get(&call) {
+                    if leg != c.customer {
+                        let pt = codecs
+                            .iter()
+                            .find(|m| m.encoding.eq_ignore_ascii_case("telephone-event"))
+                            .map(|m| m.payload_type as u16)
+                            .unwrap_or(0xffff);
+                        c.agent_te_pt.store(pt, Ordering::Relaxed);
+                    }
                     let l = &c.legs[idx(leg)];
                     let mut sdp = l.sdp_remote.lock().unwrap();
                     if *sdp != remote {
@@ -149,7 +215,7 @@ impl Relay {
         }
     }
 
-    fn open(&self, call: CallId, a_port: u16, b_port: u16) -> std::io::Result<()> {
+    fn open(&self, call: CallId, a_port: u16, b_port: u16, customer: Leg) -> std::io::Result<()> {
         let mk = |port: u16| -> std::io::Result<LegMedia> {
             Ok(LegMedia {
                 rtp: Arc::new(bind_udp(port)?),
@@ -161,8 +227,12 @@ impl Relay {
         };
         let media = Arc::new(CallMedia {
             legs: [mk(a_port)?, mk(b_port)?],
+            customer,
+            filter: Mutex::new(None),
+            agent_te_pt: std::sync::atomic::AtomicU16::new(0xffff),
             tap_enabled: AtomicBool::new(false),
             packets: AtomicU64::new(0),
+            rtp_rx: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::with_capacity(4);
@@ -242,6 +312,10 @@ async fn relay_loop(
             (Leg::B, true) => "b_rtcp",
         }]);
     let mut buf = [0u8; MAX_DATAGRAM];
+    let agent_rtp = !rtcp && leg != media.customer;
+    // Feature-code swallowing state of the agent's RTP task (only that task touches it).
+    let mut swallow_ts: Option<u32> = None;
+    let mut window: Option<(Instant, u8)> = None;
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -253,11 +327,24 @@ async fn relay_loop(
             }
         };
         let data = &buf[..n];
+        if !rtcp {
+            media.rtp_rx.fetch_add(1, Ordering::Relaxed);
+        }
         {
             let mut l = latch.lock().unwrap();
             if *l != Some(src) {
                 *l = Some(src);
             }
+        }
+        if agent_rtp && swallow_feature_digit(&media, data, &mut swallow_ts, &mut window) {
+            // Kept from the customer, but the recorder's DTMF detector must still see it.
+            inner
+                .metrics
+                .rtp_dropped
+                .with_label_values(&["feature_code"])
+                .inc();
+            offer_to_tap(&inner, &media, call, leg, data);
+            continue;
         }
         let dest = if rtcp {
             other.rtcp_dest()
@@ -284,30 +371,81 @@ async fn relay_loop(
             }
         }
         media.packets.fetch_add(1, Ordering::Relaxed);
-        if rtcp || !media.tap_enabled.load(Ordering::Relaxed) {
-            continue;
-        }
-        if let Some(tap) = &inner.tap {
-            if n > TAP_MAX || media::rtp::RtpView::parse(data).is_err() {
-                inner
-                    .metrics
-                    .rtp_dropped
-                    .with_label_values(&["not_rtp"])
-                    .inc();
-                continue;
-            }
-            let mut p = TapPacket {
-                call,
-                leg,
-                at: Instant::now(),
-                len: n as u16,
-                data: [0u8; TAP_MAX],
-            };
-            p.data[..n].copy_from_slice(data);
-            // A bounded channel with a preallocated ring: no allocation, and never a wait.
-            if tap.try_send(p).is_err() {
-                inner.metrics.tap_dropped.inc();
-            }
+        if !rtcp {
+            offer_to_tap(&inner, &media, call, leg, data);
         }
     }
+}
+
+/// Copies an RTP packet to the recorder's queue when this call is tapped. Never waits: a full
+/// queue drops the copy and counts it.
+fn offer_to_tap(inner: &RelayInner, media: &CallMedia, call: CallId, leg: Leg, data: &[u8]) {
+    if !media.tap_enabled.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(tap) = &inner.tap else {
+        return;
+    };
+    if data.len() > TAP_MAX || media::rtp::RtpView::parse(data).is_err() {
+        inner
+            .metrics
+            .rtp_dropped
+            .with_label_values(&["not_rtp"])
+            .inc();
+        return;
+    }
+    let mut p = TapPacket {
+        call,
+        leg,
+        at: Instant::now(),
+        len: data.len() as u16,
+        data: [0u8; TAP_MAX],
+    };
+    p.data[..data.len()].copy_from_slice(data);
+    // A bounded channel with a preallocated ring: no allocation, and never a wait.
+    if tap.try_send(p).is_err() {
+        inner.metrics.tap_dropped.inc();
+    }
+}
+
+/// Decides whether an agent-leg packet is a feature-code digit to keep from the customer.
+fn swallow_feature_digit(
+    media: &CallMedia,
+    data: &[u8],
+    swallow_ts: &mut Option<u32>,
+    window: &mut Option<(Instant, u8)>,
+) -> bool {
+    let pt = media.agent_te_pt.load(Ordering::Relaxed);
+    if pt == 0xffff || data.len() < 16 || (data[1] & 0x7f) as u16 != pt {
+        return false;
+    }
+    let Some(f) = *media.filter.lock().unwrap() else {
+        return false;
+    };
+    let Ok(v) = media::rtp::RtpView::parse(data) else {
+        return false;
+    };
+    let (ts, code) = (v.timestamp(), v.payload().first().copied().unwrap_or(255));
+    if *swallow_ts == Some(ts) {
+        // Every packet of a swallowed key press (updates and the repeated end packets).
+        return true;
+    }
+    let now = Instant::now();
+    let open = match window {
+        Some((until, left)) if now < *until && *left > 0 => true,
+        _ => false,
+    };
+    let starts = code < 16 && f.starts & (1 << code) != 0;
+    if open {
+        if let Some((until, left)) = window.as_mut() {
+            *left -= 1;
+            *until = now + f.window;
+        }
+    } else if starts {
+        *window = Some((now + f.window, f.max_len.saturating_sub(1)));
+    } else {
+        return false;
+    }
+    *swallow_ts = Some(ts);
+    true
 }

@@ -130,6 +130,28 @@ fn on_demand_star2_records_from_that_moment() {
         meta.contains("on_demand") || meta.contains("feature_code"),
         "{meta}"
     );
+    // By default the customer never hears the code: every packet of both key presses (5
+    // updates and 3 end packets each) was kept from leg A.
+    assert_eq!(
+        t.metric("tapir_rtp_packets_dropped_total{reason=\"feature_code\"}"),
+        16.0
+    );
+}
+
+#[test]
+fn feature_codes_are_forwarded_when_configured() {
+    let rules = rules("on_demand", "").replace("stop = \"*3\"", "stop = \"*3\"\nforward = true");
+    let (t, port, _) = start(&rules);
+    call(&t, port, "uac_tone.xml", "uas_star2.xml", 3000);
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        t.metric("tapir_rtp_packets_dropped_total{reason=\"feature_code\"}"),
+        0.0
+    );
 }
 
 #[test]
