@@ -96,7 +96,12 @@ impl FloodGuard {
         let cap = self.cfg.burst.max(1.0);
         if !self.buckets.contains_key(&src) && self.buckets.len() >= self.cfg.max_sources {
             // Evict the least recently seen source to stay within the bound.
-            if let Some(oldest) = self.buckets.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k) {
+            if let Some(oldest) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, b)| b.last)
+                .map(|(k, _)| *k)
+            {
                 self.buckets.remove(&oldest);
             }
         }
@@ -121,7 +126,8 @@ impl FloodGuard {
         if self.next_sweep.is_some_and(|t| now < t) {
             return;
         }
-        let full_after = Duration::from_secs_f64((self.cfg.burst.max(1.0) / self.cfg.rate).min(3600.0));
+        let full_after =
+            Duration::from_secs_f64((self.cfg.burst.max(1.0) / self.cfg.rate).min(3600.0));
         self.buckets
             .retain(|_, b| now.saturating_duration_since(b.last) < full_after);
         self.next_sweep = Some(now + Duration::from_secs(10));
@@ -148,18 +154,23 @@ mod tests {
         let t0 = Instant::now();
         let flood = ip("192.0.2.1");
         let allowed = (0..1000)
-            .filter(|i| {
-                g.check(t0 + Duration::from_millis(*i), flood) == Verdict::Allow
-            })
+            .filter(|i| g.check(t0 + Duration::from_millis(*i), flood) == Verdict::Allow)
             .count();
         // 20 burst + 10/s over one second.
         assert!((29..=31).contains(&allowed), "{allowed}");
         assert_eq!(g.limited(), 1000 - allowed as u64);
         for i in 0..20 {
-            assert_eq!(g.check(t0 + Duration::from_millis(1000 + i), ip("192.0.2.2")), Verdict::Allow);
+            assert_eq!(
+                g.check(t0 + Duration::from_millis(1000 + i), ip("192.0.2.2")),
+                Verdict::Allow
+            );
         }
         for _ in 0..1000 {
-            assert_eq!(g.check(t0, ip("198.51.100.7")), Verdict::Allow, "exempt network");
+            assert_eq!(
+                g.check(t0, ip("198.51.100.7")),
+                Verdict::Allow,
+                "exempt network"
+            );
         }
     }
 

@@ -158,7 +158,10 @@ impl Config {
             bail!("sip: t1_ms must be > 0 and t2_ms >= t1_ms");
         }
         if !["reject", "drop"].contains(&self.sip.rate_limit_action.as_str()) {
-            bail!("sip.rate_limit_action: '{}' is not reject or drop", self.sip.rate_limit_action);
+            bail!(
+                "sip.rate_limit_action: '{}' is not reject or drop",
+                self.sip.rate_limit_action
+            );
         }
         self.flood()?;
         if !["text", "json"].contains(&self.log.format.as_str()) {
@@ -216,12 +219,14 @@ impl Config {
     pub fn flood(&self) -> Result<b2bua::flood::FloodConfig> {
         let mut exempt = Vec::new();
         for z in &self.sip.rate_limit_exempt_zones {
-            let nets = self
-                .zones
-                .get(z)
-                .ok_or_else(|| anyhow::anyhow!("sip.rate_limit_exempt_zones: unknown zone '{z}'"))?;
+            let nets = self.zones.get(z).ok_or_else(|| {
+                anyhow::anyhow!("sip.rate_limit_exempt_zones: unknown zone '{z}'")
+            })?;
             for n in nets {
-                exempt.push(b2bua::routing::Cidr::parse(n).map_err(|e| anyhow::anyhow!("zone '{z}': {e}"))?);
+                exempt.push(
+                    b2bua::routing::Cidr::parse(n)
+                        .map_err(|e| anyhow::anyhow!("zone '{z}': {e}"))?,
+                );
             }
         }
         Ok(b2bua::flood::FloodConfig {

@@ -21,7 +21,12 @@ fn spawn(t: &Tapir, scn: &str, port: u16, extra: &[&str], tone: Option<f64>) -> 
     if scn.starts_with("uac") {
         a.insert(0, t.sip());
     }
-    a.extend(["-mp".into(), free_media_port("127.0.0.1").to_string(), "-m".into(), "1".into()]);
+    a.extend([
+        "-mp".into(),
+        free_media_port("127.0.0.1").to_string(),
+        "-m".into(),
+        "1".into(),
+    ]);
     a.extend(extra.iter().map(|s| s.to_string()));
     match tone {
         Some(f) => Sipp::spawn_with_tone(scn, &a, f, 20.0),
@@ -43,7 +48,13 @@ fn kill9_mid_call_loses_at_most_about_a_second() {
     let callee_port = free_port("127.0.0.1");
     let mut t = Tapir::start(BIN, &route(callee_port, "always"), TapirOptions::default());
     let _callee = spawn(&t, "uas_tone.xml", callee_port, &[], Some(1000.0));
-    let _caller = spawn(&t, "uac_tone.xml", free_port("127.0.0.1"), &["-d", "20000"], Some(400.0));
+    let _caller = spawn(
+        &t,
+        "uac_tone.xml",
+        free_port("127.0.0.1"),
+        &["-d", "20000"],
+        Some(400.0),
+    );
     // The spool file appears with the first recorded audio: that is the recording's start.
     let spool = t.dir.path().join("spool");
     let end = Instant::now() + Duration::from_secs(10);
@@ -59,7 +70,12 @@ fn kill9_mid_call_loses_at_most_about_a_second() {
     t.kill9();
     let t = t.restart();
     let rec = files(t.dir.path().join("recordings"), "wav");
-    assert_eq!(rec.len(), 1, "the repaired file is moved to recordings\n{}", t.log());
+    assert_eq!(
+        rec.len(),
+        1,
+        "the repaired file is moved to recordings\n{}",
+        t.log()
+    );
     assert!(files(spool, "wav").is_empty());
     let (c1, c2) = read_stereo_wav(&rec[0]);
     let secs = c1.len() as f64 / 8000.0;
@@ -70,8 +86,14 @@ fn kill9_mid_call_loses_at_most_about_a_second() {
     assert!(tone_energy(&c1, 400.0) > 20.0 * tone_energy(&c1, 1000.0));
     assert!(tone_energy(&c2, 1000.0) > 20.0 * tone_energy(&c2, 400.0));
     let meta = std::fs::read_to_string(rec[0].with_extension("json")).unwrap();
-    assert!(meta.contains("\"interrupted\": true") && meta.contains("\"repaired\": true"), "{meta}");
-    assert_eq!(t.metric("tapir_recordings_total{result=\"interrupted\"}"), 1.0);
+    assert!(
+        meta.contains("\"interrupted\": true") && meta.contains("\"repaired\": true"),
+        "{meta}"
+    );
+    assert_eq!(
+        t.metric("tapir_recordings_total{result=\"interrupted\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -94,12 +116,21 @@ fn sigterm_refuses_new_calls_then_ends_calls_at_the_deadline() {
     let mut late = spawn(&t, "uac_unavailable.xml", free_port("127.0.0.1"), &[], None);
     assert_eq!(late.wait(Duration::from_secs(10)), 0, "{}", late.logs());
     // The call in progress goes on until the deadline, then both sides get a BYE.
-    assert_eq!(caller.wait(Duration::from_secs(20)), 0, "{}\n{}", caller.logs(), t.log());
+    assert_eq!(
+        caller.wait(Duration::from_secs(20)),
+        0,
+        "{}\n{}",
+        caller.logs(),
+        t.log()
+    );
     assert_eq!(callee.wait(Duration::from_secs(20)), 0, "{}", callee.logs());
     let status = t.wait_exit(Duration::from_secs(10)).expect("tapir exits");
     assert!(status.success(), "{status:?}");
     let took = sent.elapsed();
-    assert!(took >= Duration::from_millis(2900), "ended the call after {took:?}, before the deadline");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "ended the call after {took:?}, before the deadline"
+    );
 }
 
 #[test]
@@ -107,12 +138,25 @@ fn sigterm_exits_as_soon_as_calls_end() {
     let callee_port = free_port("127.0.0.1");
     let mut t = Tapir::start(BIN, &route(callee_port, "never"), TapirOptions::default());
     let mut callee = spawn(&t, "uas_answer.xml", callee_port, &[], None);
-    let mut caller = spawn(&t, "uac_pcap.xml", free_port("127.0.0.1"), &["-d", "1500"], None);
+    let mut caller = spawn(
+        &t,
+        "uac_pcap.xml",
+        free_port("127.0.0.1"),
+        &["-d", "1500"],
+        None,
+    );
     t.wait_metric("tapir_calls_active", Duration::from_secs(10), |v| v == 1.0);
     t.signal("TERM");
-    assert_eq!(caller.wait(Duration::from_secs(20)), 0, "the call completes normally\n{}", caller.logs());
+    assert_eq!(
+        caller.wait(Duration::from_secs(20)),
+        0,
+        "the call completes normally\n{}",
+        caller.logs()
+    );
     assert_eq!(callee.wait(Duration::from_secs(20)), 0);
-    let status = t.wait_exit(Duration::from_secs(10)).expect("tapir exits once the call is over");
+    let status = t
+        .wait_exit(Duration::from_secs(10))
+        .expect("tapir exits once the call is over");
     assert!(status.success());
 }
 
@@ -122,10 +166,20 @@ fn sighup_reloads_routes_without_dropping_calls() {
     let second = free_port("127.0.0.1");
     let t = Tapir::start(BIN, &route(first, "never"), TapirOptions::default());
     let mut callee1 = spawn(&t, "uas_answer.xml", first, &[], None);
-    let mut caller1 = spawn(&t, "uac_pcap.xml", free_port("127.0.0.1"), &["-d", "3000"], None);
+    let mut caller1 = spawn(
+        &t,
+        "uac_pcap.xml",
+        free_port("127.0.0.1"),
+        &["-d", "3000"],
+        None,
+    );
     t.wait_metric("tapir_calls_active", Duration::from_secs(10), |v| v == 1.0);
     let cfg = std::fs::read_to_string(t.config_path()).unwrap();
-    std::fs::write(t.config_path(), cfg.replace(&format!(":{first}\""), &format!(":{second}\""))).unwrap();
+    std::fs::write(
+        t.config_path(),
+        cfg.replace(&format!(":{first}\""), &format!(":{second}\"")),
+    )
+    .unwrap();
     t.signal("HUP");
     let end = Instant::now() + Duration::from_secs(10);
     while !t.log().contains("routes reloaded") {
@@ -133,10 +187,29 @@ fn sighup_reloads_routes_without_dropping_calls() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut callee2 = spawn(&t, "uas_answer.xml", second, &[], None);
-    let mut caller2 = spawn(&t, "uac_pcap.xml", free_port("127.0.0.1"), &["-d", "500"], None);
-    assert_eq!(caller2.wait(Duration::from_secs(20)), 0, "{}", caller2.logs());
-    assert_eq!(callee2.wait(Duration::from_secs(20)), 0, "the new route took the call");
-    assert_eq!(caller1.wait(Duration::from_secs(20)), 0, "the call in progress was kept");
+    let mut caller2 = spawn(
+        &t,
+        "uac_pcap.xml",
+        free_port("127.0.0.1"),
+        &["-d", "500"],
+        None,
+    );
+    assert_eq!(
+        caller2.wait(Duration::from_secs(20)),
+        0,
+        "{}",
+        caller2.logs()
+    );
+    assert_eq!(
+        callee2.wait(Duration::from_secs(20)),
+        0,
+        "the new route took the call"
+    );
+    assert_eq!(
+        caller1.wait(Duration::from_secs(20)),
+        0,
+        "the call in progress was kept"
+    );
     assert_eq!(callee1.wait(Duration::from_secs(20)), 0);
 }
 
@@ -162,7 +235,14 @@ fn a_flood_from_one_address_does_not_starve_calls_from_others() {
     // 127.0.0.2 sends OPTIONS at 1,000 per second for 4 seconds.
     let mut a = sipp_args("flood_options.xml", "127.0.0.2", free_port("127.0.0.1"));
     a.insert(0, t.sip());
-    a.extend(["-r".into(), "1000".into(), "-m".into(), "4000".into(), "-l".into(), "4000".into()]);
+    a.extend([
+        "-r".into(),
+        "1000".into(),
+        "-m".into(),
+        "4000".into(),
+        "-l".into(),
+        "4000".into(),
+    ]);
     let mut flood = Sipp::spawn("flood", &a);
     // Meanwhile 127.0.0.1 places 20 calls at 10 per second; every one must complete.
     let mut uas = sipp_args("uas", "127.0.0.1", callee_port);
@@ -179,7 +259,13 @@ fn a_flood_from_one_address_does_not_starve_calls_from_others() {
         "20".into(),
     ]);
     let mut caller = Sipp::spawn("caller", &uac);
-    assert_eq!(caller.wait(Duration::from_secs(60)), 0, "{}\n{}", caller.logs(), t.log());
+    assert_eq!(
+        caller.wait(Duration::from_secs(60)),
+        0,
+        "{}\n{}",
+        caller.logs(),
+        t.log()
+    );
     flood.wait(Duration::from_secs(60));
     assert_eq!(t.metric("tapir_calls_total{outcome=\"completed\"}"), 20.0);
     let limited = t.metric("tapir_sip_rate_limited_total");
