@@ -14,7 +14,7 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,8 @@ pub struct Packet {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub data: Vec<u8>,
+    /// How many copies the network delivers (0: lost, 2: duplicated).
+    pub copies: u8,
 }
 
 impl Packet {
@@ -195,6 +197,7 @@ impl Net {
                 from,
                 to,
                 data: data.clone(),
+                copies: 0,
             });
         }
         let link = self
@@ -219,6 +222,9 @@ impl Net {
                 link.max_delay.as_micros() as u64,
             );
             self.seq += 1;
+            if let Some(p) = self.log.as_mut().and_then(|l| l.last_mut()) {
+                p.copies += 1;
+            }
             let data = if i + 1 == copies {
                 data.take().unwrap_or_default()
             } else {
@@ -334,8 +340,8 @@ pub struct Ua {
     pub invite: Option<(TxKey, Request)>,
     /// An INVITE received and not yet answered finally.
     pub incoming: Option<(TxKey, Request)>,
-    /// The last ACK sent, resent when its 2xx is retransmitted: (Call-ID, CSeq, bytes).
-    last_ack: Option<(String, u32, Vec<u8>)>,
+    /// The last ACKs sent, resent when their 2xx is retransmitted: (Call-ID, CSeq, bytes).
+    last_acks: VecDeque<(String, u32, Vec<u8>)>,
     /// Direction we offer in our next SDP.
     pub direction: Direction,
     scheduled: Vec<(Instant, Scheduled)>,
@@ -420,7 +426,7 @@ impl Ua {
             next_hop: addr(TAPIR),
             invite: None,
             incoming: None,
-            last_ack: None,
+            last_acks: VecDeque::new(),
             direction: Direction::SendRecv,
             scheduled: Vec::new(),
             n: 0,
@@ -692,13 +698,13 @@ impl Ua {
             }
             Event::Stray2xx { response, from } => {
                 let seq = response.cseq().map(|c| c.seq).unwrap_or(0);
-                match &self.last_ack {
-                    Some((cid, s, bytes)) if cid == response.call_id() && *s == seq => {
-                        let bytes = bytes.clone();
-                        self.tx
-                            .send_stateless(&sip::parse(&bytes, true).expect("our own ACK"), from);
-                    }
-                    _ => {}
+                let ack = self
+                    .last_acks
+                    .iter()
+                    .find(|(cid, s, _)| cid == response.call_id() && *s == seq);
+                if let Some((_, _, bytes)) = ack {
+                    let msg = sip::parse(bytes, true).expect("our own ACK");
+                    self.tx.send_stateless(&msg, from);
                 }
                 self.log(Seen::Stray2xx(response));
             }
@@ -897,7 +903,11 @@ impl Ua {
         }
         let peer = self.dialog_peer();
         let msg = Message::Request(ack);
-        self.last_ack = Some((resp.call_id().to_string(), seq, msg.to_bytes()));
+        if self.last_acks.len() == 8 {
+            self.last_acks.pop_front();
+        }
+        self.last_acks
+            .push_back((resp.call_id().to_string(), seq, msg.to_bytes()));
         self.tx.send_stateless(&msg, peer);
     }
 
@@ -1189,6 +1199,37 @@ impl World {
         assert_eq!(self.callee.tx.len(), 0, "transactions left in the callee");
         assert_eq!(self.caller.parse_errors, 0, "tapir sent the caller garbage");
         assert_eq!(self.callee.parse_errors, 0, "tapir sent the callee garbage");
+    }
+
+    /// The network log, one line per datagram, for diagnosing a failing seed.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for p in self.net.log.iter().flatten() {
+            let what = match p.message() {
+                Some(Message::Request(r)) => format!(
+                    "{} {} cseq={} to-tag={:?}",
+                    r.method,
+                    r.call_id(),
+                    r.headers.get("CSeq").unwrap_or(""),
+                    r.to_tag()
+                ),
+                Some(Message::Response(r)) => format!(
+                    "{} {} cseq={}",
+                    r.status,
+                    r.call_id(),
+                    r.headers.get("CSeq").unwrap_or("")
+                ),
+                None => format!("<{} bytes>", p.data.len()),
+            };
+            let fate = ["lost", "", "x2"][usize::from(p.copies.min(2))];
+            out.push_str(&format!(
+                "{:>9.3} {} -> {} {what} {fate}\n",
+                (p.at - self.start).as_secs_f64(),
+                p.from,
+                p.to
+            ));
+        }
+        out
     }
 
     // ---- what tapir reported ---------------------------------------------------------------
