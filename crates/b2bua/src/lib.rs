@@ -11,14 +11,22 @@
 //! IO layer, and call events for logs, metrics and the recorder.
 //!
 //! Layout: [`routing`] (routes and zones), [`ports`] (the RTP port pool), and the call state
-//! machine in this file.
+//! machine in this file. The features a real phone system needs live beside it: `auth`
+//! (challenges passed through, retries continuing leg B), `transfer` (REFER, Replaces, the
+//! contact identity of transferred calls), `timers` (RFC 4028 session timers, media
+//! supervision) and `extra` (their per-call state).
 
+mod auth;
+mod extra;
 pub mod flood;
 pub mod ports;
 pub mod registrar;
 pub mod routing;
+mod timers;
+mod transfer;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -84,7 +92,8 @@ pub enum Outcome {
     Cancelled,
     /// The far side rejected with this status.
     Rejected(u16),
-    /// No response from the far side.
+    /// No response from the far side: the INVITE timed out, or an answered call was ended
+    /// by tapir because a party vanished (failed or missing session refresh, no media).
     Timeout,
     /// tapir refused the call itself (no route, no ports, bad SDP, draining).
     Refused(u16),
@@ -166,6 +175,19 @@ pub enum CallEvent {
         call: CallId,
         outcome: Outcome,
     },
+    /// The new call `call` continues the contact of call `previous`: the transferee's INVITE
+    /// after a REFER tapir relayed, or an INVITE with Replaces naming a dialog of a call
+    /// through tapir (see the `transfer` module). Emitted just before `call`'s `Started`.
+    Transferred {
+        call: CallId,
+        previous: CallId,
+        /// First call of the transfer chain: the contact identity.
+        contact: CallId,
+        /// Label given to the contact with [`B2bua::set_contact_label`], if any.
+        label: Option<String>,
+        /// The call whose dialog the INVITE replaces (attended transfer), if tapir holds it.
+        replaces: Option<CallId>,
+    },
 }
 
 #[derive(Debug)]
@@ -238,6 +260,8 @@ struct Call {
     answered: bool,
     outcome: Option<Outcome>,
     media_open: bool,
+    /// Transfer, session-timer and hold state (see the `extra` module).
+    x: extra::CallExtra,
 }
 
 impl Call {
@@ -313,11 +337,21 @@ pub struct B2bua {
     /// Registration relay (phone-side deployment); off until [`B2bua::set_registrar`].
     reg: registrar::State,
     flood: flood::FloodGuard,
+    /// Leg B identities of challenged INVITEs, for their retries (see the `auth` module).
+    challenges: auth::Challenges,
+    /// Transfers announced by relayed REFERs (see the `transfer` module).
+    transfers: transfer::Transfers,
+    /// Session-timer deadlines, (when, call); entries made stale by a reschedule are skipped.
+    wakeups: BinaryHeap<Reverse<(Instant, CallId)>>,
+    /// The latest `now` seen, for bookkeeping in paths that are not handed one.
+    clock: Option<Instant>,
 }
 
 enum Purpose {
     Invite,
     Bye,
+    /// tapir's own session refresh on this leg (see the `timers` module).
+    Refresh(Leg),
     /// Relayed in-dialog request; answer goes back on the relay's server transaction.
     Relay(Box<Relay>),
 }
@@ -342,6 +376,10 @@ impl B2bua {
             draining: false,
             reg: registrar::State::default(),
             flood: flood::FloodGuard::new(flood::FloodConfig::default()),
+            challenges: auth::Challenges::default(),
+            transfers: transfer::Transfers::default(),
+            wakeups: BinaryHeap::new(),
+            clock: None,
         }
     }
 
@@ -392,6 +430,7 @@ impl B2bua {
     /// Feeds one datagram (or one framed stream message) received from `from`.
     pub fn handle_message(&mut self, now: Instant, data: &[u8], from: Peer) {
         self.stats.messages_in += 1;
+        self.clock = Some(now);
         // Responses belong to our own transactions and are never rate limited; requests are
         // charged to their source address before any parsing, so a flood costs little.
         if !data.starts_with(b"SIP/") {
@@ -450,17 +489,21 @@ impl B2bua {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
         self.tx.handle_timeout(now);
         self.expire_registrations(now);
+        self.drain_tx(now);
+        self.run_session_timers(now);
         self.drain_tx(now);
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let tx = self.tx.poll_timeout();
-        match (tx, self.registrar_deadline()) {
+        let t = match (tx, self.registrar_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        [t, self.session_deadline()].into_iter().flatten().min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -694,10 +737,20 @@ impl B2bua {
                 }
             }
         };
-        let user = req.uri.user().unwrap_or("").to_string();
-        // A registered phone first, then the routes (see the `registrar` module).
-        let Some(route) = self
-            .registered_route(now, from, &req)
+        // A tel: Request-URI (RFC 3966; its scheme passes the checks) is dialled by its number.
+        let user = match &req.uri {
+            sip::Uri::Other(u) if u.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("tel:")) => {
+                u[4..].split(';').next().unwrap_or("").to_string()
+            }
+            u => u.user().unwrap_or("").to_string(),
+        };
+        // A transfer tapir announced or a dialog it holds first (see the `transfer` module),
+        // then a registered phone (see the `registrar` module), then the routes.
+        let link = self.transfer_link(now, &req);
+        let Some(route) = link
+            .as_ref()
+            .and_then(|l| l.route.clone())
+            .or_else(|| self.registered_route(now, from, &req))
             .or_else(|| self.routes.find(from.addr.ip(), &user).cloned())
         else {
             if self.is_registrar_side(from) {
@@ -745,13 +798,20 @@ impl B2bua {
             remote_cseq: req.cseq().map(|c| c.seq),
         };
 
-        // Leg B: new Call-ID, From tag, Via; Request-URI from the route target.
-        let b_call_id = format!("{}@tapir", self.ids.next());
-        let b_tag = self.ids.next();
+        // Leg B: new Call-ID, From tag, Via; Request-URI from the route target. A retry after
+        // a challenge continues the challenged leg B instead (see the `auth` module).
+        let (b_call_id, b_tag, b_cseq) = match self.challenges.take_retry(now, &req) {
+            Some(r) => (r.b_call_id, r.b_tag, r.b_cseq),
+            None => (format!("{}@tapir", self.ids.next()), self.ids.next(), 1),
+        };
         let mut b_uri = route.target_uri.clone();
         if let Some(s) = b_uri.sip_mut() {
             if s.user.is_none() {
-                s.user = req.uri.sip().and_then(|u| u.user.clone());
+                s.user = req
+                    .uri
+                    .sip()
+                    .and_then(|u| u.user.clone())
+                    .or_else(|| (!user.is_empty()).then(|| user.clone()));
             }
         }
         let mut b_from = strip_tag(&from_na);
@@ -767,12 +827,15 @@ impl B2bua {
         b_req.headers.push("From", b_from.to_string());
         b_req.headers.push("To", b_to.to_string());
         b_req.headers.push("Call-ID", b_call_id.clone());
-        b_req.headers.push("CSeq", "1 INVITE");
+        b_req.headers.push("CSeq", format!("{b_cseq} INVITE"));
         b_req.headers.push("Contact", self.contact(b_peer));
         b_req
             .headers
             .push("User-Agent", self.config.user_agent.clone());
         copy_end_to_end_headers(&req, &mut b_req);
+        if let Some(r) = link.as_ref().and_then(|l| l.replaces.clone()) {
+            b_req.headers.set("Replaces", r);
+        }
         if let Some(mut s) = sdp.clone() {
             let i = s.audio_index().unwrap_or(0);
             s.anchor(i, self.media_ip(b_peer), b_port);
@@ -787,9 +850,43 @@ impl B2bua {
             remote_uri: b_to,
             remote_target: b_uri,
             route_set: Vec::new(),
-            local_cseq: 1,
+            local_cseq: b_cseq,
             remote_cseq: None,
         };
+        let mut x = extra::CallExtra::new(
+            call,
+            None,
+            extra::CallMeta {
+                route: route.name.clone(),
+                direction: route.direction.clone(),
+                record: route.record.clone(),
+                format: route.format.clone(),
+            },
+        );
+        if let Some(s) = &sdp {
+            x.leg_mut(Leg::A).sends = timers::sdp_sends(s);
+        }
+        if !b_req.body.is_empty() {
+            x.leg_mut(Leg::B).last_sdp = Some(b_req.body.clone());
+        }
+        if let Some(l) = &link {
+            x.contact = l.contact;
+            x.label = l.label.clone();
+            x.meta = l.meta.clone();
+            tracing::info!(
+                call,
+                previous = l.previous,
+                contact = l.contact,
+                "transferred call"
+            );
+            self.out.push_back(Output::Call(CallEvent::Transferred {
+                call,
+                previous: l.previous,
+                contact: l.contact,
+                label: l.label.clone(),
+                replaces: l.replaced,
+            }));
+        }
 
         let mut span_from = from_na.uri.user().unwrap_or("").to_string();
         let mut span_to = user.clone();
@@ -852,6 +949,7 @@ impl B2bua {
                 answered: false,
                 outcome: None,
                 media_open: true,
+                x,
             },
         );
     }
@@ -869,6 +967,7 @@ impl B2bua {
             sends: s.direction(i).sends(),
             codecs: s.rtpmaps(i),
         }));
+        self.note_media(call, leg, timers::sdp_sends(s));
     }
 
     /// Rewrites an SDP body that came from `from_leg` for sending on the other leg, and tells
@@ -881,7 +980,9 @@ impl B2bua {
         if let Some(i) = s.audio_index() {
             s.anchor(i, ip, port);
         }
-        Some(s.to_bytes())
+        let out = s.to_bytes();
+        self.note_sdp_sent(call, from_leg.other(), &out);
+        Some(out)
     }
 
     /// Builds the message for `to_leg` that carries `src`'s body, with SDP anchored.
@@ -935,6 +1036,12 @@ impl B2bua {
                 if resp.status >= 200 {
                     self.client.remove(&key);
                     self.bye_done(now, call);
+                }
+            }
+            &Purpose::Refresh(leg) => {
+                if resp.status >= 200 {
+                    self.client.remove(&key);
+                    self.on_refresh_response(now, call, leg, resp);
                 }
             }
             Purpose::Relay(_) => {
@@ -993,6 +1100,18 @@ impl B2bua {
             // ACK the re-INVITE's 2xx on the answering leg at once; the caller's ACK to us is
             // absorbed (tapir holds both offer/answer sides, so nothing in it is needed).
             self.ack_2xx(now, relay.call, to_leg_of_resp, &resp, None);
+        }
+        if matches!(relay.request.method, Method::Invite | Method::Update)
+            && (200..300).contains(&resp.status)
+        {
+            self.timers_on_refresh(
+                now,
+                relay.call,
+                relay.from_leg,
+                &relay.request,
+                &resp,
+                &mut r,
+            );
         }
         self.respond(now, &relay.server, r);
     }
@@ -1122,6 +1241,11 @@ impl B2bua {
                 c.outcome = Some(Outcome::Rejected(resp.status));
             }
         }
+        if (200..300).contains(&resp.status) {
+            self.timers_on_answer(now, call, &a_req, &resp, &mut r);
+        } else if matches!(resp.status, 401 | 407) {
+            self.remember_challenge(now, call, &a_req);
+        }
         self.respond(now, &a_key, r);
         if resp.status >= 300 {
             self.finish(call, Outcome::Rejected(resp.status));
@@ -1146,6 +1270,7 @@ impl B2bua {
                 self.maybe_forget(now, call);
             }
             Purpose::Bye => self.bye_done(now, call),
+            Purpose::Refresh(leg) => self.on_refresh_timeout(now, call, leg),
             Purpose::Relay(relay) => {
                 let r = relay.request.response(408, "Request Timeout");
                 self.respond(now, &relay.server, r);
@@ -1361,6 +1486,9 @@ impl B2bua {
             out.headers.push("Contact", self.contact(peer));
         }
         copy_end_to_end_headers(&req, &mut out);
+        if req.method == Method::Refer {
+            self.rewrite_refer_to(now, call, leg, &mut out);
+        }
         let has_sdp = req.has_sdp();
         let ct = req.content_type().map(str::to_string);
         out.body = self.copy_body(
