@@ -557,6 +557,8 @@ impl Sipp {
         let dir = tempfile::tempdir().unwrap();
         write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
         write_dtmf_pcap(&dir.path().join("star2.pcap"), "*2");
+        write_dtmf_pcap(&dir.path().join("digit1.pcap"), "1");
+        write_dtmf_pcap(&dir.path().join("digit2.pcap"), "2");
         let child = Command::new(sipp_path())
             .args(args)
             .args(["-nostdin", "-trace_err", "-trace_msg"])
@@ -572,4 +574,21 @@ impl Sipp {
             dir,
         }
     }
+}
+
+/// Writes an 8 kHz mono 16-bit WAV prompt: a sine at `freq` Hz for `secs` seconds.
+pub fn write_prompt_wav(path: &Path, freq: f64, secs: f64) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..(secs * 8000.0) as usize {
+        let t = i as f64 / 8000.0;
+        w.write_sample((8000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
 }

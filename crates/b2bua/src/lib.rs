@@ -16,6 +16,7 @@
 //! contact identity of transferred calls), `timers` (RFC 4028 session timers, media
 //! supervision) and `extra` (their per-call state).
 
+pub mod announce;
 mod auth;
 mod extra;
 pub mod flood;
@@ -134,6 +135,16 @@ pub enum MediaCommand {
     },
     Close {
         call: CallId,
+    },
+    /// Play a prompt to one leg before the call is connected, then report
+    /// [`B2bua::announcement_done`]. While it plays nothing is relayed between the legs.
+    Announce {
+        call: CallId,
+        leg: Leg,
+        prompt: String,
+        codec: announce::PromptCodec,
+        /// Listen for the customer's 1 (accept) or 2 (refuse) after the prompt.
+        collect_consent: bool,
     },
 }
 
@@ -262,6 +273,7 @@ struct Call {
     media_open: bool,
     /// Transfer, session-timer and hold state (see the `extra` module).
     x: extra::CallExtra,
+    ann: announce::CallAnnounce,
 }
 
 impl Call {
@@ -301,6 +313,10 @@ impl IdGen {
 /// Branch prefix of every Via tapir writes; a request arriving with it on top has looped.
 const BRANCH_PREFIX: &str = "z9hG4bK-tpr";
 
+/// Option tags a request may `Require` of tapir: session timers (RFC 4028, see the `timers`
+/// module) and Replaces (RFC 3891, see the `transfer` module). Any other gets 420.
+const SUPPORTED_OPTION_TAGS: &[&str] = &["timer", "replaces"];
+
 /// Headers rebuilt per leg and therefore never copied from one leg to the other.
 const LEG_LOCAL_HEADERS: &[&str] = &[
     "Via",
@@ -337,6 +353,8 @@ pub struct B2bua {
     /// Registration relay (phone-side deployment); off until [`B2bua::set_registrar`].
     reg: registrar::State,
     flood: flood::FloodGuard,
+    /// Announcement per route name.
+    announcements: HashMap<String, announce::AnnounceConfig>,
     /// Leg B identities of challenged INVITEs, for their retries (see the `auth` module).
     challenges: auth::Challenges,
     /// Transfers announced by relayed REFERs (see the `transfer` module).
@@ -376,6 +394,7 @@ impl B2bua {
             draining: false,
             reg: registrar::State::default(),
             flood: flood::FloodGuard::new(flood::FloodConfig::default()),
+            announcements: HashMap::new(),
             challenges: auth::Challenges::default(),
             transfers: transfer::Transfers::default(),
             wakeups: BinaryHeap::new(),
@@ -422,6 +441,12 @@ impl B2bua {
         self.calls.keys().copied().collect()
     }
 
+    /// Sets the recording announcement of each route (by route name); calls in progress are
+    /// not affected.
+    pub fn set_announcements(&mut self, a: HashMap<String, announce::AnnounceConfig>) {
+        self.announcements = a;
+    }
+
     /// Sets the per-source request rate limit (off by default).
     pub fn set_flood_limit(&mut self, cfg: flood::FloodConfig) {
         self.flood.set_config(cfg);
@@ -437,7 +462,8 @@ impl B2bua {
             if let flood::Verdict::Limit(action) = self.flood.check(now, from.addr.ip()) {
                 self.stats.flood_limited += 1;
                 if action == flood::FloodAction::Reject {
-                    if let Ok(Message::Request(r)) = sip::parse(data, !from.transport.is_reliable()) {
+                    if let Ok(Message::Request(r)) = sip::parse(data, !from.transport.is_reliable())
+                    {
                         if r.method != Method::Ack {
                             let mut resp = r.response(503, "Service Unavailable");
                             resp.headers.push("Retry-After", "5");
@@ -631,6 +657,12 @@ impl B2bua {
         if resp.headers.get("Server").is_none() {
             resp.headers.push("Server", self.config.user_agent.clone());
         }
+        // Every response but 100 carries a To tag (RFC 3261 §8.2.6.2), also those tapir
+        // makes up itself for requests that never reach a dialog.
+        if resp.status > 100 && resp.to_tag().is_none() {
+            let tag = self.ids.next();
+            set_to_tag(&mut resp, &tag);
+        }
         self.tx.respond(now, key, resp);
     }
 
@@ -650,6 +682,16 @@ impl B2bua {
                     self.respond(now, &key, r);
                 }
             }
+            return;
+        }
+        // The UAS checks (RFC 3261 §8.2.2, §8.2.3; Max-Forwards as a relaying element, §16.3)
+        // come from `sip`, so the RFC 4475 verdicts its tests pin are the ones applied here.
+        if let Err(rej) = sip::check_request_semantics(&req, SUPPORTED_OPTION_TAGS) {
+            tracing::info!(
+                peer = %from.addr, status = rej.status, reason = %rej.reason, "request refused"
+            );
+            let r = rej.response(&req);
+            self.respond(now, &key, r);
             return;
         }
         match req.method {
@@ -677,6 +719,12 @@ impl B2bua {
             }
             Method::Cancel => {}
             Method::Register => self.on_register(now, key, req, from),
+            // A method tapir does not even know (RFC 3261 §8.2.1, §21.5.2); 405 is for the
+            // known ones it does not take out of a dialog.
+            Method::Other(_) => {
+                let r = req.response(501, "Not Implemented");
+                self.respond(now, &key, r);
+            }
             _ => {
                 let mut r = req.response(405, "Method Not Allowed");
                 r.headers.push(
@@ -699,30 +747,13 @@ impl B2bua {
             self.respond(now, &key, r);
             return;
         }
-        let mf = req.max_forwards().unwrap_or(70);
-        if mf == 0 {
-            return reject(self, 483, "Too Many Hops");
-        }
-        if let Some(req_ext) = req.headers.get("Require") {
-            // tapir relays but does not implement extensions it would have to act on.
-            let unsupported: Vec<&str> = req_ext
-                .split(',')
-                .map(str::trim)
-                .filter(|e| !["timer", "replaces"].contains(&e.to_ascii_lowercase().as_str()))
-                .collect();
-            if !unsupported.is_empty() {
-                let mut r = req.response(420, "Bad Extension");
-                r.headers.push("Unsupported", unsupported.join(", "));
-                self.respond(now, &key, r);
-                return;
-            }
-        }
-        if req.uri.sip().is_none() {
-            return reject(self, 416, "Unsupported URI Scheme");
-        }
+        // Max-Forwards 0, Require, the URI scheme and the body type were checked in
+        // `on_request`.
+        let mf = req.max_forwards().unwrap_or(70).max(1);
         let sdp = if req.body.is_empty() {
             None
         } else if !req.has_sdp() {
+            // A multipart body passed those checks; tapir does not take SDP out of one.
             let mut r = req.response(415, "Unsupported Media Type");
             r.headers.push("Accept", "application/sdp");
             self.respond(now, &key, r);
@@ -923,8 +954,61 @@ impl B2bua {
         self.dialogs
             .insert((req.call_id().to_string(), a_tag), (call, Leg::A));
         self.dialogs.insert((b_call_id, b_tag), (call, Leg::B));
-        let b_key = self.tx.send_request(now, b_req, b_peer);
-        self.client.insert(b_key.clone(), (call, Purpose::Invite));
+        let mut ann = announce::CallAnnounce::default();
+        let announce_cfg = self
+            .announcements
+            .get(&route.name)
+            .filter(|a| {
+                let kind = req.headers.get("X-Tapir-Call-Type").unwrap_or("");
+                !a.skip_call_types
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(kind.trim()))
+            })
+            .cloned();
+        let inbound = match (&announce_cfg, customer, &sdp) {
+            (Some(cfg), Leg::A, Some(offer)) => {
+                let i = offer.audio_index().unwrap_or(0);
+                announce::choose_codec(&offer.rtpmaps(i)).map(|codec| (cfg.clone(), codec))
+            }
+            _ => None,
+        };
+        if customer == Leg::B {
+            ann.outbound = announce_cfg;
+        }
+        let b_invite = match inbound {
+            None => {
+                let b_key = self.tx.send_request(now, b_req, b_peer);
+                self.client.insert(b_key.clone(), (call, Purpose::Invite));
+                Some(b_key)
+            }
+            Some((cfg, codec)) => {
+                // Early media with tapir's own answer; leg B is called when the prompt ends,
+                // offered only the codec the caller now has.
+                let mut b_req = b_req;
+                if let Ok(mut s) = Sdp::parse(&b_req.body) {
+                    let i = s.audio_index().unwrap_or(0);
+                    announce::narrow_offer(&mut s, i, codec);
+                    b_req.body = s.to_bytes();
+                }
+                let answer = announce::answer(self.media_ip(from), a_port, codec, call);
+                let mut r = req.response(183, "Session Progress");
+                set_to_tag(&mut r, &a_dialog.local_tag);
+                r.headers.push("Contact", self.contact(from));
+                r.headers.push("Content-Type", "application/sdp");
+                r.body = answer.clone();
+                self.respond(now, &key, r);
+                self.out.push_back(Output::Media(MediaCommand::Announce {
+                    call,
+                    leg: Leg::A,
+                    prompt: cfg.prompt.clone(),
+                    codec,
+                    collect_consent: cfg.collect_consent,
+                }));
+                ann.a_sdp = Some(answer);
+                ann.phase = Some(announce::Phase::Inbound { b_req, b_peer });
+                None
+            }
+        };
         self.calls.insert(
             call,
             Call {
@@ -942,7 +1026,7 @@ impl B2bua {
                 },
                 customer,
                 a_invite: Some((key, req)),
-                b_invite: Some(b_key),
+                b_invite,
                 b_ack_pending: None,
                 b_ack_body: None,
                 byes_pending: 0,
@@ -950,6 +1034,7 @@ impl B2bua {
                 outcome: None,
                 media_open: true,
                 x,
+                ann,
             },
         );
     }
@@ -1220,6 +1305,10 @@ impl B2bua {
             &mut r.headers,
         );
         let c = self.calls.get_mut(&call).expect("call exists");
+        if let (Some(fixed), false) = (&c.ann.a_sdp, r.body.is_empty()) {
+            // The caller already has tapir's answer from the announcement's 183.
+            r.body = fixed.clone();
+        }
         match resp.status {
             101..=199 => {}
             200..=299 => {
@@ -1245,6 +1334,12 @@ impl B2bua {
             self.timers_on_answer(now, call, &a_req, &resp, &mut r);
         } else if matches!(resp.status, 401 | 407) {
             self.remember_challenge(now, call, &a_req);
+        }
+        if (200..300).contains(&resp.status) && !a_req.body.is_empty() {
+            if let Some(r) = self.hold_for_announcement(call, &resp, a_key.clone(), &a_req, r) {
+                self.respond(now, &a_key, r);
+            }
+            return;
         }
         self.respond(now, &a_key, r);
         if resp.status >= 300 {
@@ -1292,8 +1387,71 @@ impl B2bua {
         if let Some(k) = c.b_invite.clone() {
             self.tx.cancel(now, &k);
         }
+        let announcing = c.ann.phase.take();
         self.reply_a_invite(now, call, 487, "Request Terminated");
         self.finish(call, Outcome::Cancelled);
+        match announcing {
+            // The callee had answered and was hearing the prompt: hang up on it.
+            Some(announce::Phase::Outbound { .. }) => self.send_bye(now, call, Leg::B),
+            // Leg B was never called: nothing else will end this call.
+            Some(announce::Phase::Inbound { .. }) => self.maybe_forget(now, call),
+            None => {}
+        }
+    }
+
+    /// The prompt of [`MediaCommand::Announce`] has ended: connect the call.
+    pub fn announcement_done(&mut self, now: Instant, call: CallId) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        match c.ann.phase.take() {
+            Some(announce::Phase::Inbound { b_req, b_peer }) => {
+                let k = self.tx.send_request(now, b_req, b_peer);
+                c.b_invite = Some(k.clone());
+                self.client.insert(k, (call, Purpose::Invite));
+            }
+            Some(announce::Phase::Outbound { a_key, response }) => {
+                c.a_invite = None;
+                self.respond(now, &a_key, response);
+            }
+            None => {}
+        }
+        self.drain_tx(now);
+    }
+
+    /// Outbound calls with an announcement: keeps the 200 for the agent until the prompt has
+    /// played to the callee. Returns the response when it must be sent now.
+    fn hold_for_announcement(
+        &mut self,
+        call: CallId,
+        resp: &Response,
+        a_key: TxKey,
+        a_req: &Request,
+        r: Response,
+    ) -> Option<Response> {
+        let c = self.calls.get_mut(&call)?;
+        let Some(cfg) = c.ann.outbound.take() else {
+            return Some(r);
+        };
+        let codec = Sdp::parse(&resp.body).ok().and_then(|s| {
+            let i = s.audio_index()?;
+            announce::choose_codec(&s.rtpmaps(i))
+        });
+        let Some(codec) = codec else {
+            tracing::info!(call, "callee answered without G.711: no announcement");
+            return Some(r);
+        };
+        // The agent's INVITE stays pending (a CANCEL still works) until the prompt ends.
+        c.a_invite = Some((a_key.clone(), a_req.clone()));
+        c.ann.phase = Some(announce::Phase::Outbound { a_key, response: r });
+        self.out.push_back(Output::Media(MediaCommand::Announce {
+            call,
+            leg: Leg::B,
+            prompt: cfg.prompt,
+            codec,
+            collect_consent: cfg.collect_consent,
+        }));
+        None
     }
 
     fn on_ack(&mut self, now: Instant, req: Request, _from: Peer) {

@@ -255,10 +255,7 @@ impl Sdp {
                 'o' => {
                     let parts: Vec<&str> = v.split_whitespace().collect();
                     if parts.len() == 6 {
-                        *v = format!(
-                            "{} {} {} IN {fam} {addr}",
-                            parts[0], parts[1], parts[2]
-                        );
+                        *v = format!("{} {} {} IN {fam} {addr}", parts[0], parts[1], parts[2]);
                     }
                 }
                 _ => {}

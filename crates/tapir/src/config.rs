@@ -29,9 +29,55 @@ pub struct Config {
     pub zones: HashMap<String, Vec<String>>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Recording announcements, per route.
+    #[serde(default)]
+    pub announcements: Vec<AnnouncementConfig>,
     /// Registration relay toward a PBX (phone-side deployment); off when absent.
     #[serde(default)]
     pub registrar: Option<b2bua::RegistrarConfig>,
+}
+
+/// A prompt played to the customer before the call is connected (see docs/configuration.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnouncementConfig {
+    /// Name of the route whose calls are announced.
+    pub route: String,
+    /// WAV file: 8 kHz, mono, 16-bit PCM.
+    pub prompt: std::path::PathBuf,
+    /// After the prompt, wait for the caller's 1 (accept) or 2 (refuse).
+    #[serde(default)]
+    pub collect_consent: bool,
+    /// `X-Tapir-Call-Type` values for which the prompt is skipped (call-backs).
+    #[serde(default = "default_skip")]
+    pub skip_call_types: Vec<String>,
+}
+
+fn default_skip() -> Vec<String> {
+    vec!["callback".into(), "scheduled".into()]
+}
+
+/// Reads a prompt: 8 kHz mono 16-bit PCM WAV.
+pub fn load_prompt(path: &Path) -> Result<Vec<i16>> {
+    let mut r = hound::WavReader::open(path)
+        .with_context(|| format!("cannot read prompt {}", path.display()))?;
+    let spec = r.spec();
+    if spec.sample_rate != 8000
+        || spec.channels != 1
+        || spec.bits_per_sample != 16
+        || spec.sample_format != hound::SampleFormat::Int
+    {
+        bail!(
+            "prompt {}: must be 8000 Hz mono 16-bit PCM (is {} Hz, {} channels, {} bits)",
+            path.display(),
+            spec.sample_rate,
+            spec.channels,
+            spec.bits_per_sample
+        );
+    }
+    r.samples::<i16>()
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("prompt {} is truncated", path.display()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +217,12 @@ impl Config {
             bail!("routes: no route configured; every INVITE would be refused");
         }
         self.recording.validate()?;
+        for a in &self.announcements {
+            if !self.routes.iter().any(|r| r.name == a.route) {
+                bail!("announcements: no route named '{}'", a.route);
+            }
+            load_prompt(&a.prompt)?;
+        }
         if let Some(p) = &self.recording.policy_file {
             crate::policy_link::load_rules(p)
                 .map_err(|e| anyhow::anyhow!("recording.policy_file: {e}"))?;
@@ -240,6 +292,31 @@ impl Config {
             max_sources: 100_000,
             exempt,
         })
+    }
+
+    /// Announcements by route name, and the decoded prompts by name.
+    #[allow(clippy::type_complexity)]
+    pub fn announcements(
+        &self,
+    ) -> Result<(
+        HashMap<String, b2bua::announce::AnnounceConfig>,
+        HashMap<String, std::sync::Arc<Vec<i16>>>,
+    )> {
+        let mut by_route = HashMap::new();
+        let mut prompts = HashMap::new();
+        for a in &self.announcements {
+            let name = a.prompt.display().to_string();
+            prompts.insert(name.clone(), std::sync::Arc::new(load_prompt(&a.prompt)?));
+            by_route.insert(
+                a.route.clone(),
+                b2bua::announce::AnnounceConfig {
+                    prompt: name,
+                    collect_consent: a.collect_consent,
+                    skip_call_types: a.skip_call_types.clone(),
+                },
+            );
+        }
+        Ok((by_route, prompts))
     }
 
     pub fn compile_routes(&self) -> Result<Routes> {

@@ -71,6 +71,8 @@ pub struct Engine {
     recorder: Option<RecorderLink>,
     /// Calls whose packets the recorder wants.
     tapped: std::collections::HashSet<CallId>,
+    /// Prompts that finished playing (from the relay).
+    announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
     /// Feature-code filters decided at call start, handed to the relay when media opens.
     dtmf_filters: HashMap<CallId, crate::relay::DtmfFilter>,
     show_numbers: bool,
@@ -102,6 +104,7 @@ impl Engine {
         recorder: Option<RecorderLink>,
         show_numbers: bool,
         tcp_idle: Duration,
+        announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
     ) -> Result<EngineHandle> {
         let (inputs_tx, inputs) = mpsc::channel(65536);
         let mut udp = Vec::new();
@@ -136,6 +139,7 @@ impl Engine {
             recorder,
             tapped: Default::default(),
             dtmf_filters: HashMap::new(),
+            announce_done,
             show_numbers,
             tcp_idle,
             last_stats: (0, 0, 0, 0, 0),
@@ -176,6 +180,17 @@ impl Engine {
                             Ok(i) => self.on_input(i),
                             Err(_) => break,
                         }
+                    }
+                }
+                Some((call, consent)) = self.announce_done.recv() => {
+                    self.core.announcement_done(std::time::Instant::now(), call);
+                    if let (Some(c), Some(r)) = (consent, &self.recorder) {
+                        let event = policy::Event::Consent(if c {
+                            policy::Consent::Granted
+                        } else {
+                            policy::Consent::Denied
+                        });
+                        let _ = r.tx.send(RecCtl::Policy { call, event, reply: None });
                     }
                 }
                 _ = sleep_until_opt(deadline) => {

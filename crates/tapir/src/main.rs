@@ -134,6 +134,9 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
     let mut core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
     core.set_registrar(cfg.compile_registrar()?);
     core.set_flood_limit(cfg.flood()?);
+    let (announcements, prompts) = cfg.announcements()?;
+    core.set_announcements(announcements);
+    let (announce_tx, announce_rx) = tokio::sync::mpsc::unbounded_channel();
 
     let node = format!("{:08x}", random_seed() as u32);
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
@@ -151,7 +154,12 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         zones.push((name.clone(), nets));
     }
-    let relay = relay::Relay::new(metrics.clone(), Some(tap));
+    let relay = relay::Relay::new(
+        metrics.clone(),
+        Some(tap),
+        std::sync::Arc::new(prompts),
+        Some(announce_tx),
+    );
     relay.set_media_timeout(Duration::from_secs(cfg.media.timeout_s));
     let link = engine::RecorderLink {
         tx: rec_ctl.clone(),
@@ -170,6 +178,7 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
         Some(link),
         cfg.log.show_numbers,
         Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
+        announce_rx,
     )
     .await?;
     let http_addr = http::serve(

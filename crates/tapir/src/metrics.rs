@@ -17,6 +17,8 @@ pub struct Metrics {
     pub recordings_total: IntCounterVec,
     pub recordings_active: IntGauge,
     pub policy_reloads: IntCounterVec,
+    pub announcements: IntCounterVec,
+    pub announcement_packets: IntCounter,
 }
 
 impl Metrics {
@@ -82,8 +84,23 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let announcements = IntCounterVec::new(
+            Opts::new(
+                "tapir_announcements_total",
+                "Recording announcements played, by result (played, consent_granted, consent_refused, consent_no_answer)",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let announcement_packets = IntCounter::new(
+            "tapir_announcement_packets_total",
+            "RTP packets of announcements sent",
+        )
+        .unwrap();
         for c in [
             Box::new(policy_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(announcements.clone()),
+            Box::new(announcement_packets.clone()),
             Box::new(calls_active.clone()),
             Box::new(calls_total.clone()),
             Box::new(sip_in.clone()),
@@ -114,6 +131,8 @@ impl Metrics {
             recordings_total,
             recordings_active,
             policy_reloads,
+            announcements,
+            announcement_packets,
         }
     }
 

@@ -93,6 +93,13 @@ struct CallMedia {
     /// RTP packets received from either party, forwarded or not: proof of life.
     rtp_rx: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// A prompt is playing: nothing is relayed between the legs.
+    announcing: AtomicBool,
+    /// While collecting consent: the leg and telephone-event type to listen on (0xffff: none).
+    consent_pt: std::sync::atomic::AtomicU16,
+    consent_leg_b: AtomicBool,
+    /// 0 none yet, 1 accepted, 2 refused.
+    consent: std::sync::atomic::AtomicU8,
 }
 
 fn idx(leg: Leg) -> usize {
@@ -107,21 +114,36 @@ pub struct Relay {
     inner: Arc<RelayInner>,
 }
 
+/// Prompts by name (the configured path), decoded once at start-up: 8 kHz mono samples.
+pub type Prompts = Arc<HashMap<String, Arc<Vec<i16>>>>;
+
+/// Sent when a prompt has finished: the call, and the consent the customer keyed, if asked.
+pub type AnnounceDone = tokio::sync::mpsc::UnboundedSender<(CallId, Option<bool>)>;
+
 struct RelayInner {
     calls: Mutex<HashMap<CallId, Arc<CallMedia>>>,
     metrics: Arc<Metrics>,
     tap: Option<std::sync::mpsc::SyncSender<TapPacket>>,
+    prompts: Prompts,
+    announce_done: Option<AnnounceDone>,
     /// `media.timeout_s` in milliseconds; 0 turns media supervision off.
     media_timeout_ms: AtomicU64,
 }
 
 impl Relay {
-    pub fn new(metrics: Arc<Metrics>, tap: Option<std::sync::mpsc::SyncSender<TapPacket>>) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        tap: Option<std::sync::mpsc::SyncSender<TapPacket>>,
+        prompts: Prompts,
+        announce_done: Option<AnnounceDone>,
+    ) -> Self {
         Self {
             inner: Arc::new(RelayInner {
                 calls: Mutex::new(HashMap::new()),
                 metrics,
                 tap,
+                prompts,
+                announce_done,
                 media_timeout_ms: AtomicU64::new(0),
             }),
         }
@@ -148,6 +170,64 @@ impl Relay {
             .iter()
             .map(|(c, m)| (*c, m.rtp_rx.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Plays a prompt on one leg, paced at 20 ms, then reports to the engine. The call's
+    /// relaying is suspended meanwhile; closing the call stops the prompt.
+    fn announce(
+        &self,
+        call: CallId,
+        leg: Leg,
+        prompt: &str,
+        codec: b2bua::announce::PromptCodec,
+        collect_consent: bool,
+    ) {
+        let media = self.inner.calls.lock().unwrap().get(&call).cloned();
+        let samples = self.inner.prompts.get(prompt).cloned();
+        let done = self.inner.announce_done.clone();
+        let (Some(media), Some(samples)) = (media, samples) else {
+            tracing::error!(
+                call,
+                prompt,
+                "cannot play announcement (unknown prompt or call)"
+            );
+            if let Some(d) = done {
+                let _ = d.send((call, None));
+            }
+            return;
+        };
+        media.announcing.store(true, Ordering::Relaxed);
+        media.consent.store(0, Ordering::Relaxed);
+        media.consent_leg_b.store(leg == Leg::B, Ordering::Relaxed);
+        media.consent_pt.store(
+            match (collect_consent, codec.telephone_event) {
+                (true, Some(pt)) => pt as u16,
+                _ => 0xffff,
+            },
+            Ordering::Relaxed,
+        );
+        let metrics = self.inner.metrics.clone();
+        let m2 = media.clone();
+        let task = tokio::spawn(
+            async move {
+                let ssrc = 0x7a71_0000 ^ (call as u32);
+                let consent =
+                    play_prompt(&m2, leg, &samples, codec, collect_consent, ssrc, &metrics).await;
+                m2.announcing.store(false, Ordering::Relaxed);
+                let result = match consent {
+                    Some(true) => "consent_granted",
+                    Some(false) => "consent_refused",
+                    None if collect_consent => "consent_no_answer",
+                    None => "played",
+                };
+                metrics.announcements.with_label_values(&[result]).inc();
+                if let Some(d) = done {
+                    let _ = d.send((call, consent));
+                }
+            }
+            .instrument(tracing::info_span!("announce", call, leg = ?leg)),
+        );
+        media.tasks.lock().unwrap().push(task);
     }
 
     pub fn set_dtmf_filter(&self, call: CallId, filter: Option<DtmfFilter>) {
@@ -205,6 +285,13 @@ impl Relay {
                     }
                 }
             }
+            MediaCommand::Announce {
+                call,
+                leg,
+                prompt,
+                codec,
+                collect_consent,
+            } => self.announce(call, leg, &prompt, codec, collect_consent),
             MediaCommand::Close { call } => {
                 if let Some(c) = self.inner.calls.lock().unwrap().remove(&call) {
                     for t in c.tasks.lock().unwrap().drain(..) {
@@ -233,6 +320,10 @@ impl Relay {
             tap_enabled: AtomicBool::new(false),
             packets: AtomicU64::new(0),
             rtp_rx: AtomicU64::new(0),
+            announcing: AtomicBool::new(false),
+            consent_pt: std::sync::atomic::AtomicU16::new(0xffff),
+            consent_leg_b: AtomicBool::new(false),
+            consent: std::sync::atomic::AtomicU8::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::with_capacity(4);
@@ -335,6 +426,12 @@ async fn relay_loop(
             if *l != Some(src) {
                 *l = Some(src);
             }
+        }
+        if media.announcing.load(Ordering::Relaxed) {
+            if !rtcp && (leg == Leg::B) == media.consent_leg_b.load(Ordering::Relaxed) {
+                listen_for_consent(&media, data);
+            }
+            continue;
         }
         if agent_rtp && swallow_feature_digit(&media, data, &mut swallow_ts, &mut window) {
             // Kept from the customer, but the recorder's DTMF detector must still see it.
@@ -448,4 +545,93 @@ fn swallow_feature_digit(
     }
     *swallow_ts = Some(ts);
     true
+}
+
+/// How long the customer has to key 1 or 2 after the prompt.
+const CONSENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends the prompt, 160 samples every 20 ms; returns the consent keyed, if any.
+async fn play_prompt(
+    media: &CallMedia,
+    leg: Leg,
+    samples: &[i16],
+    codec: b2bua::announce::PromptCodec,
+    collect_consent: bool,
+    ssrc: u32,
+    metrics: &Metrics,
+) -> Option<bool> {
+    let l = &media.legs[idx(leg)];
+    let mut pkt = [0u8; 12 + 160];
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let consent = || match media.consent.load(Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    };
+    for (i, chunk) in samples.chunks(160).enumerate() {
+        tick.tick().await;
+        if collect_consent && consent().is_some() {
+            return consent();
+        }
+        media::rtp::write_header(
+            &mut pkt,
+            i == 0,
+            codec.payload_type,
+            i as u16,
+            (i * 160) as u32,
+            ssrc,
+        );
+        for (o, s) in pkt[12..]
+            .iter_mut()
+            .zip(chunk.iter().chain(std::iter::repeat(&0)))
+        {
+            *o = if codec.alaw {
+                media::codec::encode_pcma(*s)
+            } else {
+                media::codec::encode_pcmu(*s)
+            };
+        }
+        if let Some(dest) = l.rtp_dest() {
+            if l.rtp
+                .try_send_to(&pkt, to_socket_family(&l.rtp, dest))
+                .is_ok()
+            {
+                metrics.announcement_packets.inc();
+            }
+        }
+    }
+    if !collect_consent {
+        return None;
+    }
+    let end = tokio::time::Instant::now() + CONSENT_WAIT;
+    while tokio::time::Instant::now() < end {
+        if let Some(c) = consent() {
+            return Some(c);
+        }
+        tick.tick().await;
+    }
+    consent()
+}
+
+/// While a prompt asks for consent: an RFC 4733 end packet of 1 accepts, of 2 refuses.
+fn listen_for_consent(media: &CallMedia, data: &[u8]) {
+    let pt = media.consent_pt.load(Ordering::Relaxed);
+    if pt == 0xffff || data.len() < 16 || (data[1] & 0x7f) as u16 != pt {
+        return;
+    }
+    let Ok(v) = media::rtp::RtpView::parse(data) else {
+        return;
+    };
+    let p = v.payload();
+    if p.len() >= 2 && p[1] & 0x80 != 0 {
+        let answer = match p[0] {
+            1 => 1,
+            2 => 2,
+            _ => return,
+        };
+        let _ = media
+            .consent
+            .compare_exchange(0, answer, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
