@@ -188,6 +188,10 @@ struct Track {
 }
 
 struct Active {
+    /// Other calls of the same contact (transfers) still feeding this recording.
+    members: usize,
+    /// The owning call has ended; the recording finishes when the last member ends.
+    owner_ended: bool,
     main: Track,
     statements: Vec<Track>,
     customer: Leg,
@@ -217,6 +221,11 @@ pub struct RecorderThread {
     finisher: std::sync::mpsc::Sender<Finished>,
     tap_drops_seen: u64,
     policy: PolicyStore,
+    /// Which call owns the recording of each contact id.
+    contacts: HashMap<String, CallId>,
+    /// Calls that continue another call's contact (transfers), with the leg that flips
+    /// orientation relative to the owner: their packets go into the owner's recording.
+    aliases: HashMap<CallId, (CallId, bool)>,
 }
 
 /// Starts the recorder and finisher threads; returns the tap sender (for the relay) and the
@@ -253,6 +262,8 @@ pub fn start(
         finisher: fin_tx,
         tap_drops_seen: 0,
         policy,
+        contacts: HashMap::new(),
+        aliases: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("tapir-recorder".into())
@@ -369,10 +380,19 @@ impl RecorderThread {
         }
     }
 
+    /// The call owning `call`'s recording, and `leg` seen from that call.
+    fn resolve(&self, call: CallId, leg: Leg) -> (CallId, Leg) {
+        match self.aliases.get(&call) {
+            Some(&(owner, flip)) => (owner, if flip { leg.other() } else { leg }),
+            None => (call, leg),
+        }
+    }
+
     fn on_packet(&mut self, p: &TapPacket) {
         let mut ins = Vec::new();
-        if let Some(a) = self.calls.get_mut(&p.call) {
-            let ch = a.channel(p.leg);
+        let (call, leg) = self.resolve(p.call, p.leg);
+        if let Some(a) = self.calls.get_mut(&call) {
+            let ch = a.channel(leg);
             let data = &p.data[..p.len as usize];
             a.main.rec.handle_packet(p.at, ch, data);
             for t in &mut a.statements {
@@ -385,7 +405,7 @@ impl RecorderThread {
             }
         }
         if !ins.is_empty() {
-            self.apply(p.call, p.at, ins);
+            self.apply(call, p.at, ins);
         }
     }
 
@@ -466,8 +486,113 @@ impl RecorderThread {
         }
     }
 
+    /// Sends a transferred call's messages to the call that owns its contact's recording.
+    fn redirect(&mut self, now: Instant, c: RecCtl) -> Option<RecCtl> {
+        Some(match c {
+            RecCtl::Started {
+                call,
+                meta,
+                customer,
+                mode,
+                format,
+                input,
+            } => {
+                if let Some(&owner) = self.contacts.get(&meta.contact_id) {
+                    if let Some(a) = self.calls.get_mut(&owner) {
+                        // A transfer: this call's audio continues the contact's recording.
+                        a.members += 1;
+                        self.aliases.insert(call, (owner, customer != a.customer));
+                        let mut ins = Vec::new();
+                        if let Some(ctl) = a.control.as_mut() {
+                            ctl.event(policy::Event::Transfer { external: false }, &mut ins);
+                        }
+                        tracing::info!(
+                            call,
+                            owner,
+                            "transferred call joins its contact's recording"
+                        );
+                        self.apply(owner, now, ins);
+                        return None;
+                    }
+                }
+                self.contacts.insert(meta.contact_id.clone(), call);
+                RecCtl::Started {
+                    call,
+                    meta,
+                    customer,
+                    mode,
+                    format,
+                    input,
+                }
+            }
+            RecCtl::Ended { call } => match self.aliases.remove(&call) {
+                Some((owner, _)) => {
+                    let done = match self.calls.get_mut(&owner) {
+                        Some(a) => {
+                            a.members -= 1;
+                            a.owner_ended && a.members == 0
+                        }
+                        None => false,
+                    };
+                    if !done {
+                        return None;
+                    }
+                    RecCtl::Ended { call: owner }
+                }
+                None => {
+                    if let Some(a) = self.calls.get_mut(&call) {
+                        if a.members > 0 {
+                            a.owner_ended = true;
+                            return None;
+                        }
+                    }
+                    RecCtl::Ended { call }
+                }
+            },
+            RecCtl::Answered { call } if self.aliases.contains_key(&call) => return None,
+            RecCtl::Codecs { call, leg, codecs } => {
+                let (call, leg) = self.resolve(call, leg);
+                RecCtl::Codecs { call, leg, codecs }
+            }
+            RecCtl::InDialog {
+                call,
+                leg,
+                x_headers,
+                content_type,
+                body,
+            } => {
+                let (call, leg) = self.resolve(call, leg);
+                RecCtl::InDialog {
+                    call,
+                    leg,
+                    x_headers,
+                    content_type,
+                    body,
+                }
+            }
+            RecCtl::Policy { call, event, reply } => RecCtl::Policy {
+                call: self.resolve(call, Leg::A).0,
+                event,
+                reply,
+            },
+            RecCtl::Command {
+                call,
+                command,
+                reply,
+            } => RecCtl::Command {
+                call: self.resolve(call, Leg::A).0,
+                command,
+                reply,
+            },
+            other => other,
+        })
+    }
+
     fn on_ctl(&mut self, c: RecCtl) {
         let now = Instant::now();
+        let Some(c) = self.redirect(now, c) else {
+            return;
+        };
         match c {
             RecCtl::Started {
                 call,
@@ -496,6 +621,8 @@ impl RecorderThread {
                 self.calls.insert(
                     call,
                     Active {
+                        members: 0,
+                        owner_ended: false,
                         main,
                         statements: Vec::new(),
                         customer,
@@ -625,6 +752,7 @@ impl RecorderThread {
                 let Some(mut a) = self.calls.remove(&call) else {
                     return;
                 };
+                self.contacts.retain(|_, owner| *owner != call);
                 let decisions = a.control.as_ref().map(|c| c.explain());
                 let mut tracks = std::mem::take(&mut a.statements);
                 tracks.insert(0, a.main);
