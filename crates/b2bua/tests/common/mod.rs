@@ -357,6 +357,7 @@ pub struct Ua {
     pub finals: Vec<(Method, u16)>,
     /// Whether 2xx responses to our INVITEs are acknowledged (false: a broken UA).
     pub send_acks: bool,
+    timeouts: usize,
 }
 
 pub fn sdp_body(rtp: SocketAddr, dir: Direction, version: u32) -> Vec<u8> {
@@ -437,6 +438,7 @@ impl Ua {
             acks_received: 0,
             finals: Vec::new(),
             send_acks: true,
+            timeouts: 0,
         }
     }
 
@@ -679,7 +681,9 @@ impl Ua {
     fn on_event(&mut self, now: Instant, e: Event) {
         match e {
             Event::Request { key, request, .. } => {
-                self.log(Seen::Request(request.clone()));
+                if self.keep_log {
+                    self.seen.push(Seen::Request(request.clone()));
+                }
                 self.on_request(now, key, request);
             }
             Event::Ack { request, .. } => {
@@ -693,7 +697,9 @@ impl Ua {
                 if response.status >= 200 {
                     self.finals.push((key.method.clone(), response.status));
                 }
-                self.log(Seen::Response(response.clone()));
+                if self.keep_log {
+                    self.seen.push(Seen::Response(response.clone()));
+                }
                 self.on_response(now, key, response);
             }
             Event::Stray2xx { response, from } => {
@@ -711,6 +717,7 @@ impl Ua {
             Event::Timeout { key } => {
                 // Status 0: the request timed out locally, no response came.
                 self.finals.push((key.method.clone(), 0));
+                self.timeouts += 1;
                 if self.invite.as_ref().is_some_and(|(k, _)| *k == key) {
                     self.invite = None;
                 }
@@ -730,7 +737,10 @@ impl Ua {
                     }
                 }
             }
-            Event::AckTimeout { .. } => self.log(Seen::AckTimeout),
+            Event::AckTimeout { .. } => {
+                self.timeouts += 1;
+                self.log(Seen::AckTimeout)
+            }
         }
     }
 
@@ -958,11 +968,9 @@ impl Ua {
             .map(|(_, s)| *s)
     }
 
+    /// Local transaction timeouts and unacknowledged 2xx, kept even without `keep_log`.
     pub fn timeouts(&self) -> usize {
-        self.seen
-            .iter()
-            .filter(|s| matches!(s, Seen::Timeout(_) | Seen::AckTimeout))
-            .count()
+        self.timeouts
     }
 }
 
@@ -1108,9 +1116,10 @@ impl World {
     /// Processes everything due at `self.now`.
     fn run_now(&mut self) {
         let now = self.now;
+        let tapir = addr(TAPIR);
         self.pump();
         while let Some(d) = self.net.pop_due(now) {
-            if d.to == addr(TAPIR) {
+            if d.to == tapir {
                 let from = Peer {
                     addr: d.from,
                     transport: Transport::Udp,
