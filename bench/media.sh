@@ -1,0 +1,190 @@
+#!/bin/bash
+# Media load: concurrent calls with 20 ms G.711 (PCMA) RTP both ways through a system under
+# test, using the reference load /work/shared/bench/load.sh (SIPp caller plays PCMA for the
+# call's length, SIPp callee on 127.0.0.1:25070 echoes every packet: 100 packets per
+# call-second cross the relay).
+#
+# usage: bench/media.sh SUT CALLS DURATION_S [RATE_CPS]
+#   SUT    tapir      tapir (bench/tapir-bench.toml) on 127.0.0.1:5090;
+#                     REC=wav or REC=mp3 records every call (route record = "always")
+#          rtpengine  Kamailio (bench/kamailio.cfg -A WITH_RTPENGINE) on 127.0.0.1:5060 driving
+#                     rtpengine in userspace; RECORD=1 (default) records per-call pcaps,
+#                     RECORD=0 relays only
+#   CALLS, DURATION_S, RATE_CPS   as for load.sh (RATE default 20): CALLS calls of DURATION_S
+#                     each, started at RATE_CPS; choose DURATION_S > CALLS/RATE so all are up
+#                     at once.
+#
+# Examples:
+#   bench/media.sh tapir 300 60 20            # issue 2: 300 concurrent calls with media
+#   REC=wav bench/media.sh tapir 300 60 20    # issue 4 (bench/recorded.sh wraps this)
+#   bench/media.sh rtpengine 300 60 20        # Kamailio + rtpengine, pcap recording
+#
+# Prints load.sh's line (CPU ms per call-second of the watched processes over the load), then
+# one `result:` line: RTP packets the caller sent (from the pcap), packets relayed per
+# direction and dropped inside tapir (its metrics), kernel receive-buffer drops on the relay's
+# own sockets (bench/udp_drops.py; the system-wide counter also counts SIPp's caller socket,
+# which never reads the echo), peak RSS and memory per call, and for recordings the sidecars' packet
+# counters. Environment: LOAD_SH (default /work/shared/bench/load.sh), bench/lib.sh's.
+# Runs vary (shared 2-core machine): repeat and compare means.
+set -u
+. "$(dirname "$0")/lib.sh"
+
+sut=${1:?SUT}
+calls=${2:?CALLS}
+dur=${3:?DURATION_S}
+rate=${4:-20}
+rec=${REC:-none}
+[ "$1" = rtpengine ] && { [ "${RECORD:-1}" = 1 ] && rec=pcap || rec=none; }
+LOAD_SH=${LOAD_SH:-/work/shared/bench/load.sh}
+work=$(mktemp -d /tmp/bench-media-XXXX)
+
+cleanup() {
+  [ -n "${TAPIR_PID:-}" ] && stop_pid "$TAPIR_PID"
+  [ -n "${KAM_PID:-}" ] && stop_pid "$KAM_PID"
+  [ -n "${RTPE_PID:-}" ] && stop_pid "$RTPE_PID"
+  rm -f "$work/sampling"
+}
+trap cleanup EXIT
+
+case $sut in
+  tapir)
+    cfg=$work/tapir.toml
+    cp "$bench_dir/tapir-bench.toml" "$cfg"
+    if [ "$rec" != none ]; then
+      mkdir -p "$work/spool" "$work/recordings"
+      # The route is the file's last table: these keys land on it.
+      cat >>"$cfg" <<EOF
+record = "always"
+format = "$rec"
+
+[recording]
+spool_dir = "$work/spool"
+recordings_dir = "$work/recordings"
+format = "$rec"
+EOF
+    fi
+    start_tapir "$cfg" "$work"
+    target=$TAPIR_SIP; pids=$TAPIR_PID ;;
+  rtpengine)
+    start_rtpengine "$work"
+    start_kamailio "$work" WITH_RTPENGINE
+    target=$KAM_SIP; pids="$RTPE_PID $(kamailio_pids)" ;;
+  *) echo "unknown SUT $sut" >&2; exit 2 ;;
+esac
+
+wait_quiet
+sleep 1
+# shellcheck disable=SC2086
+rss0=$(for p in $pids; do rss_kb "$p"; done | awk '{s+=$1} END {print s}')
+# shellcheck disable=SC2086
+pss0=$(pss_kb_sum $pids)
+rcv0=$(udp_rcvbuf_errors); inerr0=$(udp_in_errors)
+# shellcheck disable=SC2086
+c0=$(cpu_ticks_sum $pids)
+
+touch "$work/sampling"
+case $sut in tapir) prange="30000 54999" ;; *) prange="30000 40000" ;; esac
+# shellcheck disable=SC2086
+python3 "$bench_dir/udp_drops.py" $prange "$work/sampling" "$work/udp_drops.txt" $pids &
+drops_pid=$!
+# shellcheck disable=SC2086
+sampler "$work/mem.txt" "$work/sampling" bash -c "echo \$(cat $(for p in $pids; do printf '/proc/%s/status ' "$p"; done) 2>/dev/null | awk '/^VmRSS:/ {s+=\$2} END {print s}') \$(cat $(for p in $pids; do printf '/proc/%s/smaps_rollup ' "$p"; done) 2>/dev/null | awk '/^Pss:/ {s+=\$2} END {print s}')" &
+
+# shellcheck disable=SC2086
+WATCH_PIDS="$pids" "$LOAD_SH" "$target" "$calls" "$dur" "$rate" | tee "$work/load.out"
+t_load_end=$(date +%s.%N)
+# shellcheck disable=SC2086
+c_load=$(cpu_ticks_sum $pids)
+rcv1=$(udp_rcvbuf_errors); inerr1=$(udp_in_errors)
+rm -f "$work/sampling"
+wait "$drops_pid"
+
+relayed_a=0 relayed_b=0 dropped=0 tap_dropped=0 drop_detail=""
+if [ "$sut" = tapir ]; then
+  relayed_a=$(metric tapir_rtp_packets_relayed_total 'a_rtp"')
+  relayed_b=$(metric tapir_rtp_packets_relayed_total 'b_rtp"')
+  dropped=$(metric tapir_rtp_packets_dropped_total)
+  tap_dropped=$(metric tapir_tap_dropped_total)
+  drop_detail=$(curl -s "http://$TAPIR_HTTP/metrics" | grep '^tapir_rtp_packets_dropped_total' | tr ' \n' '=,')
+  if [ "$rec" != none ]; then
+    # Wait for every recording to be finished (MP3: transcoded) and catalogued.
+    for _ in $(seq 1 600); do
+      n=$(find "$work/recordings" -name '*.json' 2>/dev/null | wc -l)
+      [ "$n" -ge "$calls" ] && [ "$(metric tapir_recordings_active)" = 0 ] && break
+      sleep 1
+    done
+  fi
+fi
+t_done=$(date +%s.%N)
+# shellcheck disable=SC2086
+c_done=$(cpu_ticks_sum $pids)
+load_work=$(awk '/^work dir:/ {print $3}' "$work/load.out")
+
+python3 - "$work" "$sut" "$rec" "$calls" "$dur" "$rss0" "$pss0" "$c0" "$c_load" "$c_done" "$HZ" \
+  "$t_load_end" "$t_done" "$relayed_a" "$relayed_b" "$dropped" "$tap_dropped" "$rcv0" "$rcv1" \
+  "$inerr0" "$inerr1" "$load_work" "$drop_detail" "$(cat "$work/udp_drops.txt")" <<'PY'
+import glob, json, os, struct, sys
+(work, sut, rec, calls, dur, rss0, pss0, c0, c_load, c_done, hz, t_load_end, t_done, ra, rb,
+ dropped, tap_dropped, rcv0, rcv1, inerr0, inerr1, load_work, drop_detail, sock) = sys.argv[1:]
+calls, dur, hz = int(calls), int(dur), int(hz)
+mem = [tuple(map(int, l.split()[1:3])) for l in open(f"{work}/mem.txt") if len(l.split()) == 3]
+rss_peak = max((m[0] for m in mem), default=0)
+pss_peak = max((m[1] for m in mem), default=0)
+sent_per_call = dur * 50  # the pcap load.sh makes: 20 ms packets for DURATION_S
+out = [f"sut={sut}", f"rec={rec}", f"calls={calls}", f"dur={dur}",
+       f"caller_rtp_sent={calls * sent_per_call}",
+       "relay_socket_" + sock.split()[0], "relay_socket_kernel_" + sock.split()[1],
+       f"udp_rcvbuf_errors_system={int(rcv1) - int(rcv0)}",
+       f"rss_idle_kb={rss0}", f"rss_peak_kb={rss_peak}", f"pss_peak_kb={pss_peak}",
+       f"rss_per_call_kib={(rss_peak - int(rss0)) / calls:.1f}",
+       f"pss_per_call_kib={(pss_peak - int(pss0)) / calls:.1f}"]
+cpu_load = (int(c_load) - int(c0)) / hz
+cpu_all = (int(c_done) - int(c0)) / hz
+out += [f"cpu_ms_per_call_s_incl_finish={1000 * cpu_all / (calls * dur):.3f}",
+        f"finish_wait_s={float(t_done) - float(t_load_end):.1f}"]
+if sut == "tapir":
+    out += [f"relayed_a_rtp={ra}", f"relayed_b_rtp={rb}", f"dropped={dropped}",
+            f"tap_dropped={tap_dropped}"]
+    if drop_detail:
+        out.append(f"dropped_by_reason={drop_detail.rstrip(',')}")
+    if rec != "none":
+        metas = []
+        for p in glob.glob(f"{work}/recordings/**/*.json", recursive=True):
+            try:
+                metas.append(json.load(open(p)))
+            except ValueError:
+                pass
+        s = lambda ch, k: sum(m.get(ch, {}).get(k, 0) for m in metas)
+        out += [f"recordings={len(metas)}",
+                f"complete={sum(1 for m in metas if m.get('complete'))}",
+                f"rec_customer_received={s('customer', 'received')}",
+                f"rec_agent_received={s('agent', 'received')}",
+                f"rec_lost={s('customer', 'lost') + s('agent', 'lost')}",
+                f"rec_late_dropped={s('customer', 'late_dropped') + s('agent', 'late_dropped')}",
+                f"rec_early_dropped={s('customer', 'early_dropped') + s('agent', 'early_dropped')}",
+                f"rec_tap_drops={sum(m.get('tap_drops', 0) for m in metas)}",
+                f"rec_errors={sum(1 for m in metas if m.get('error'))}"]
+        exts = {}
+        for p in glob.glob(f"{work}/recordings/**/*", recursive=True):
+            e = os.path.splitext(p)[1]
+            if e in (".wav", ".mp3"):
+                exts[e] = exts.get(e, 0) + 1
+        out.append("files=" + ",".join(f"{k}:{v}" for k, v in sorted(exts.items())))
+else:
+    pk = files = 0
+    for p in glob.glob(f"{work}/rtpengine-spool/**/*.pcap", recursive=True):
+        files += 1
+        with open(p, "rb") as f:
+            f.read(24)
+            while True:
+                hd = f.read(16)
+                if len(hd) < 16:
+                    break
+                n = struct.unpack("<IIII", hd)[2]
+                f.seek(n, 1)
+                pk += 1
+    out += [f"pcap_files={files}", f"pcap_packets={pk}",
+            f"pcap_packets_expected_both_ways={calls * sent_per_call * 2}"]
+print("result: " + " ".join(out))
+PY
+echo "work dir: $work (load: $load_work)"
