@@ -85,6 +85,8 @@ pub fn bracket(ip: &str) -> String {
 pub struct Tapir {
     child: Child,
     pub sip_port: u16,
+    /// The RTP port range tapir was given.
+    pub rtp_ports: (u16, u16),
     pub http: SocketAddr,
     pub dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
@@ -148,7 +150,9 @@ impl Tapir {
         );
         let path = dir.path().join("tapir.toml");
         std::fs::write(&path, cfg).unwrap();
-        Self::spawn(bin, dir, sip_port, http_port, &opts)
+        let mut t = Self::spawn(bin, dir, sip_port, http_port, &opts);
+        t.rtp_ports = (pmin, pmax);
+        t
     }
 
     fn spawn(
@@ -197,6 +201,7 @@ impl Tapir {
         Tapir {
             child,
             sip_port,
+            rtp_ports: (0, 0),
             http: format!("127.0.0.1:{http_port}").parse().unwrap(),
             dir,
             log,
@@ -223,7 +228,10 @@ impl Tapir {
         };
         let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().unwrap());
         let http_port = this.http.port();
-        Self::spawn(&this.bin.clone(), dir, this.sip_port, http_port, &opts)
+        let ports = this.rtp_ports;
+        let mut t = Self::spawn(&this.bin.clone(), dir, this.sip_port, http_port, &opts);
+        t.rtp_ports = ports;
+        t
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -27,6 +27,9 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 
+/// A latched source silent this long gives way to a new source.
+const RELATCH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest datagram the relay carries; larger ones are truncated by the kernel and dropped.
 const MAX_DATAGRAM: usize = 2048;
 
@@ -402,6 +405,12 @@ async fn relay_loop(
             (Leg::A, true) => "a_rtcp",
             (Leg::B, true) => "b_rtcp",
         }]);
+    let malformed = inner.metrics.rtp_dropped.with_label_values(&["malformed"]);
+    let unexpected = inner
+        .metrics
+        .rtp_dropped
+        .with_label_values(&["unexpected_source"]);
+    let mut last_from_latched = Instant::now();
     let mut buf = [0u8; MAX_DATAGRAM];
     let agent_rtp = !rtcp && leg != media.customer;
     // Feature-code swallowing state of the agent's RTP task (only that task touches it).
@@ -418,14 +427,37 @@ async fn relay_loop(
             }
         };
         let data = &buf[..n];
-        if !rtcp {
-            media.rtp_rx.fetch_add(1, Ordering::Relaxed);
+        // Only well-formed RTP/RTCP (version 2, a whole header) crosses tapir; anything else
+        // on a media port is noise or an attack.
+        let valid = if rtcp {
+            n >= 8 && data[0] >> 6 == 2
+        } else {
+            media::rtp::RtpView::parse(data).is_ok()
+        };
+        if !valid {
+            malformed.inc();
+            continue;
         }
         {
+            // Symmetric latching: the first source is the party's address (NAT-safe); another
+            // source is ignored while the latched one is alive, and takes over after it has
+            // been silent for RELATCH_AFTER (NAT rebinding, a new device after a transfer).
+            let now = Instant::now();
             let mut l = latch.lock().unwrap();
-            if *l != Some(src) {
-                *l = Some(src);
+            match *l {
+                Some(cur) if cur == src => last_from_latched = now,
+                Some(_) if now.duration_since(last_from_latched) < RELATCH_AFTER => {
+                    unexpected.inc();
+                    continue;
+                }
+                _ => {
+                    *l = Some(src);
+                    last_from_latched = now;
+                }
             }
+        }
+        if !rtcp {
+            media.rtp_rx.fetch_add(1, Ordering::Relaxed);
         }
         if media.announcing.load(Ordering::Relaxed) {
             if !rtcp && (leg == Leg::B) == media.consent_leg_b.load(Ordering::Relaxed) {
@@ -528,10 +560,7 @@ fn swallow_feature_digit(
         return true;
     }
     let now = Instant::now();
-    let open = match window {
-        Some((until, left)) if now < *until && *left > 0 => true,
-        _ => false,
-    };
+    let open = matches!(window, Some((until, left)) if now < *until && *left > 0);
     let starts = code < 16 && f.starts & (1 << code) != 0;
     if open {
         if let Some((until, left)) = window.as_mut() {

@@ -356,3 +356,46 @@ fn ipv6_call() {
     assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
     assert_clean(&t);
 }
+
+#[test]
+fn garbage_and_strangers_on_media_ports_are_dropped_and_counted() {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    let p = run_pair(
+        &t,
+        "uac_pcap.xml",
+        "uas_answer.xml",
+        callee_port,
+        &["-d", "2500"],
+        &[],
+        "127.0.0.1",
+    );
+    t.wait_metric(
+        "tapir_rtp_packets_relayed_total",
+        Duration::from_secs(10),
+        |v| v >= 20.0,
+    );
+    // While both parties send, spray every RTP port of the range with garbage and with
+    // well-formed RTP from a stranger.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rtp = [0u8; 172];
+    media::rtp::write_header(&mut rtp, false, 8, 1, 160, 0xdead_beef);
+    let (lo, hi) = t.rtp_ports;
+    for port in (lo..=hi).step_by(2) {
+        let dest = format!("127.0.0.1:{port}");
+        let _ = stranger.send_to(b"\x00garbage that is not RTP", &dest);
+        let _ = stranger.send_to(&[0x80, 0x08], &dest);
+        let _ = stranger.send_to(&rtp, &dest);
+    }
+    expect_ok(&t, p, Duration::from_secs(30));
+    let malformed = t.metric("tapir_rtp_packets_dropped_total{reason=\"malformed\"}");
+    let strangers = t.metric("tapir_rtp_packets_dropped_total{reason=\"unexpected_source\"}");
+    // Two legs in use: each got two malformed datagrams and one stranger packet.
+    assert_eq!(malformed, 4.0, "{}", t.metrics());
+    assert_eq!(strangers, 2.0, "{}", t.metrics());
+    assert_clean(&t);
+}
