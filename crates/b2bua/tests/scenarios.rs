@@ -596,3 +596,36 @@ fn a_malformed_but_answerable_request_gets_400_with_a_reason() {
     assert_eq!(w.started(), 0);
     w.assert_clean();
 }
+
+#[test]
+fn a_retransmitted_invite_never_becomes_a_second_call() {
+    let mut w = World::new(Setup::default());
+    // The caller's link duplicates everything: tapir sees each INVITE twice, 1-150 ms apart.
+    w.net.set_link(
+        CALLER,
+        TAPIR,
+        Link {
+            dup_percent: 100,
+            ..Link::lossy(0, 100)
+        },
+    );
+    let invite = w.caller.invite(w.now, "1000", true);
+    w.establish();
+    // Long after the call was set up, the INVITE arrives once more (a very late copy).
+    w.run_for(Duration::from_secs(2));
+    w.inject(CALLER, TAPIR, &invite.to_bytes());
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.net.duplicated >= 2,
+        "the INVITE and the ACK were duplicated"
+    );
+    assert!(w.tapir.tx_stats().retransmissions_absorbed >= 2);
+    assert_eq!(w.started(), 1);
+    assert_eq!(w.opened().len(), 1);
+    assert_eq!(w.net.requests(TAPIR, CALLEE, Method::Invite).len(), 1);
+    assert_eq!(w.caller.invite_finals, vec![200]);
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.outcomes(), vec![Outcome::Completed]);
+    w.assert_clean();
+}
