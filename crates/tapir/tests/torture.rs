@@ -489,6 +489,9 @@ fn start(t1_ms: u64, port: u16) -> Tapir {
         TapirOptions {
             extra,
             t1_ms,
+            // One call at a time needs four ports; a small block also keeps the many tapirs
+            // of this file inside the harness's RTP port window.
+            rtp_ports: 8,
             ..Default::default()
         },
     )
