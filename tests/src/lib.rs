@@ -33,12 +33,17 @@ pub fn sipp_path() -> PathBuf {
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
+// Three disjoint ranges, so a SIP port, a SIPp media block and a tapir RTP range never
+// overlap: SIP ports 20000-29999, tapir RTP ranges 40000-49999, SIPp media 52000-59999. The
+// process id shifts the start, so consecutive test binaries do not reuse ports still in
+// TIME_WAIT.
+
 /// A port free for both UDP and TCP on `ip`, distinct from others handed out in this process.
 pub fn free_port(ip: &str) -> u16 {
-    let base = 21000 + (std::process::id() % 50) as u16 * 200;
+    let offset = std::process::id() % 10_000;
     loop {
-        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let port = base + (n % 8000);
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (20_000 + (offset + n) % 10_000) as u16;
         let addr: SocketAddr = format!("{}:{port}", bracket(ip)).parse().unwrap();
         if UdpSocket::bind(addr).is_ok() && TcpListener::bind(addr).is_ok() {
             return port;
@@ -50,10 +55,10 @@ pub fn free_port(ip: &str) -> u16 {
 /// video), so these come in blocks of four from their own range.
 pub fn free_media_port(ip: &str) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 52000 + (std::process::id() % 10) as u16 * 1000;
+    let offset = std::process::id() % 2_000;
     loop {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = base + (k % 250) * 4;
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (52_000 + ((offset + k) % 2_000) * 4) as u16;
         let ok = (0..4).all(|i| {
             let addr: SocketAddr = format!("{}:{}", bracket(ip), port + i).parse().unwrap();
             UdpSocket::bind(addr).is_ok()
@@ -67,10 +72,12 @@ pub fn free_media_port(ip: &str) -> u16 {
 /// A block of `n` consecutive free UDP ports (for RTP ranges).
 pub fn free_port_range(n: u16) -> (u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 40000 + (std::process::id() % 20) as u16 * 1000;
-    let k = NEXT.fetch_add(1, Ordering::Relaxed);
-    let start = base + (k * n) % 10000;
-    (start, start + n - 1)
+    let n32 = u32::from(n.clamp(4, 5_000));
+    let k = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+    let slots = 10_000 / n32;
+    let slot = (std::process::id() + k) % slots;
+    let start = 40_000 + slot * n32;
+    (start as u16, (start + n32 - 1) as u16)
 }
 
 pub fn bracket(ip: &str) -> String {
