@@ -11,7 +11,8 @@
 #   HOLD_S  seconds each call stays up before BYE (default 0). With HOLD_S > 0 the script
 #           also measures memory per established call: it samples the SUT's RSS (and PSS)
 #           once every call is up (CALLS/RATE + 5 s after the start) against the idle
-#           baseline, so choose HOLD_S > CALLS/RATE + 10.
+#           baseline, so choose HOLD_S > CALLS/RATE + 10. HELD_AT=S samples S seconds after
+#           the start instead (e.g. after the setup transactions' 32 s linger has passed).
 #
 # Examples:
 #   bench/cps.sh tapir 300 18000          # issue 2: 300 CPS for 60 s
@@ -81,7 +82,7 @@ if [ -n "$pids" ]; then
 fi
 if [ "$hold" -gt 0 ] && [ -n "$pids" ]; then
   (
-    sleep $((calls / rate + 5))
+    sleep "${HELD_AT:-$((calls / rate + 5))}"
     echo "$(for p in $pids; do rss_kb "$p"; done | awk '{s+=$1} END {print s}') $(pss_kb_sum $pids)" >"$work/held.txt"
     [ "$sut" = tapir ] && metric tapir_calls_active >"$work/held_active.txt"
   ) &

@@ -131,7 +131,8 @@ start_rtpengine() {
 # Kernel UDP counters (system-wide): receive-buffer overflows are packets the kernel dropped
 # before any process read them.
 udp_rcvbuf_errors() { awk '/^Udp:/ { if (h) { print $6; exit } h = 1 }' /proc/net/snmp; }
-udp_in_errors() { awk '/^Udp:/ { if (h) { print $4; exit } h = 1 }' /proc/net/snmp; }
+# Datagrams to a port nobody listens on: e.g. echoes that arrive after a call's ports closed.
+udp_noports() { awk '/^Udp:/ { if (h) { print $3; exit } h = 1 }' /proc/net/snmp; }
 
 # Last row of a SIPp -trace_stat file: field by header name.
 stat_field() {

@@ -78,7 +78,7 @@ sleep 1
 rss0=$(for p in $pids; do rss_kb "$p"; done | awk '{s+=$1} END {print s}')
 # shellcheck disable=SC2086
 pss0=$(pss_kb_sum $pids)
-rcv0=$(udp_rcvbuf_errors); inerr0=$(udp_in_errors)
+rcv0=$(udp_rcvbuf_errors); inerr0=$(udp_noports)
 # shellcheck disable=SC2086
 c0=$(cpu_ticks_sum $pids)
 
@@ -95,7 +95,7 @@ WATCH_PIDS="$pids" "$LOAD_SH" "$target" "$calls" "$dur" "$rate" | tee "$work/loa
 t_load_end=$(date +%s.%N)
 # shellcheck disable=SC2086
 c_load=$(cpu_ticks_sum $pids)
-rcv1=$(udp_rcvbuf_errors); inerr1=$(udp_in_errors)
+rcv1=$(udp_rcvbuf_errors); inerr1=$(udp_noports)
 rm -f "$work/sampling"
 wait "$drops_pid"
 
@@ -135,6 +135,7 @@ out = [f"sut={sut}", f"rec={rec}", f"calls={calls}", f"dur={dur}",
        f"caller_rtp_sent={calls * sent_per_call}",
        "relay_socket_" + sock.split()[0], "relay_socket_kernel_" + sock.split()[1],
        f"udp_rcvbuf_errors_system={int(rcv1) - int(rcv0)}",
+       f"udp_noports_system={int(inerr1) - int(inerr0)}",
        f"rss_idle_kb={rss0}", f"rss_peak_kb={rss_peak}", f"pss_peak_kb={pss_peak}",
        f"rss_per_call_kib={(rss_peak - int(rss0)) / calls:.1f}",
        f"pss_per_call_kib={(pss_peak - int(pss0)) / calls:.1f}"]
