@@ -241,3 +241,59 @@ fn policy_file_change_applies_to_the_next_call() {
     );
     assert_eq!(wav_files(&t).len(), 1);
 }
+
+#[test]
+fn recorded_statement_is_a_separate_file_with_its_own_id() {
+    let (t, port, _) = start(&rules("never", ""));
+    let http = t.http;
+    let api = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            let (_, body) = tapir_tests::http_request(http, "GET", "/calls", "");
+            let id = body
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if !id.is_empty() {
+                break id;
+            }
+            assert!(std::time::Instant::now() < end, "call never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Wait for the answer (the call is recorded from the statement start only).
+        std::thread::sleep(Duration::from_millis(500));
+        let start = tapir_tests::http_request(
+            http,
+            "POST",
+            &format!("/calls/{id}/directive/statement-start;id=terms"),
+            "",
+        )
+        .0;
+        std::thread::sleep(Duration::from_millis(1000));
+        let stop = tapir_tests::http_request(
+            http,
+            "POST",
+            &format!("/calls/{id}/directive/statement-stop"),
+            "",
+        )
+        .0;
+        (start, stop)
+    });
+    call(&t, port, "uac_tone.xml", "uas_tone.xml", 2500);
+    assert_eq!(api.join().unwrap(), (204, 204));
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let files = wav_files(&t);
+    // The station never records the call itself: the statement is the only file.
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.ends_with("-statement-terms.wav"), "{name}");
+    let (secs, c1, _) = seconds(&files[0]);
+    assert!((0.7..1.4).contains(&secs), "statement lasts {secs} s");
+    assert!(tone_energy(&c1, 400.0) > 1000.0);
+    let meta = std::fs::read_to_string(files[0].with_extension("json")).unwrap();
+    assert!(meta.contains("\"statement_id\": \"terms\""), "{meta}");
+}
