@@ -601,27 +601,13 @@ impl B2bua {
 
     /// Our SIP address in the family of `peer`.
     fn local_addr(&self, peer: Peer) -> SocketAddr {
-        let v4 = peer.addr.is_ipv4()
-            || matches!(peer.addr.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
-        self.config
-            .sip_addrs
-            .iter()
-            .find(|a| a.is_ipv4() == v4)
-            .or(self.config.sip_addrs.first())
-            .copied()
+        same_family(peer, &self.config.sip_addrs, SocketAddr::is_ipv4)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
     }
 
     /// Our media address in the family of `peer`.
     fn media_ip(&self, peer: Peer) -> IpAddr {
-        let v4 = peer.addr.is_ipv4()
-            || matches!(peer.addr.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
-        self.config
-            .media_ips
-            .iter()
-            .find(|a| a.is_ipv4() == v4)
-            .or(self.config.media_ips.first())
-            .copied()
+        same_family(peer, &self.config.media_ips, IpAddr::is_ipv4)
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
 
@@ -1756,6 +1742,18 @@ impl B2bua {
             self.respond(now, &key, r);
         }
     }
+}
+
+/// The first of `items` in the address family of `peer` (an IPv4 peer seen through a
+/// dual-stack socket counts as IPv4), else the first item.
+fn same_family<T: Copy>(peer: Peer, items: &[T], is_v4: fn(&T) -> bool) -> Option<T> {
+    let v4 = peer.addr.is_ipv4()
+        || matches!(peer.addr.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    items
+        .iter()
+        .find(|a| is_v4(a) == v4)
+        .or(items.first())
+        .copied()
 }
 
 /// The `X-Tapir-*` headers of a request (flow directives, consent, policy facts).

@@ -237,7 +237,7 @@ impl Config {
                 }
             }
             if let Some(f) = &r.format {
-                if crate::recording::Format::parse(f).is_none() {
+                if crate::recording::parse_format(f).is_none() {
                     bail!("route '{}': format = '{f}' is not wav or mp3", r.name);
                 }
             }
@@ -250,7 +250,7 @@ impl Config {
                 }
             }
             if let Some(f) = &r.format {
-                if crate::recording::Format::parse(f).is_none() {
+                if crate::recording::parse_format(f).is_none() {
                     bail!("registrar: format = '{f}' is not wav or mp3");
                 }
             }

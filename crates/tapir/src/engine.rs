@@ -426,17 +426,17 @@ impl Engine {
                         dialled_number: meta.to.clone(),
                         x_headers,
                     };
-                    Some(RecCtl::Started {
+                    Some(RecCtl::Started(Box::new(crate::recording::CallStart {
                         call,
-                        meta: Box::new(meta),
+                        meta,
                         customer,
                         mode,
-                        input: Box::new(input),
+                        input,
                         format: format
                             .as_deref()
-                            .and_then(Format::parse)
+                            .and_then(crate::recording::parse_format)
                             .unwrap_or(r.default_format),
-                    })
+                    })))
                 }
                 CallEvent::Transferred { call, label, .. } => {
                     if let Some(l) = label {

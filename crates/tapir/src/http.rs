@@ -65,13 +65,10 @@ async fn list_calls(State(s): State<AppState>) -> Result<Json<Vec<u64>>, StatusC
     Ok(Json(calls))
 }
 
-async fn hang_up(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {
-    let (tx, rx) = oneshot::channel();
-    if s.inputs
-        .send(Input::Control(Control::HangUp(id, tx)))
-        .await
-        .is_err()
-    {
+/// Maps a yes/no answer from the engine or the recorder: 204 when the call was found, 404
+/// when not (unknown call, or nothing records it), 503 when the answer never came.
+async fn found(sent: bool, rx: oneshot::Receiver<bool>) -> StatusCode {
+    if !sent {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     match rx.await {
@@ -79,6 +76,25 @@ async fn hang_up(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {
         Ok(false) => StatusCode::NOT_FOUND,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
+}
+
+/// Sends a message to the recorder thread and waits for its answer.
+async fn ask_recorder(
+    s: &AppState,
+    msg: impl FnOnce(oneshot::Sender<bool>) -> RecCtl,
+) -> StatusCode {
+    let (tx, rx) = oneshot::channel();
+    found(s.recorder.send(msg(tx)).is_ok(), rx).await
+}
+
+async fn hang_up(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {
+    let (tx, rx) = oneshot::channel();
+    let sent = s
+        .inputs
+        .send(Input::Control(Control::HangUp(id, tx)))
+        .await
+        .is_ok();
+    found(sent, rx).await
 }
 
 /// `POST /calls/{id}/recording/{start|stop|pause|resume|agent-only|both}`.
@@ -96,43 +112,21 @@ async fn recording_command(
         "both" => recorder::Command::BothChannels { reason },
         _ => return StatusCode::BAD_REQUEST,
     };
-    let (tx, rx) = oneshot::channel();
-    if s.recorder
-        .send(RecCtl::Command {
-            call: id,
-            command,
-            reply: Some(tx),
-        })
-        .is_err()
-    {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    match rx.await {
-        Ok(true) => StatusCode::NO_CONTENT,
-        // Unknown call, or a call whose route never records.
-        Ok(false) => StatusCode::NOT_FOUND,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
+    ask_recorder(&s, |tx| RecCtl::Command {
+        call: id,
+        command,
+        reply: Some(tx),
+    })
+    .await
 }
 
 async fn policy_event(s: &AppState, call: u64, event: policy::Event) -> StatusCode {
-    let (tx, rx) = oneshot::channel();
-    if s.recorder
-        .send(RecCtl::Policy {
-            call,
-            event,
-            reply: Some(tx),
-        })
-        .is_err()
-    {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    match rx.await {
-        Ok(true) => StatusCode::NO_CONTENT,
-        // Unknown call, or no policy in force for it.
-        Ok(false) => StatusCode::NOT_FOUND,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
+    ask_recorder(s, |tx| RecCtl::Policy {
+        call,
+        event,
+        reply: Some(tx),
+    })
+    .await
 }
 
 /// `POST /calls/{id}/consent/{granted|denied}`: the caller's answer, from an IVR.

@@ -22,8 +22,7 @@ use anyhow::{bail, Result};
 use b2bua::{CallId, Leg};
 use media::codec::PayloadMap;
 use recorder::{
-    create_sink, Channel, Command, Format as FileFormat, Output, Recording, RecordingMetadata,
-    Sink, SinkOptions,
+    create_sink, Channel, Command, Output, Recording, RecordingMetadata, Sink, SinkOptions,
 };
 use serde::Deserialize;
 
@@ -31,21 +30,14 @@ use crate::metrics::Metrics;
 use crate::policy_link::{CallControl, CallInput, Instruction, PolicyStore};
 use crate::relay::TapPacket;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Wav,
-    Mp3,
-}
+pub use recorder::Format;
 
-impl Format {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "wav" => Some(Self::Wav),
-            "mp3" => Some(Self::Mp3),
-            _ => None,
-        }
+/// Reads a `format` value of a route or of the registrar.
+pub fn parse_format(s: &str) -> Option<Format> {
+    match s {
+        "wav" => Some(Format::Wav),
+        "mp3" => Some(Format::Mp3),
+        _ => None,
     }
 }
 
@@ -134,17 +126,20 @@ impl RecordingConfig {
     }
 }
 
+/// A new call, as the recorder needs it.
+pub struct CallStart {
+    pub call: CallId,
+    pub meta: RecordingMetadata,
+    pub customer: Leg,
+    /// `None`: the policy decides.
+    pub mode: Option<Mode>,
+    pub format: Format,
+    pub input: CallInput,
+}
+
 /// Messages from the signalling side to the recorder thread.
 pub enum RecCtl {
-    Started {
-        call: CallId,
-        meta: Box<RecordingMetadata>,
-        customer: Leg,
-        /// `None`: the policy decides.
-        mode: Option<Mode>,
-        format: Format,
-        input: Box<CallInput>,
-    },
+    Started(Box<CallStart>),
     /// `X-Tapir-*` headers and DTMF bodies of in-dialog requests.
     InDialog {
         call: CallId,
@@ -322,7 +317,7 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
                 Ok(_) => {
                     let _ = std::fs::remove_file(&f.path);
                     let _ = std::fs::remove_file(recorder::sidecar_path(&f.path));
-                    f.meta.format = FileFormat::Mp3;
+                    f.meta.format = Format::Mp3;
                     audio = mp3;
                 }
                 Err(e) => tracing::error!(error = %e, "MP3 transcode failed; keeping WAV"),
@@ -486,44 +481,75 @@ impl RecorderThread {
         }
     }
 
-    /// Sends a transferred call's messages to the call that owns its contact's recording.
-    fn redirect(&mut self, now: Instant, c: RecCtl) -> Option<RecCtl> {
-        Some(match c {
-            RecCtl::Started {
-                call,
-                meta,
+    /// A new call: a recording (and policy) for it, or, for a transfer, a place in its
+    /// contact's recording.
+    fn start_call(&mut self, now: Instant, start: CallStart) {
+        let CallStart {
+            call,
+            meta,
+            customer,
+            mode,
+            format,
+            input,
+        } = start;
+        if let Some(&owner) = self.contacts.get(&meta.contact_id) {
+            if let Some(a) = self.calls.get_mut(&owner) {
+                // A transfer: this call's audio continues the contact's recording.
+                a.members += 1;
+                self.aliases.insert(call, (owner, customer != a.customer));
+                let mut ins = Vec::new();
+                if let Some(ctl) = a.control.as_mut() {
+                    ctl.event(policy::Event::Transfer { external: false }, &mut ins);
+                }
+                tracing::info!(
+                    call,
+                    owner,
+                    "transferred call joins its contact's recording"
+                );
+                self.apply(owner, now, ins);
+                return;
+            }
+        }
+        let rules = match mode {
+            Some(Mode::Never) => return,
+            Some(_) => None,
+            None => match self.policy.current() {
+                Some(r) => Some(r),
+                None => return,
+            },
+        };
+        self.contacts.insert(meta.contact_id.clone(), call);
+        let contact = meta.contact_id.clone();
+        let main = new_track(&self.cfg, now, meta, &contact);
+        let mut ins = Vec::new();
+        let control = rules.map(|r| {
+            let (c, i) = CallControl::new(&r, &contact, &input, now);
+            ins = i;
+            c
+        });
+        self.calls.insert(
+            call,
+            Active {
+                members: 0,
+                owner_ended: false,
+                main,
+                statements: Vec::new(),
                 customer,
                 mode,
                 format,
-                input,
-            } => {
-                if let Some(&owner) = self.contacts.get(&meta.contact_id) {
-                    if let Some(a) = self.calls.get_mut(&owner) {
-                        // A transfer: this call's audio continues the contact's recording.
-                        a.members += 1;
-                        self.aliases.insert(call, (owner, customer != a.customer));
-                        let mut ins = Vec::new();
-                        if let Some(ctl) = a.control.as_mut() {
-                            ctl.event(policy::Event::Transfer { external: false }, &mut ins);
-                        }
-                        tracing::info!(
-                            call,
-                            owner,
-                            "transferred call joins its contact's recording"
-                        );
-                        self.apply(owner, now, ins);
-                        return None;
-                    }
-                }
-                self.contacts.insert(meta.contact_id.clone(), call);
-                RecCtl::Started {
-                    call,
-                    meta,
-                    customer,
-                    mode,
-                    format,
-                    input,
-                }
+                control,
+                codecs: [None, None],
+            },
+        );
+        self.apply(call, now, ins);
+    }
+
+    /// Sends a transferred call's messages to the call that owns its contact's recording.
+    fn redirect(&mut self, now: Instant, c: RecCtl) -> Option<RecCtl> {
+        Some(match c {
+            RecCtl::Started(start) => {
+                self.start_call(now, *start);
+                return None;
             }
             RecCtl::Ended { call } => match self.aliases.remove(&call) {
                 Some((owner, _)) => {
@@ -594,46 +620,8 @@ impl RecorderThread {
             return;
         };
         match c {
-            RecCtl::Started {
-                call,
-                meta,
-                customer,
-                mode,
-                format,
-                input,
-            } => {
-                let rules = match mode {
-                    Some(Mode::Never) => return,
-                    Some(_) => None,
-                    None => match self.policy.current() {
-                        Some(r) => Some(r),
-                        None => return,
-                    },
-                };
-                let contact = meta.contact_id.clone();
-                let main = new_track(&self.cfg, now, *meta, &contact);
-                let mut ins = Vec::new();
-                let control = rules.map(|r| {
-                    let (c, i) = CallControl::new(&r, &contact, &input, now);
-                    ins = i;
-                    c
-                });
-                self.calls.insert(
-                    call,
-                    Active {
-                        members: 0,
-                        owner_ended: false,
-                        main,
-                        statements: Vec::new(),
-                        customer,
-                        mode,
-                        format,
-                        control,
-                        codecs: [None, None],
-                    },
-                );
-                self.apply(call, now, ins);
-            }
+            // Handled by `redirect`.
+            RecCtl::Started(_) => {}
             RecCtl::Codecs { call, leg, codecs } => {
                 if let Some(a) = self.calls.get_mut(&call) {
                     let mut map = PayloadMap::with_static();
@@ -828,7 +816,7 @@ fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
                     continue;
                 }
                 if t.sink.is_none() {
-                    match create_sink(FileFormat::Wav, &t.path, SinkOptions::default()) {
+                    match create_sink(Format::Wav, &t.path, SinkOptions::default()) {
                         Ok(s) => {
                             t.sink = Some(s);
                             metrics.recordings_active.inc();
