@@ -366,23 +366,7 @@ pub struct Sipp {
 impl Sipp {
     /// Runs SIPp with `args` in its own directory (for its log files).
     pub fn spawn(name: &str, args: &[String]) -> Sipp {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(sipp_path())
-            .args(args)
-            .args(["-nostdin", "-trace_err", "-trace_msg"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run sipp ({e}); the test command installs sip-tester")
-            });
-        Sipp {
-            child,
-            name: name.into(),
-            dir,
-        }
+        Self::spawn_in(name, args, tempfile::tempdir().unwrap())
     }
 
     /// Waits for SIPp to finish; returns its exit code (0: every call succeeded).
@@ -567,13 +551,48 @@ pub fn read_stereo_wav(path: &Path) -> (Vec<i16>, Vec<i16>) {
 }
 
 impl Sipp {
-    /// Like [`Sipp::spawn`], with `tone.pcap` (a sine at `freq` Hz) in its working directory.
+    /// Like [`Sipp::spawn`], with the test media in its working directory: `tone.pcap` (a
+    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `digit1.pcap`, `digit2.pcap`
+    /// (RFC 4733 key presses).
     pub fn spawn_with_tone(name: &str, args: &[String], freq: f64, secs: f64) -> Sipp {
         let dir = tempfile::tempdir().unwrap();
         write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
         write_dtmf_pcap(&dir.path().join("star2.pcap"), "*2");
         write_dtmf_pcap(&dir.path().join("digit1.pcap"), "1");
         write_dtmf_pcap(&dir.path().join("digit2.pcap"), "2");
+        Self::spawn_in(name, args, dir)
+    }
+
+    /// Starts one party of a test call: `scenario` on `ip:port` with its own media port and
+    /// `-m 1`. A caller (`toward` set) sends to that tapir; `tone` puts the test media in its
+    /// directory (see [`Sipp::spawn_with_tone`]).
+    pub fn party(
+        name: &str,
+        scenario: &str,
+        ip: &str,
+        port: u16,
+        toward: Option<&Tapir>,
+        tone: Option<f64>,
+        extra: &[&str],
+    ) -> Sipp {
+        let mut a = sipp_args(scenario, ip, port);
+        if let Some(t) = toward {
+            a.insert(0, format!("{}:{}", bracket(ip), t.sip_port));
+        }
+        a.extend([
+            "-mp".into(),
+            free_media_port(ip).to_string(),
+            "-m".into(),
+            "1".into(),
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        match tone {
+            Some(f) => Sipp::spawn_with_tone(name, &a, f, 20.0),
+            None => Sipp::spawn(name, &a),
+        }
+    }
+
+    fn spawn_in(name: &str, args: &[String], dir: tempfile::TempDir) -> Sipp {
         let child = Command::new(sipp_path())
             .args(args)
             .args(["-nostdin", "-trace_err", "-trace_msg"])
@@ -582,13 +601,55 @@ impl Sipp {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run sipp ({e})"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run sipp ({e}); the test command installs sip-tester")
+            });
         Sipp {
             child,
             name: name.into(),
             dir,
         }
     }
+}
+
+/// Waits for every SIPp; panics with their logs and tapir's unless all exited 0 (every
+/// expected message arrived, in order).
+pub fn expect_success(t: &Tapir, sipps: &mut [&mut Sipp], timeout: Duration) {
+    let rcs: Vec<i32> = sipps.iter_mut().map(|s| s.wait(timeout)).collect();
+    if rcs.iter().any(|rc| *rc != 0) {
+        let logs: String = sipps.iter().map(|s| s.logs()).collect();
+        panic!("sipp rc {rcs:?}\n{logs}\ntapir log:\n{}", t.log());
+    }
+}
+
+/// Runs one call through `t`: the callee on `callee_port`, then the caller; waits for both
+/// to succeed. Each party gets its tone when given.
+pub fn call(
+    t: &Tapir,
+    caller: (&str, Option<f64>, &[&str]),
+    callee: (&str, Option<f64>, &[&str]),
+    callee_port: u16,
+) -> (Sipp, Sipp) {
+    let mut b = Sipp::party(
+        "callee",
+        callee.0,
+        "127.0.0.1",
+        callee_port,
+        None,
+        callee.1,
+        callee.2,
+    );
+    let mut a = Sipp::party(
+        "caller",
+        caller.0,
+        "127.0.0.1",
+        free_port("127.0.0.1"),
+        Some(t),
+        caller.1,
+        caller.2,
+    );
+    expect_success(t, &mut [&mut a, &mut b], Duration::from_secs(30));
+    (a, b)
 }
 
 /// Writes an 8 kHz mono 16-bit WAV prompt: a sine at `freq` Hz for `secs` seconds.

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tapir_tests::{
-    free_media_port, free_port, sipp_args, write_prompt_wav, Sipp, Tapir, TapirOptions,
-};
+use tapir_tests::{free_port, write_prompt_wav, Sipp, Tapir, TapirOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapir");
 
@@ -51,35 +49,12 @@ fn start(customer: &str, collect_consent: bool, policy: Option<&str>) -> Setup {
 }
 
 fn call(s: &Setup, caller_scn: &str, callee_scn: &str) -> (Sipp, Sipp) {
-    let mut a = sipp_args(callee_scn, "127.0.0.1", s.callee_port);
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    let mut callee = Sipp::spawn_with_tone("callee", &a, 1000.0, 10.0);
-    let mut a = sipp_args(caller_scn, "127.0.0.1", free_port("127.0.0.1"));
-    a.insert(0, s.t.sip());
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-        "-d".into(),
-        "1000".into(),
-    ]);
-    let mut caller = Sipp::spawn_with_tone("caller", &a, 400.0, 10.0);
-    let rc1 = caller.wait(Duration::from_secs(30));
-    let rc2 = callee.wait(Duration::from_secs(30));
-    assert!(
-        rc1 == 0 && rc2 == 0,
-        "rc {rc1}/{rc2}\n{}\n{}\n{}",
-        caller.logs(),
-        callee.logs(),
-        s.t.log()
-    );
-    (caller, callee)
+    tapir_tests::call(
+        &s.t,
+        (caller_scn, Some(400.0), &["-d", "1000"]),
+        (callee_scn, Some(1000.0), &[]),
+        s.callee_port,
+    )
 }
 
 /// Time of day (seconds) at which SIPp logged the first message starting with `start`.

@@ -28,7 +28,6 @@ struct Pair {
 }
 
 /// Starts the callee, then the caller, each with its own SIP and media ports.
-#[allow(clippy::too_many_arguments)]
 fn run_pair(
     tapir: &Tapir,
     caller_scn: &str,
@@ -38,39 +37,29 @@ fn run_pair(
     callee_extra: &[&str],
     ip: &str,
 ) -> Pair {
-    let mut a = sipp_args(callee_scn, ip, callee_port);
-    a.extend([
-        "-mp".into(),
-        tapir_tests::free_media_port(ip).to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    a.extend(callee_extra.iter().map(|s| s.to_string()));
-    let callee = Sipp::spawn("callee", &a);
-    let target = format!("{}:{}", tapir_tests::bracket(ip), tapir.sip_port);
-    let mut a = sipp_args(caller_scn, ip, free_port(ip));
-    a.insert(0, target);
-    a.extend([
-        "-mp".into(),
-        tapir_tests::free_media_port(ip).to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    a.extend(caller_extra.iter().map(|s| s.to_string()));
-    let caller = Sipp::spawn("caller", &a);
+    let callee = Sipp::party(
+        "callee",
+        callee_scn,
+        ip,
+        callee_port,
+        None,
+        None,
+        callee_extra,
+    );
+    let caller = Sipp::party(
+        "caller",
+        caller_scn,
+        ip,
+        free_port(ip),
+        Some(tapir),
+        None,
+        caller_extra,
+    );
     Pair { caller, callee }
 }
 
 fn expect_ok(tapir: &Tapir, mut p: Pair, timeout: Duration) {
-    let rc_caller = p.caller.wait(timeout);
-    let rc_callee = p.callee.wait(timeout);
-    assert!(
-        rc_caller == 0 && rc_callee == 0,
-        "caller rc {rc_caller}, callee rc {rc_callee}\n{}\n{}\ntapir log:\n{}",
-        p.caller.logs(),
-        p.callee.logs(),
-        tapir.log()
-    );
+    tapir_tests::expect_success(tapir, &mut [&mut p.caller, &mut p.callee], timeout);
 }
 
 fn relayed(t: &Tapir, from: &str) -> f64 {

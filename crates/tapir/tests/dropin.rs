@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use tapir_tests::{free_media_port, free_port, sipp_args, Sipp, Tapir, TapirOptions};
+use tapir_tests::{free_port, Sipp, Tapir, TapirOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapir");
 
@@ -27,26 +27,11 @@ fn route(callee_port: u16) -> String {
 
 /// A SIPp instance on its own SIP and media ports; `target` is where a caller sends.
 fn spawn(name: &str, scenario: &str, port: u16, target: Option<&Tapir>, extra: &[&str]) -> Sipp {
-    let mut a = sipp_args(scenario, "127.0.0.1", port);
-    if let Some(t) = target {
-        a.insert(0, t.sip());
-    }
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    Sipp::spawn(name, &a)
+    Sipp::party(name, scenario, "127.0.0.1", port, target, None, extra)
 }
 
 fn expect_ok(tapir: &Tapir, sipps: &mut [&mut Sipp], timeout: Duration) {
-    let rcs: Vec<i32> = sipps.iter_mut().map(|s| s.wait(timeout)).collect();
-    if rcs.iter().any(|rc| *rc != 0) {
-        let logs: String = sipps.iter().map(|s| s.logs()).collect();
-        panic!("sipp rc {rcs:?}\n{logs}\ntapir log:\n{}", tapir.log());
-    }
+    tapir_tests::expect_success(tapir, sipps, timeout);
 }
 
 fn assert_clean(t: &Tapir) {

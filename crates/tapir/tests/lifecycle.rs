@@ -17,21 +17,8 @@ fn route(callee_port: u16, record: &str) -> String {
 }
 
 fn spawn(t: &Tapir, scn: &str, port: u16, extra: &[&str], tone: Option<f64>) -> Sipp {
-    let mut a = sipp_args(scn, "127.0.0.1", port);
-    if scn.starts_with("uac") {
-        a.insert(0, t.sip());
-    }
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    match tone {
-        Some(f) => Sipp::spawn_with_tone(scn, &a, f, 20.0),
-        None => Sipp::spawn(scn, &a),
-    }
+    let toward = scn.starts_with("uac").then_some(t);
+    Sipp::party(scn, scn, "127.0.0.1", port, toward, tone, extra)
 }
 
 fn files(dir: PathBuf, ext: &str) -> Vec<PathBuf> {

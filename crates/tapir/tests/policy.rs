@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tapir_tests::{
-    free_media_port, free_port, read_stereo_wav, sipp_args, tone_energy, Sipp, Tapir, TapirOptions,
-};
+use tapir_tests::{free_port, read_stereo_wav, tone_energy, Tapir, TapirOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapir");
 
@@ -41,33 +39,12 @@ fn start(policy: &str) -> (Tapir, u16, PathBuf) {
 }
 
 fn call(t: &Tapir, callee_port: u16, caller_scn: &str, callee_scn: &str, ms: u32) {
-    let mut a = sipp_args(callee_scn, "127.0.0.1", callee_port);
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    let mut callee = Sipp::spawn_with_tone("callee", &a, 1000.0, 10.0);
-    let mut a = sipp_args(caller_scn, "127.0.0.1", free_port("127.0.0.1"));
-    a.insert(0, t.sip());
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-        "-d".into(),
-        ms.to_string(),
-    ]);
-    let mut caller = Sipp::spawn_with_tone("caller", &a, 400.0, 10.0);
-    let rc1 = caller.wait(Duration::from_secs(30));
-    let rc2 = callee.wait(Duration::from_secs(30));
-    assert!(
-        rc1 == 0 && rc2 == 0,
-        "rc {rc1}/{rc2}\n{}\n{}\n{}",
-        caller.logs(),
-        callee.logs(),
-        t.log()
+    let d = ms.to_string();
+    tapir_tests::call(
+        t,
+        (caller_scn, Some(400.0), &["-d", &d]),
+        (callee_scn, Some(1000.0), &[]),
+        callee_port,
     );
 }
 

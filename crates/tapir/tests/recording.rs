@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tapir_tests::{
-    free_media_port, free_port, read_stereo_wav, sipp_args, tone_energy, Sipp, Tapir, TapirOptions,
-};
+use tapir_tests::{free_port, read_stereo_wav, tone_energy, Tapir, TapirOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapir");
 const CALLER_HZ: f64 = 400.0;
@@ -21,33 +19,12 @@ fn route(callee_port: u16, customer: &str, record: &str, format: &str) -> String
 
 /// Runs one call: caller plays 400 Hz, callee 1000 Hz, for `ms` milliseconds.
 fn call(t: &Tapir, callee_port: u16, ms: u32) {
-    let mut a = sipp_args("uas_tone.xml", "127.0.0.1", callee_port);
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-    ]);
-    let mut callee = Sipp::spawn_with_tone("callee", &a, CALLEE_HZ, 10.0);
-    let mut a = sipp_args("uac_tone.xml", "127.0.0.1", free_port("127.0.0.1"));
-    a.insert(0, t.sip());
-    a.extend([
-        "-mp".into(),
-        free_media_port("127.0.0.1").to_string(),
-        "-m".into(),
-        "1".into(),
-        "-d".into(),
-        ms.to_string(),
-    ]);
-    let mut caller = Sipp::spawn_with_tone("caller", &a, CALLER_HZ, 10.0);
-    let rc1 = caller.wait(Duration::from_secs(30));
-    let rc2 = callee.wait(Duration::from_secs(30));
-    assert!(
-        rc1 == 0 && rc2 == 0,
-        "rc {rc1}/{rc2}\n{}\n{}\n{}",
-        caller.logs(),
-        callee.logs(),
-        t.log()
+    let d = ms.to_string();
+    tapir_tests::call(
+        t,
+        ("uac_tone.xml", Some(CALLER_HZ), &["-d", &d]),
+        ("uas_tone.xml", Some(CALLEE_HZ), &[]),
+        callee_port,
     );
 }
 
