@@ -542,24 +542,34 @@ impl B2bua {
 
     /// Ends a call from tapir's side (operator action, media timeout, shutdown deadline).
     pub fn hang_up(&mut self, now: Instant, call: CallId) {
-        let Some(c) = self.calls.get(&call) else {
+        let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
+        if c.a_invite.is_some() && !matches!(c.state, CallState::Cancelling | CallState::Ending) {
+            // The caller has no 2xx yet (ringing, or an outbound prompt holding it back): its
+            // INVITE gets a final answer, never a BYE on a dialog it does not have; leg B is
+            // cancelled if still ringing and hung up if it answered.
+            let (b_invite, answered) = (c.b_invite.clone(), c.answered);
+            c.state = CallState::Cancelling;
+            if let Some(k) = b_invite {
+                self.tx.cancel(now, &k);
+            }
+            self.reply_a_invite(now, call, 503, "Service Unavailable");
+            if answered {
+                self.finish(call, Outcome::Completed);
+                self.send_bye(now, call, Leg::B);
+            } else {
+                self.finish(call, Outcome::Refused(503));
+            }
+            self.maybe_forget(now, call);
+            self.drain_tx(now);
+            return;
+        }
         match c.state {
             CallState::Confirmed | CallState::Answered => {
                 self.send_bye(now, call, Leg::A);
                 self.send_bye(now, call, Leg::B);
                 self.finish(call, Outcome::Completed);
-            }
-            CallState::Proceeding => {
-                if let Some(k) = c.b_invite.clone() {
-                    self.tx.cancel(now, &k);
-                }
-                if let Some(c) = self.calls.get_mut(&call) {
-                    c.state = CallState::Cancelling;
-                }
-                self.reply_a_invite(now, call, 503, "Service Unavailable");
-                self.finish(call, Outcome::Refused(503));
             }
             _ => {}
         }
@@ -1556,20 +1566,39 @@ impl B2bua {
                 set_to_tag(&mut r, &c.leg(leg).dialog.local_tag);
                 let state = c.state;
                 let b_invite = c.b_invite.clone();
-                if state == CallState::Proceeding && leg == Leg::A {
+                let (a_pending, answered) = (c.a_invite.is_some(), c.answered);
+                if a_pending && state != CallState::Ending {
                     c.state = CallState::Cancelling;
                 }
                 self.respond(now, &key, r);
                 if state == CallState::Ending {
                     return;
                 }
-                if state == CallState::Proceeding && leg == Leg::A {
-                    // BYE before the 2xx reached us: cancel leg B.
+                if a_pending {
+                    // Leg A has no 2xx yet: the caller hung up its early dialog (while leg B
+                    // rings or an announcement plays), or the callee left while an outbound
+                    // prompt held its 2xx back. The caller's INVITE gets its final answer (a
+                    // BYE on leg A would name a dialog the caller never confirmed); leg B is
+                    // cancelled if it still rings, hung up if it answered.
                     if let Some(k) = b_invite {
                         self.tx.cancel(now, &k);
                     }
-                    self.reply_a_invite(now, call, 487, "Request Terminated");
-                    self.finish(call, Outcome::Cancelled);
+                    if leg == Leg::A {
+                        self.reply_a_invite(now, call, 487, "Request Terminated");
+                        self.finish(call, Outcome::Cancelled);
+                        if answered {
+                            self.send_bye(now, call, Leg::B);
+                        }
+                    } else {
+                        self.reply_a_invite(now, call, 480, "Temporarily Unavailable");
+                        let outcome = if answered {
+                            Outcome::Completed
+                        } else {
+                            Outcome::Rejected(480)
+                        };
+                        self.finish(call, outcome);
+                    }
+                    self.maybe_forget(now, call);
                     return;
                 }
                 self.send_bye(now, call, leg.other());
@@ -1691,6 +1720,9 @@ impl B2bua {
         if c.outcome.is_none() || matches!(c.outcome, Some(Outcome::Rejected(_))) {
             c.outcome.get_or_insert(outcome);
         }
+        // A prompt still playing must not continue the call when it ends (the relay stops
+        // it with the media, but a report may already be on its way).
+        c.ann.phase = None;
         if c.media_open {
             c.media_open = false;
             let (a, b) = (c.a.port, c.b.port);

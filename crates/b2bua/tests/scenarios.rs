@@ -629,3 +629,24 @@ fn a_retransmitted_invite_never_becomes_a_second_call() {
     assert_eq!(w.outcomes(), vec![Outcome::Completed]);
     w.assert_clean();
 }
+
+#[test]
+fn callee_bye_on_its_early_dialog_answers_the_caller_and_cancels_leg_b() {
+    let mut w = World::new(Setup::default());
+    w.callee.answer = Answer::RingForever;
+    w.caller.invite(w.now, "1000", true);
+    assert!(w.run_until(Duration::from_secs(5), ringing));
+    // RFC 3261 §15 forbids it, but a broken or hostile callee can send it.
+    w.callee.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.callee.last_final(Method::Bye), Some(200));
+    assert_eq!(
+        w.caller.byes_received, 0,
+        "BYE sent on the caller's early dialog"
+    );
+    assert_eq!(w.caller.invite_finals, vec![480]);
+    assert!(w.callee.seen.iter().any(|s| matches!(s, Seen::Cancelled)));
+    assert_eq!(w.outcomes(), vec![Outcome::Rejected(480)]);
+    assert_eq!(w.tapir.active_calls(), 0, "call left behind");
+    w.assert_clean();
+}
