@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +32,12 @@ pub enum Input {
     },
     TcpUp {
         addr: SocketAddr,
-        tx: mpsc::UnboundedSender<Vec<u8>>,
+        id: u64,
+        tx: mpsc::Sender<Vec<u8>>,
     },
     TcpDown {
         addr: SocketAddr,
+        id: u64,
     },
     Control(Control),
 }
@@ -63,7 +66,7 @@ pub struct RecorderLink {
 pub struct Engine {
     core: B2bua,
     udp: Vec<Arc<UdpSocket>>,
-    tcp: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    tcp: TcpPeers,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
     relay: Relay,
@@ -131,7 +134,7 @@ impl Engine {
         let engine = Engine {
             core,
             udp,
-            tcp: HashMap::new(),
+            tcp: TcpPeers::default(),
             inputs_tx: inputs_tx.clone(),
             inputs,
             relay,
@@ -230,12 +233,8 @@ impl Engine {
         let now = std::time::Instant::now();
         match input {
             Input::Sip { data, from } => self.core.handle_message(now, &data, from),
-            Input::TcpUp { addr, tx } => {
-                self.tcp.insert(addr, tx);
-            }
-            Input::TcpDown { addr } => {
-                self.tcp.remove(&addr);
-            }
+            Input::TcpUp { addr, id, tx } => self.tcp.up(addr, id, tx),
+            Input::TcpDown { addr, id } => self.tcp.down(addr, id),
             Input::Control(c) => match c {
                 Control::ListCalls(reply) => {
                     let _ = reply.send(self.core.call_ids());
@@ -488,24 +487,84 @@ impl Engine {
                     }
                 }
             }
-            _ => {
-                if let Some(tx) = self.tcp.get(&to.addr) {
-                    if tx.send(data.clone()).is_ok() {
-                        return;
-                    }
+            _ => match self.tcp.send(to.addr, data) {
+                TcpRoute::Queued => {}
+                TcpRoute::Dropped => {
+                    tracing::debug!(peer = %to.addr, "TCP peer is not reading; SIP message dropped");
                 }
-                // No connection to that peer yet: open one; messages queue in its channel.
-                let (tx, rx) = mpsc::unbounded_channel();
-                let _ = tx.send(data);
-                self.tcp.insert(to.addr, tx);
-                tokio::spawn(tcp_connect(
-                    to.addr,
-                    rx,
-                    self.inputs_tx.clone(),
-                    self.tcp_idle,
-                ));
-            }
+                TcpRoute::Connect { id, rx } => {
+                    tokio::spawn(tcp_connect(
+                        to.addr,
+                        id,
+                        rx,
+                        self.inputs_tx.clone(),
+                        self.tcp_idle,
+                    ));
+                }
+            },
         }
+    }
+}
+
+/// Messages queued per TCP connection. A peer that stops reading while it keeps sending would
+/// otherwise make tapir hold every response it is owed.
+const TCP_QUEUE: usize = 256;
+
+/// Identifies one TCP connection, so the end of an old connection to an address cannot remove
+/// the newer one that replaced it.
+fn next_conn_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The writers of the open SIP/TCP connections, by peer address.
+#[derive(Default)]
+struct TcpPeers {
+    map: HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>,
+}
+
+/// What became of a message for a TCP peer.
+enum TcpRoute {
+    Queued,
+    /// The connection's queue is full: the peer is not reading.
+    Dropped,
+    /// No usable connection: open this one; the message waits in its queue.
+    Connect {
+        id: u64,
+        rx: mpsc::Receiver<Vec<u8>>,
+    },
+}
+
+impl TcpPeers {
+    fn up(&mut self, addr: SocketAddr, id: u64, tx: mpsc::Sender<Vec<u8>>) {
+        self.map.insert(addr, (id, tx));
+    }
+
+    fn down(&mut self, addr: SocketAddr, id: u64) {
+        if self.map.get(&addr).is_some_and(|(cur, _)| *cur == id) {
+            self.map.remove(&addr);
+        }
+    }
+
+    fn send(&mut self, addr: SocketAddr, data: Vec<u8>) -> TcpRoute {
+        let data = match self.map.get(&addr) {
+            Some((_, tx)) => match tx.try_send(data) {
+                Ok(()) => return TcpRoute::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => return TcpRoute::Dropped,
+                Err(mpsc::error::TrySendError::Closed(data)) => data,
+            },
+            None => data,
+        };
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        let _ = tx.try_send(data);
+        let id = next_conn_id();
+        self.map.insert(addr, (id, tx));
+        TcpRoute::Connect { id, rx }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -546,11 +605,12 @@ async fn tcp_acceptor(l: TcpListener, inputs: mpsc::Sender<Input>, idle: Duratio
         match l.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                let (tx, rx) = mpsc::unbounded_channel();
-                if inputs.send(Input::TcpUp { addr, tx }).await.is_err() {
+                let (tx, rx) = mpsc::channel(TCP_QUEUE);
+                let id = next_conn_id();
+                if inputs.send(Input::TcpUp { addr, id, tx }).await.is_err() {
                     return;
                 }
-                tokio::spawn(tcp_connection(stream, addr, rx, inputs.clone(), idle));
+                tokio::spawn(tcp_connection(stream, addr, id, rx, inputs.clone(), idle));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TCP accept failed");
@@ -562,18 +622,19 @@ async fn tcp_acceptor(l: TcpListener, inputs: mpsc::Sender<Input>, idle: Duratio
 
 async fn tcp_connect(
     addr: SocketAddr,
-    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    id: u64,
+    rx: mpsc::Receiver<Vec<u8>>,
     inputs: mpsc::Sender<Input>,
     idle: Duration,
 ) {
     match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            tcp_connection(stream, addr, rx, inputs, idle).await;
+            tcp_connection(stream, addr, id, rx, inputs, idle).await;
         }
         _ => {
             tracing::info!(peer = %addr, "TCP connect failed");
-            let _ = inputs.send(Input::TcpDown { addr }).await;
+            let _ = inputs.send(Input::TcpDown { addr, id }).await;
         }
     }
 }
@@ -583,7 +644,8 @@ async fn tcp_connect(
 async fn tcp_connection(
     stream: TcpStream,
     addr: SocketAddr,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    id: u64,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     inputs: mpsc::Sender<Input>,
     idle: Duration,
 ) {
@@ -638,7 +700,7 @@ async fn tcp_connection(
         }
     }
     writer.abort();
-    let _ = inputs.send(Input::TcpDown { addr }).await;
+    let _ = inputs.send(Input::TcpDown { addr, id }).await;
 }
 
 /// The relay filter that keeps the policy's feature codes from the customer, unless the rules
@@ -662,4 +724,65 @@ fn feature_filter(rules: &policy::Rules) -> Option<crate::relay::DtmfFilter> {
         max_len,
         window: Duration::from_millis(fc.inter_digit_timeout_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 7], 5060))
+    }
+
+    #[test]
+    fn the_end_of_an_old_connection_keeps_its_successor() {
+        let mut peers = TcpPeers::default();
+        let (tx1, _rx1) = mpsc::channel(TCP_QUEUE);
+        let (tx2, mut rx2) = mpsc::channel(TCP_QUEUE);
+        peers.up(peer(), 1, tx1);
+        // The peer reconnected from the same address before the old reader noticed the end.
+        peers.up(peer(), 2, tx2);
+        peers.down(peer(), 1);
+        assert!(matches!(
+            peers.send(peer(), b"OPTIONS".to_vec()),
+            TcpRoute::Queued
+        ));
+        assert_eq!(rx2.try_recv().unwrap(), b"OPTIONS");
+        peers.down(peer(), 2);
+        assert_eq!(peers.len(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_cannot_grow_its_queue() {
+        let mut peers = TcpPeers::default();
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        peers.up(peer(), 1, tx);
+        let mut dropped = 0;
+        for _ in 0..10_000 {
+            if let TcpRoute::Dropped = peers.send(peer(), vec![0u8; 500]) {
+                dropped += 1;
+            }
+        }
+        assert_eq!(rx.len(), TCP_QUEUE);
+        assert_eq!(dropped, 10_000 - TCP_QUEUE);
+    }
+
+    #[test]
+    fn a_closed_connection_is_replaced_by_a_new_one_carrying_the_message() {
+        let mut peers = TcpPeers::default();
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        let old = next_conn_id();
+        peers.up(peer(), old, tx);
+        drop(rx);
+        let TcpRoute::Connect { id, mut rx } = peers.send(peer(), b"BYE".to_vec()) else {
+            panic!("a closed connection must be replaced");
+        };
+        assert_ne!(id, old);
+        assert_eq!(rx.try_recv().unwrap(), b"BYE");
+        // The old connection's end removes nothing; the replacement's failed connect does.
+        peers.down(peer(), old);
+        assert_eq!(peers.len(), 1);
+        peers.down(peer(), id);
+        assert_eq!(peers.len(), 0);
+    }
 }
