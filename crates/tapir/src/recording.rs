@@ -406,19 +406,27 @@ impl RecorderThread {
 
     /// Carries out policy instructions on a call's recordings.
     fn apply(&mut self, call: CallId, now: Instant, ins: Vec<Instruction>) {
-        let Some(a) = self.calls.get_mut(&call) else {
+        if !self.calls.contains_key(&call) {
             return;
-        };
+        }
         for i in ins {
+            let Some(a) = self.calls.get(&call) else {
+                return;
+            };
+            let path = match &i {
+                Instruction::StatementStart(id) => {
+                    Some(self.unique_path(&format!("{}-statement-{id}", a.main.meta.contact_id)))
+                }
+                _ => None,
+            };
+            let Some(a) = self.calls.get_mut(&call) else {
+                return;
+            };
             match i {
                 Instruction::Command(c) => a.main.rec.handle_command(now, c),
                 Instruction::StatementStart(id) => {
-                    let mut t = new_track(
-                        &self.cfg,
-                        now,
-                        a.main.meta.clone(),
-                        &format!("{}-statement-{id}", a.main.meta.contact_id),
-                    );
+                    let Some(path) = path else { continue };
+                    let mut t = new_track(&self.cfg, now, a.main.meta.clone(), path);
                     t.meta.statement_id = Some(id.clone());
                     for (ch, map) in [Channel::Customer, Channel::Agent]
                         .into_iter()
@@ -520,7 +528,8 @@ impl RecorderThread {
         };
         self.contacts.insert(meta.contact_id.clone(), call);
         let contact = meta.contact_id.clone();
-        let main = new_track(&self.cfg, now, meta, &contact);
+        let path = self.unique_path(&contact);
+        let main = new_track(&self.cfg, now, meta, path);
         let mut ins = Vec::new();
         let control = rules.map(|r| {
             let (c, i) = CallControl::new(&r, &contact, &input, now);
@@ -754,6 +763,43 @@ impl RecorderThread {
         }
     }
 
+    /// The spool path of a new file named after `name`. Characters that could leave the spool
+    /// or break the name are replaced, and a name already taken, by a live track or by a file
+    /// an earlier call left in the spool or the recordings (a transferred call whose contact's
+    /// first recording has already finished, a statement id used twice), gets a `-2`, `-3`...
+    /// suffix: a recording never overwrites another.
+    fn unique_path(&self, name: &str) -> PathBuf {
+        let safe: String = name
+            .chars()
+            .take(160)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let spool = &self.cfg.spool_dir;
+        let taken = |stem: &str| {
+            let wav = spool.join(format!("{stem}.wav"));
+            self.calls
+                .values()
+                .any(|a| a.main.path == wav || a.statements.iter().any(|t| t.path == wav))
+                || ["wav", "mp3"].iter().any(|ext| {
+                    let f = format!("{stem}.{ext}");
+                    spool.join(&f).exists() || self.cfg.recordings_dir.join(&f).exists()
+                })
+        };
+        let mut stem = safe.clone();
+        let mut n = 1u32;
+        while taken(&stem) {
+            n += 1;
+            stem = format!("{safe}-{n}");
+        }
+        spool.join(format!("{stem}.wav"))
+    }
+
     fn drain(&mut self, call: CallId) {
         let Some(a) = self.calls.get_mut(&call) else {
             return;
@@ -765,7 +811,7 @@ impl RecorderThread {
     }
 }
 
-fn new_track(cfg: &RecordingConfig, now: Instant, meta: RecordingMetadata, name: &str) -> Track {
+fn new_track(cfg: &RecordingConfig, now: Instant, meta: RecordingMetadata, path: PathBuf) -> Track {
     Track {
         rec: Recording::new(
             now,
@@ -776,7 +822,7 @@ fn new_track(cfg: &RecordingConfig, now: Instant, meta: RecordingMetadata, name:
         ),
         meta,
         sink: None,
-        path: cfg.spool_dir.join(format!("{name}.wav")),
+        path,
         failed: false,
     }
 }
@@ -862,4 +908,151 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rig {
+        t: RecorderThread,
+        done: Receiver<Finished>,
+        dir: PathBuf,
+        _tap: SyncSender<TapPacket>,
+        _ctl: std::sync::mpsc::Sender<RecCtl>,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn rig(name: &str) -> Rig {
+        let dir = std::env::temp_dir().join(format!("tapir-rec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = RecordingConfig {
+            spool_dir: dir.join("spool"),
+            recordings_dir: dir.join("recordings"),
+            ..RecordingConfig::default()
+        };
+        std::fs::create_dir_all(&cfg.spool_dir).unwrap();
+        std::fs::create_dir_all(&cfg.recordings_dir).unwrap();
+        let (tap_tx, tap) = std::sync::mpsc::sync_channel(16);
+        let (ctl_tx, ctl) = std::sync::mpsc::channel();
+        let (finisher, done) = std::sync::mpsc::channel();
+        Rig {
+            t: RecorderThread {
+                cfg,
+                tap,
+                ctl,
+                calls: HashMap::new(),
+                metrics: Arc::new(Metrics::new()),
+                finisher,
+                tap_drops_seen: 0,
+                policy: PolicyStore::default(),
+                contacts: HashMap::new(),
+                aliases: HashMap::new(),
+            },
+            done,
+            dir,
+            _tap: tap_tx,
+            _ctl: ctl_tx,
+        }
+    }
+
+    fn start(r: &mut Rig, call: CallId, contact: &str) {
+        r.t.on_ctl(RecCtl::Started(Box::new(CallStart {
+            call,
+            meta: RecordingMetadata {
+                contact_id: contact.into(),
+                ..Default::default()
+            },
+            customer: Leg::A,
+            mode: Some(Mode::Always),
+            format: Format::Wav,
+            input: CallInput::default(),
+        })));
+        r.t.on_ctl(RecCtl::Answered { call });
+    }
+
+    /// Half a second of PCMU on leg A of `call`, then the recorder's timers, so audio reaches
+    /// the spool file.
+    fn audio(r: &mut Rig, call: CallId) {
+        let t0 = Instant::now();
+        for i in 0..25u16 {
+            let mut p = TapPacket {
+                call,
+                leg: Leg::A,
+                at: t0 + Duration::from_millis(20 * u64::from(i)),
+                len: 172,
+                data: [0xff; crate::relay::TAP_MAX],
+            };
+            media::rtp::write_header(&mut p.data, i == 0, 0, i, u32::from(i) * 160, 7);
+            r.t.on_packet(&p);
+        }
+        r.t.tick(t0 + Duration::from_secs(1));
+    }
+
+    /// Ends `call` and does the finisher's move; returns the finished file's name.
+    fn end(r: &mut Rig, call: CallId) -> String {
+        r.t.on_ctl(RecCtl::Ended { call });
+        let f = r.done.try_recv().expect("a finished recording");
+        let dest = move_to(&f.path, &r.t.cfg.recordings_dir).expect("moved");
+        dest.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_contact_recorded_again_after_its_file_finished_gets_a_new_file() {
+        let mut r = rig("again");
+        start(&mut r, 1, "c1");
+        audio(&mut r, 1);
+        let first = end(&mut r, 1);
+        // A blind transfer whose transferor hung up before the transferee's INVITE came: the
+        // new call continues contact c1, but c1's recording is already in the archive.
+        start(&mut r, 2, "c1");
+        audio(&mut r, 2);
+        let second = end(&mut r, 2);
+        assert_eq!(first, "c1.wav");
+        assert_ne!(first, second, "the second recording overwrote the first");
+        let rec = &r.t.cfg.recordings_dir;
+        assert!(rec.join(&first).exists() && rec.join(&second).exists());
+    }
+
+    #[test]
+    fn statement_files_stay_in_the_spool_and_never_share_a_name() {
+        let mut r = rig("statements");
+        start(&mut r, 1, "c1");
+        let now = Instant::now();
+        r.t.apply(
+            1,
+            now,
+            vec![Instruction::StatementStart("../../escape".into())],
+        );
+        r.t.apply(
+            1,
+            now,
+            vec![
+                Instruction::StatementStop("../../escape".into()),
+                Instruction::StatementStart("terms".into()),
+                Instruction::StatementStop("terms".into()),
+                Instruction::StatementStart("terms".into()),
+            ],
+        );
+        let a = &r.t.calls[&1];
+        let open = &a.statements[0].path;
+        assert_eq!(open.parent(), Some(r.t.cfg.spool_dir.as_path()));
+        assert_eq!(
+            open.file_name().unwrap().to_string_lossy(),
+            "c1-statement-terms.wav"
+        );
+        let again = r.t.unique_path("c1-statement-terms");
+        assert_eq!(
+            again.file_name().unwrap().to_string_lossy(),
+            "c1-statement-terms-2.wav",
+            "a live track's name is taken even before its file exists"
+        );
+        let escaped = r.t.unique_path("c1-statement-../../escape");
+        assert_eq!(escaped.parent(), Some(r.t.cfg.spool_dir.as_path()));
+    }
 }
