@@ -310,6 +310,55 @@ impl IdGen {
     }
 }
 
+/// Dialogs of calls tapir has forgotten, (Call-ID, our tag), kept for a while so that a 2xx
+/// that arrives for one of them (answered after Timer C, a re-INVITE answered after the call
+/// ended) is acknowledged and hung up. Only these: a 2xx naming any other dialog is dropped,
+/// or a forged 2xx from a spoofed address would make tapir send an ACK and a BYE with all its
+/// retransmissions to that address.
+#[derive(Default)]
+struct Forgotten {
+    map: HashMap<(String, String), Instant>,
+    order: VecDeque<(Instant, (String, String))>,
+}
+
+impl Forgotten {
+    /// Longer than a late 2xx takes: Timer B/F of a relayed request plus 2xx retransmissions.
+    const TTL: std::time::Duration = std::time::Duration::from_secs(180);
+    const MAX: usize = 16384;
+
+    fn insert(&mut self, now: Instant, key: (String, String)) {
+        self.purge(now);
+        while self.map.len() >= Self::MAX {
+            let Some((_, k)) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&k);
+        }
+        let expires = now + Self::TTL;
+        self.order.push_back((expires, key.clone()));
+        self.map.insert(key, expires);
+    }
+
+    fn contains(&mut self, now: Instant, key: &(String, String)) -> bool {
+        self.purge(now);
+        self.map.contains_key(key)
+    }
+
+    fn purge(&mut self, now: Instant) {
+        while let Some((t, _)) = self.order.front() {
+            if *t > now {
+                break;
+            }
+            let Some((t, k)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|e| *e <= t) {
+                self.map.remove(&k);
+            }
+        }
+    }
+}
+
 /// Branch prefix of every Via tapir writes; a request arriving with it on top has looped.
 const BRANCH_PREFIX: &str = "z9hG4bK-tpr";
 
@@ -363,6 +412,7 @@ pub struct B2bua {
     wakeups: BinaryHeap<Reverse<(Instant, CallId)>>,
     /// The latest `now` seen, for bookkeeping in paths that are not handed one.
     clock: Option<Instant>,
+    forgotten: Forgotten,
 }
 
 enum Purpose {
@@ -399,6 +449,7 @@ impl B2bua {
             transfers: transfer::Transfers::default(),
             wakeups: BinaryHeap::new(),
             clock: None,
+            forgotten: Forgotten::default(),
         }
     }
 
@@ -1517,6 +1568,12 @@ impl B2bua {
         else {
             return;
         };
+        let key = (resp.call_id().to_string(), local_tag);
+        if !self.forgotten.contains(now, &key) {
+            tracing::debug!(peer = %from.addr, "2xx for a dialog tapir never had; dropped");
+            return;
+        }
+        let (_, local_tag) = key;
         let mut d = Dialog {
             call_id: resp.call_id().to_string(),
             local_tag,
@@ -1754,6 +1811,8 @@ impl B2bua {
         self.finish(call, outcome);
         self.dialogs.remove(&key_a);
         self.dialogs.remove(&key_b);
+        self.forgotten.insert(now, key_a);
+        self.forgotten.insert(now, key_b);
         self.calls.remove(&call);
         // A request relayed to the other leg and still unanswered must get a final response
         // (§15.1.2 recommends 487); its server transaction would otherwise wait forever.

@@ -650,3 +650,37 @@ fn callee_bye_on_its_early_dialog_answers_the_caller_and_cancels_leg_b() {
     assert_eq!(w.tapir.active_calls(), 0, "call left behind");
     w.assert_clean();
 }
+
+#[test]
+fn forged_2xx_for_a_dialog_tapir_never_had_is_not_answered() {
+    const SPOOFED: &str = "198.51.100.66:5060";
+    let mut w = World::new(Setup::default());
+    // A 200 anyone can write: tapir's branch prefix is public. Acknowledging it and hanging
+    // up would send an ACK and a BYE, retransmitted for 32 s, to whatever source it claims.
+    let forged = format!(
+        "SIP/2.0 200 OK\r\n\
+         Via: SIP/2.0/UDP {TAPIR};branch=z9hG4bK-tpr0123456789abcdef;rport\r\n\
+         From: <sip:a@{TAPIR}>;tag=forged-from\r\n\
+         To: <sip:b@198.51.100.66>;tag=forged-to\r\n\
+         Call-ID: forged@198.51.100.66\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:b@198.51.100.66>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    w.inject(SPOOFED, TAPIR, forged.as_bytes());
+    w.run_for(Duration::from_secs(40));
+    assert!(
+        w.net.messages(TAPIR, SPOOFED).is_empty(),
+        "tapir answered a forged 2xx"
+    );
+    assert_eq!(w.tapir.transactions(), 0);
+    // A call tapir did have still gets its late 2xx acknowledged (see the leak test); this
+    // one, after a real call, still is not.
+    w.call();
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    w.inject(SPOOFED, TAPIR, forged.as_bytes());
+    w.run_for(Duration::from_secs(40));
+    assert!(w.net.messages(TAPIR, SPOOFED).is_empty());
+    w.assert_clean();
+}
