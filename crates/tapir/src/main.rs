@@ -18,7 +18,7 @@ mod relay;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -81,6 +81,8 @@ fn main() -> std::process::ExitCode {
         }
         None => {}
     }
+    // Taken before reading, so an edit made while tapir starts is not missed.
+    let config_stamp = config_stamp(&cli.config);
     let cfg = match Config::load(cli.config.as_deref(), &env_vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -93,7 +95,7 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli, cfg)) {
+    match rt.block_on(run(cli, cfg, config_stamp)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -116,7 +118,7 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-async fn run(cli: Cli, cfg: Config) -> Result<()> {
+async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let advertise = cfg.advertise()?;
     let core_cfg = b2bua::Config {
@@ -200,7 +202,7 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
     let config_path = cli.config.clone();
     let inputs = handle.inputs.clone();
     let mut calls = handle.calls.clone();
-    wait_for_shutdown(config_path, inputs.clone()).await;
+    wait_for_shutdown(config_path, config_stamp, inputs.clone()).await;
     tracing::info!("draining: new calls get 503, calls in progress continue");
     let _ = inputs.send(Input::Control(Control::Drain)).await;
     let deadline = tokio::time::sleep(Duration::from_secs(cli.drain_seconds));
@@ -229,23 +231,45 @@ async fn run(cli: Cli, cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or Ctrl-C; SIGHUP reloads the routes from the configuration file.
-async fn wait_for_shutdown(config: Option<PathBuf>, inputs: mpsc::Sender<Input>) {
+/// Waits for SIGTERM or Ctrl-C. SIGHUP, or a change of the configuration file (its
+/// modification time, checked every second), reloads the routes; calls in progress keep the
+/// route they started with, and an invalid file leaves the previous routes in force.
+async fn wait_for_shutdown(
+    config: Option<PathBuf>,
+    mut seen: Option<SystemTime>,
+    inputs: mpsc::Sender<Input>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
+        let reload = tokio::select! {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
-            _ = hup.recv() => {
-                match Config::load(config.as_deref(), &env_vars()).and_then(|c| c.compile_routes()) {
-                    Ok(r) => { let _ = inputs.send(Input::Control(Control::ReloadRoutes(r))).await; }
-                    Err(e) => tracing::error!("reload rejected, previous routes stay: {e:#}"),
+            _ = hup.recv() => true,
+            _ = poll.tick() => {
+                let now = config_stamp(&config);
+                let changed = now != seen;
+                seen = now;
+                changed
+            }
+        };
+        if reload {
+            match Config::load(config.as_deref(), &env_vars()).and_then(|c| c.compile_routes()) {
+                Ok(r) => {
+                    let _ = inputs.send(Input::Control(Control::ReloadRoutes(r))).await;
                 }
+                Err(e) => tracing::error!("reload rejected, previous routes stay: {e:#}"),
             }
         }
     }
+}
+
+/// Modification time of the configuration file, if there is one.
+fn config_stamp(path: &Option<PathBuf>) -> Option<SystemTime> {
+    path.as_deref()
+        .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
 }
 
 /// Seed for Call-IDs and tags: distinct per process and per node without a RNG dependency.

@@ -258,3 +258,40 @@ fn a_flood_from_one_address_does_not_starve_calls_from_others() {
     let limited = t.metric("tapir_sip_rate_limited_total");
     assert!(limited > 1000.0, "rate limited {limited}");
 }
+
+#[test]
+fn a_config_file_change_reloads_routes_by_itself() {
+    let first = free_port("127.0.0.1");
+    let second = free_port("127.0.0.1");
+    let t = Tapir::start(BIN, &route(first, "never"), TapirOptions::default());
+    let cfg = std::fs::read_to_string(t.config_path()).unwrap();
+    // An invalid edit is rejected and the previous routes stay in force.
+    std::fs::write(
+        t.config_path(),
+        format!("{cfg}\n[[routes]]\nname = \"broken\"\n"),
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !t.log().contains("reload rejected") {
+        assert!(Instant::now() < end, "no rejection\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(
+        t.config_path(),
+        cfg.replace(&format!(":{first}\""), &format!(":{second}\"")),
+    )
+    .unwrap();
+    while !t.log().contains("routes reloaded") {
+        assert!(Instant::now() < end, "no reload\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut callee = spawn(&t, "uas_answer.xml", second, &[], None);
+    let mut caller = spawn(
+        &t,
+        "uac_pcap.xml",
+        free_port("127.0.0.1"),
+        &["-d", "300"],
+        None,
+    );
+    tapir_tests::expect_success(&t, &mut [&mut caller, &mut callee], Duration::from_secs(20));
+}
