@@ -388,3 +388,55 @@ fn garbage_and_strangers_on_media_ports_are_dropped_and_counted() {
     assert_eq!(strangers, 2.0, "{}", t.metrics());
     assert_clean(&t);
 }
+
+fn options(branch: &str, port: u16) -> String {
+    format!(
+        "OPTIONS sip:tapir@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bK{branch}\r\n\
+         From: <sip:probe@127.0.0.1>;tag=p{branch}\r\nTo: <sip:tapir@127.0.0.1>\r\nCall-ID: {branch}@probe\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn tcp_framing_partial_and_batched_reads_and_idle_close() {
+    use std::io::{Read, Write};
+    let t = Tapir::start(
+        BIN,
+        &route(free_port("127.0.0.1"), "udp", "127.0.0.1"),
+        TapirOptions {
+            env: vec![("TAPIR_SIP__TCP_IDLE_TIMEOUT_S".into(), "1".into())],
+            ..Default::default()
+        },
+    );
+    let mut s = std::net::TcpStream::connect(t.sip()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = s.local_addr().unwrap().port();
+    // Two requests in one write, then one split across three writes with CRLF keep-alives
+    // in between.
+    let batch = format!("{}{}", options("a1", port), options("a2", port));
+    s.write_all(batch.as_bytes()).unwrap();
+    let third = options("a3", port);
+    let (x, y) = third.split_at(37);
+    s.write_all(b"\r\n\r\n").unwrap();
+    s.write_all(x.as_bytes()).unwrap();
+    s.flush().unwrap();
+    // Not a synchronisation: the pause makes the two halves arrive as separate segments, so
+    // tapir sees a partial message.
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(y.as_bytes()).unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while got.matches("SIP/2.0 200 OK").count() < 3 {
+        let n = s.read(&mut buf).expect("three answers");
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    for b in ["a1", "a2", "a3"] {
+        assert!(got.contains(&format!("branch=z9hG4bK{b}")), "{got}");
+    }
+    // Idle for longer than tcp_idle_timeout_s: tapir closes the connection.
+    let started = std::time::Instant::now();
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the connection to be closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
