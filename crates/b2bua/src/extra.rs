@@ -44,10 +44,14 @@ pub(crate) struct LegTimer {
 /// refreshes or expires faster, whatever the parties wrote.
 pub(crate) const MIN_SE: Duration = Duration::from_secs(90);
 
+/// Longest session interval tapir keeps. RFC 4028 sets no ceiling, but a deadline must be an
+/// `Instant` it can compute: a value near `u64::MAX` seconds from a peer would overflow it.
+pub(crate) const MAX_SE: Duration = Duration::from_secs(86_400);
+
 impl LegTimer {
     pub fn new(interval: Duration, role: Role, now: Instant) -> Self {
         Self {
-            interval: interval.max(MIN_SE),
+            interval: interval.clamp(MIN_SE, MAX_SE),
             role,
             refreshed_at: now,
             in_flight: false,

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use sdp::Sdp;
 use sip::{HeaderAccess, Method, Request, Response};
 
-use crate::extra::{LegTimer, Role, MIN_SE};
+use crate::extra::{LegTimer, Role, MAX_SE, MIN_SE};
 use crate::{B2bua, CallId, CallState, Leg, Outcome, Purpose};
 
 /// How long to wait before retrying a refresh that met a 491 (RFC 3261 §14.1 asks for 2.1 to
@@ -62,7 +62,7 @@ fn session_expires(h: &sip::Headers) -> Option<(Duration, Option<Refresher>)> {
             }
         }
     }
-    Some((Duration::from_secs(secs), refresher))
+    Some((Duration::from_secs(secs).min(MAX_SE), refresher))
 }
 
 fn lists(h: &sip::Headers, header: &str, token: &str) -> bool {
@@ -345,7 +345,10 @@ impl B2bua {
                     .get("Min-SE")
                     .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok());
                 match (min, x.timer.as_mut()) {
-                    (Some(m), Some(t)) if Duration::from_secs(m) > t.interval => {
+                    (Some(m), Some(t))
+                        if Duration::from_secs(m) > t.interval
+                            && Duration::from_secs(m) <= MAX_SE =>
+                    {
                         t.interval = Duration::from_secs(m);
                         t.in_flight = false;
                         t.retry_at = Some(now);

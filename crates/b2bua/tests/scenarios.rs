@@ -684,3 +684,25 @@ fn forged_2xx_for_a_dialog_tapir_never_had_is_not_answered() {
     assert!(w.net.messages(TAPIR, SPOOFED).is_empty());
     w.assert_clean();
 }
+
+#[test]
+fn absurd_session_expires_is_bounded_not_a_panic() {
+    let mut w = World::new(Setup::default());
+    // Parses as a u64 number of seconds, but no Instant can be that far away.
+    w.caller.invite_with(w.now, "1000", true, |r| {
+        r.headers.push("Supported", "timer");
+        r.headers
+            .push("Session-Expires", "18446744073709551615;refresher=uac");
+    });
+    w.establish();
+    let (interval, _) = w
+        .tapir
+        .session_timer(w.opened()[0].0, Leg::A)
+        .expect("tapir answered for the callee with a timer");
+    assert!(interval <= Duration::from_secs(86_400), "{interval:?}");
+    w.run_for(Duration::from_secs(5));
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.caller.last_final(Method::Bye), Some(200));
+    assert_eq!(w.tapir.active_calls(), 0);
+}
