@@ -76,7 +76,15 @@ fn supports_timer(h: &sip::Headers) -> bool {
 impl B2bua {
     /// The earliest session-timer deadline of any call (stale entries make early wake-ups,
     /// never late ones).
-    pub(crate) fn session_deadline(&self) -> Option<Instant> {
+    pub(crate) fn session_deadline(&mut self) -> Option<Instant> {
+        // Entries of calls that are gone would keep waking the driver (and stay in the heap)
+        // until their time, as much as a whole session interval after the call ended.
+        while let Some(&Reverse((_, call))) = self.wakeups.peek() {
+            if self.calls.contains_key(&call) {
+                break;
+            }
+            self.wakeups.pop();
+        }
         self.wakeups.peek().map(|Reverse((t, _))| *t)
     }
 

@@ -706,3 +706,21 @@ fn absurd_session_expires_is_bounded_not_a_panic() {
     assert_eq!(w.caller.last_final(Method::Bye), Some(200));
     assert_eq!(w.tapir.active_calls(), 0);
 }
+
+#[test]
+fn an_ended_call_leaves_no_session_timer_wake_up_behind() {
+    let mut w = World::new(Setup::default());
+    w.caller.invite_with(w.now, "1000", true, |r| {
+        r.headers.push("Supported", "timer");
+        r.headers.push("Session-Expires", "1800;refresher=uac");
+    });
+    w.establish();
+    assert!(w.tapir.session_timer(w.opened()[0].0, Leg::A).is_some());
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(40));
+    assert_eq!(w.tapir.active_calls(), 0);
+    // The call's session deadline (half an hour away) must not keep the core asking to be
+    // woken up for a call that is gone.
+    assert_eq!(w.tapir.poll_timeout(), None);
+    w.assert_clean();
+}
