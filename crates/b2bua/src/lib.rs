@@ -1670,13 +1670,19 @@ impl B2bua {
                     self.respond(now, &key, r);
                     return;
                 }
-                if req.method == Method::Invite
-                    && self.client.values().any(|(cid, p)| {
+                // The caller's INVITE is still unanswered (it rings, or a prompt holds its 2xx
+                // back), or the other leg has no dialog yet (leg B is called only after an
+                // inbound prompt): an offer cannot cross to the other party now.
+                let not_yet = c.a_invite.is_some()
+                    && (req.method == Method::Invite
+                        || c.leg(leg.other()).dialog.remote_tag.is_none());
+                if matches!(req.method, Method::Invite | Method::Update) && not_yet
+                    || req.method == Method::Invite && self.client.values().any(|(cid, p)| {
                         *cid == call
                             && matches!(p, Purpose::Relay(r) if r.request.method == Method::Invite)
                     })
                 {
-                    // Glare: a re-INVITE is already in progress on this call (§14.1).
+                    // Glare: an INVITE is already in progress on this call (§14.1, §14.2).
                     let r = req.response(491, "Request Pending");
                     self.respond(now, &key, r);
                     return;

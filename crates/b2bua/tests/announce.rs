@@ -162,3 +162,48 @@ fn cancel_during_outbound_prompt_hangs_up_the_callee() {
     assert_eq!(w.tapir.active_calls(), 0);
     w.assert_clean();
 }
+
+#[test]
+fn caller_update_during_inbound_prompt_is_answered_491_not_sent_to_an_uncalled_leg_b() {
+    let mut w = announced(Side::Caller);
+    w.caller.invite(w.now, "1000", true);
+    let call = until_prompt(&mut w, Leg::A);
+    let body = sdp_body(addr(CALLER_RTP), sdp::Direction::SendOnly, 9);
+    w.caller
+        .request(w.now, Method::Update, Some(("application/sdp", body)));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.last_final(Method::Update), Some(491));
+    assert!(
+        w.net.requests(TAPIR, CALLEE, Method::Update).is_empty(),
+        "UPDATE sent to a callee that was never called"
+    );
+    // The prompt ends: the call goes on as usual.
+    w.tapir.announcement_done(w.now, call);
+    w.run_until(Duration::from_secs(10), |w| w.caller.confirmed);
+    assert_eq!(w.caller.invite_finals, vec![200]);
+    w.caller.bye(w.now);
+    w.assert_clean();
+}
+
+#[test]
+fn callee_reinvite_during_outbound_prompt_is_answered_491_and_not_relayed() {
+    let mut w = announced(Side::Callee);
+    w.caller.invite(w.now, "1000", true);
+    let call = until_prompt(&mut w, Leg::B);
+    let updates = w.updates(Leg::B).len();
+    w.callee.reinvite(w.now, sdp::Direction::SendOnly);
+    w.run_for(Duration::from_secs(1));
+    assert!(w.callee.statuses(Method::Invite).contains(&491));
+    // Only the agent's own INVITE: no re-INVITE on a dialog it has not confirmed.
+    assert!(w.net.requests(TAPIR, CALLER, Method::Invite).is_empty());
+    assert_eq!(
+        w.updates(Leg::B).len(),
+        updates,
+        "a refused offer moved media"
+    );
+    w.tapir.announcement_done(w.now, call);
+    w.run_until(Duration::from_secs(10), |w| w.caller.confirmed);
+    assert_eq!(w.caller.invite_finals, vec![200]);
+    w.caller.bye(w.now);
+    w.assert_clean();
+}
