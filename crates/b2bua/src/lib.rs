@@ -1314,6 +1314,10 @@ impl B2bua {
                 bye.headers.push_front("Via", self.via(peer));
                 self.tx.send_request(now, bye, peer);
             }
+            if resp.status >= 200 {
+                // The call may have been waiting only for this final response.
+                self.maybe_forget(now, call);
+            }
             return;
         }
         if resp.status < 300 || resp.status < 200 {
@@ -1628,7 +1632,9 @@ impl B2bua {
                     c.state = CallState::Cancelling;
                 }
                 self.respond(now, &key, r);
-                if state == CallState::Ending {
+                if matches!(state, CallState::Ending | CallState::Cancelling) {
+                    // Already being torn down; a BYE now (say, the caller's on its early
+                    // dialog after its own CANCEL) must not hang up a leg B that still rings.
                     return;
                 }
                 if a_pending {

@@ -724,3 +724,25 @@ fn an_ended_call_leaves_no_session_timer_wake_up_behind() {
     assert_eq!(w.tapir.poll_timeout(), None);
     w.assert_clean();
 }
+
+#[test]
+fn bye_after_cancel_neither_hangs_up_the_ringing_callee_nor_leaks_the_call() {
+    let mut w = World::new(Setup::default());
+    w.callee.answer = Answer::RingForever;
+    w.caller.invite(w.now, "1000", true);
+    assert!(w.run_until(Duration::from_secs(5), ringing));
+    // A confused caller cancels and hangs up its early dialog at once.
+    w.caller.cancel(w.now);
+    w.run_for(Duration::from_millis(1));
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.invite_finals, vec![487]);
+    assert_eq!(w.caller.last_final(Method::Bye), Some(200));
+    assert!(
+        w.net.requests(TAPIR, CALLEE, Method::Bye).is_empty(),
+        "BYE sent on the callee's early dialog"
+    );
+    assert_eq!(w.outcomes(), vec![Outcome::Cancelled]);
+    assert_eq!(w.tapir.active_calls(), 0, "call left behind");
+    w.assert_clean();
+}
