@@ -35,6 +35,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -511,6 +512,14 @@ impl B2bua {
     /// so a configuration reload does not unregister phones.
     pub fn set_registrar(&mut self, registrar: Option<Registrar>) {
         self.reg.settings = registrar;
+    }
+
+    /// Whether `addr` is the registrar's (a known next hop).
+    pub(crate) fn is_registrar(&self, addr: SocketAddr) -> bool {
+        self.reg
+            .settings
+            .as_ref()
+            .is_some_and(|r| r.peer().addr == addr)
     }
 
     /// The binding table (for the control API, metrics and tests).

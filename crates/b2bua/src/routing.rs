@@ -192,6 +192,12 @@ impl Routes {
         })
     }
 
+    /// Whether some route sends calls to `addr`: the only addresses a request may steer
+    /// tapir to (a transfer's Refer-To, for instance).
+    pub fn has_target(&self, addr: SocketAddr) -> bool {
+        self.routes.iter().any(|r| r.target == addr)
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }

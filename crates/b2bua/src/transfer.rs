@@ -331,15 +331,33 @@ impl B2bua {
             });
         }
         let p = pending?;
-        let peer = match p.target.sip().and_then(|s| s.host.ip().map(|ip| (ip, s))) {
-            Some((ip, s)) => Peer {
+        let named = p
+            .target
+            .sip()
+            .and_then(|s| s.host.ip().map(|ip| (ip, s)))
+            .map(|(ip, s)| Peer {
                 addr: SocketAddr::new(ip, s.port.unwrap_or(5060)),
                 transport: s
                     .params
                     .value("transport")
                     .and_then(Transport::parse)
                     .unwrap_or(Transport::Udp),
-            },
+            });
+        // A Refer-To may only steer the new call to a next hop tapir already knows (a route
+        // target, the registrar, or the party that sent the REFER); any other host is not
+        // followed, and the call goes to the referrer, which routes it by its user part.
+        let peer = match named {
+            Some(n)
+                if n.addr == p.referrer.addr
+                    || self.routes.has_target(n.addr)
+                    || self.is_registrar(n.addr) =>
+            {
+                n
+            }
+            Some(n) => {
+                tracing::info!(refer_to = %n.addr, "Refer-To names an unknown host; sending the transfer to the referrer");
+                p.referrer
+            }
             None => p.referrer,
         };
         let to_self = self.config.sip_addrs.contains(&peer.addr);

@@ -76,7 +76,15 @@ impl H {
             record: None,
             format: None,
         };
-        let routes = Routes::compile(&[route], &HashMap::new()).unwrap();
+        // The transfer target is a next hop tapir knows (a route of its own): a Refer-To may
+        // only steer calls to such hosts.
+        let to_target = RouteConfig {
+            name: "to-target".into(),
+            user_prefix: Some("target-".into()),
+            target: format!("sip:{TARGET}"),
+            ..route.clone()
+        };
+        let routes = Routes::compile(&[to_target, route], &HashMap::new()).unwrap();
         let b = B2bua::new(cfg, routes);
         let free_ports = b.free_ports();
         let t0 = Instant::now();
@@ -533,6 +541,29 @@ fn started_customer(h: &H, call: u64) -> Leg {
             _ => None,
         })
         .unwrap()
+}
+
+#[test]
+fn refer_to_an_unknown_host_is_sent_to_the_referrer() {
+    let mut h = H::new();
+    let (mut caller, mut callee, _call) = establish(&mut h, "xfer-u", "", "");
+    let stranger = "203.0.113.99:5060";
+    let refer = callee_request(
+        &mut callee,
+        "REFER",
+        &format!("Refer-To: <sip:2000@{stranger}>\n"),
+    );
+    h.feed(CALLEE, msg(&refer, ""));
+    let a_refer = h.take_request(CALLER, Method::Refer);
+    let target = refer_to_uri(&a_refer);
+    h.answer(CALLER, &a_refer, 202, "", "", "");
+    let _ = &mut caller;
+    let text = invite_text("xfer-u-new", "ctu", 1, "xfer-u-new-1", &target, "");
+    h.feed(CALLER, msg(&text, &sdp(4004, "sendrecv")));
+    // Nothing goes to the host the REFER named; the referrer gets the call instead.
+    assert!(h.take_requests(stranger, Method::Invite).is_empty());
+    let inv = h.take_request(CALLEE, Method::Invite);
+    assert!(inv.uri.to_string().starts_with("sip:2000@"), "{}", inv.uri);
 }
 
 #[test]

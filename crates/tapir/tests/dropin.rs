@@ -64,7 +64,13 @@ fn far_side_challenge_reaches_caller_and_retry_is_answered() {
 fn blind_transfer_by_refer_relays_notify_and_keeps_the_call_on_tapir() {
     let callee_port = free_port("127.0.0.1");
     let target_port = free_port("127.0.0.1");
-    let t = Tapir::start(BIN, &route(callee_port), TapirOptions::default());
+    // The transfer target is a next hop of tapir's own (a route names it): a Refer-To may
+    // only steer calls to such hosts.
+    let routes = format!(
+        "[[routes]]\nname = \"to-target\"\nuser_prefix = \"target-\"\ntarget = \"sip:127.0.0.1:{target_port}\"\ncustomer = \"caller\"\n\n{}",
+        route(callee_port)
+    );
+    let t = Tapir::start(BIN, &routes, TapirOptions::default());
     let mut target = spawn("target", "uas", target_port, None, &[]);
     let tp = target_port.to_string();
     let mut agent = spawn(
