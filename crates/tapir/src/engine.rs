@@ -657,7 +657,7 @@ async fn tcp_connection(
             }
         }
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut framer = sip::message::StreamFramer::new();
     let mut chunk = vec![0u8; 16384];
     'conn: loop {
         let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
@@ -668,21 +668,10 @@ async fn tcp_connection(
             }
             Ok(Ok(n)) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
+        framer.push(&chunk[..n]);
         loop {
-            // RFC 5626 keep-alive CRLFs between messages.
-            let skip = buf
-                .iter()
-                .take_while(|b| **b == b'\r' || **b == b'\n')
-                .count();
-            buf.drain(..skip);
-            if buf.is_empty() {
-                break;
-            }
-            match sip::message::frame_len(&buf) {
-                Ok(Some(len)) => {
-                    let data = buf[..len].to_vec();
-                    buf.drain(..len);
+            match framer.next_message() {
+                Ok(Some(data)) => {
                     let from = Peer {
                         addr,
                         transport: Transport::Tcp,
