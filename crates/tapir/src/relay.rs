@@ -405,11 +405,13 @@ async fn relay_loop(
             (Leg::A, true) => "a_rtcp",
             (Leg::B, true) => "b_rtcp",
         }]);
-    let malformed = inner.metrics.rtp_dropped.with_label_values(&["malformed"]);
-    let unexpected = inner
-        .metrics
-        .rtp_dropped
-        .with_label_values(&["unexpected_source"]);
+    let dropped = |reason: &str| inner.metrics.rtp_dropped.with_label_values(&[reason]);
+    let malformed = dropped("malformed");
+    let unexpected = dropped("unexpected_source");
+    let feature_code = dropped("feature_code");
+    let no_destination = dropped("no_destination");
+    let send_failed = dropped("send_failed");
+    let too_large = dropped("too_large_for_tap");
     let mut last_from_latched = Instant::now();
     let mut buf = [0u8; MAX_DATAGRAM];
     let agent_rtp = !rtcp && leg != media.customer;
@@ -438,11 +440,11 @@ async fn relay_loop(
             malformed.inc();
             continue;
         }
+        let now = Instant::now();
         {
             // Symmetric latching: the first source is the party's address (NAT-safe); another
             // source is ignored while the latched one is alive, and takes over after it has
             // been silent for RELATCH_AFTER (NAT rebinding, a new device after a transfer).
-            let now = Instant::now();
             let mut l = latch.lock().unwrap();
             match *l {
                 Some(cur) if cur == src => last_from_latched = now,
@@ -467,12 +469,8 @@ async fn relay_loop(
         }
         if agent_rtp && swallow_feature_digit(&media, data, &mut swallow_ts, &mut window) {
             // Kept from the customer, but the recorder's DTMF detector must still see it.
-            inner
-                .metrics
-                .rtp_dropped
-                .with_label_values(&["feature_code"])
-                .inc();
-            offer_to_tap(&inner, &media, call, leg, data);
+            feature_code.inc();
+            offer_to_tap(&inner, &media, call, leg, data, now, &too_large);
             continue;
         }
         let dest = if rtcp {
@@ -481,52 +479,48 @@ async fn relay_loop(
             other.rtp_dest()
         };
         let Some(dest) = dest else {
-            inner
-                .metrics
-                .rtp_dropped
-                .with_label_values(&["no_destination"])
-                .inc();
+            no_destination.inc();
             continue;
         };
         match out_sock.try_send_to(data, to_socket_family(&out_sock, dest)) {
             Ok(_) => relayed.inc(),
             Err(_) => {
-                inner
-                    .metrics
-                    .rtp_dropped
-                    .with_label_values(&["send_failed"])
-                    .inc();
+                send_failed.inc();
                 continue;
             }
         }
         media.packets.fetch_add(1, Ordering::Relaxed);
         if !rtcp {
-            offer_to_tap(&inner, &media, call, leg, data);
+            offer_to_tap(&inner, &media, call, leg, data, now, &too_large);
         }
     }
 }
 
-/// Copies an RTP packet to the recorder's queue when this call is tapped. Never waits: a full
-/// queue drops the copy and counts it.
-fn offer_to_tap(inner: &RelayInner, media: &CallMedia, call: CallId, leg: Leg, data: &[u8]) {
+/// Copies a (validated) RTP packet that arrived `at` to the recorder's queue when this call
+/// is tapped. Never waits: a full queue drops the copy and counts it.
+fn offer_to_tap(
+    inner: &RelayInner,
+    media: &CallMedia,
+    call: CallId,
+    leg: Leg,
+    data: &[u8],
+    at: Instant,
+    too_large: &prometheus::IntCounter,
+) {
     if !media.tap_enabled.load(Ordering::Relaxed) {
         return;
     }
     let Some(tap) = &inner.tap else {
         return;
     };
-    if data.len() > TAP_MAX || media::rtp::RtpView::parse(data).is_err() {
-        inner
-            .metrics
-            .rtp_dropped
-            .with_label_values(&["not_rtp"])
-            .inc();
+    if data.len() > TAP_MAX {
+        too_large.inc();
         return;
     }
     let mut p = TapPacket {
         call,
         leg,
-        at: Instant::now(),
+        at,
         len: data.len() as u16,
         data: [0u8; TAP_MAX],
     };
