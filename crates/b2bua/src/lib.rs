@@ -19,6 +19,7 @@
 pub mod announce;
 mod auth;
 mod extra;
+pub mod feature;
 pub mod flood;
 pub mod ports;
 pub mod registrar;
@@ -404,6 +405,8 @@ pub struct B2bua {
     flood: flood::FloodGuard,
     /// Announcement per route name.
     announcements: HashMap<String, announce::AnnounceConfig>,
+    /// Feature-code filters for the agent's SIP INFO digits, per call.
+    info_filters: HashMap<CallId, (feature::FeatureCodeFilter, feature::Swallower)>,
     /// Leg B identities of challenged INVITEs, for their retries (see the `auth` module).
     challenges: auth::Challenges,
     /// Transfers announced by relayed REFERs (see the `transfer` module).
@@ -445,6 +448,7 @@ impl B2bua {
             reg: registrar::State::default(),
             flood: flood::FloodGuard::new(flood::FloodConfig::default()),
             announcements: HashMap::new(),
+            info_filters: HashMap::new(),
             challenges: auth::Challenges::default(),
             transfers: transfer::Transfers::default(),
             wakeups: BinaryHeap::new(),
@@ -496,6 +500,20 @@ impl B2bua {
     /// not affected.
     pub fn set_announcements(&mut self, a: HashMap<String, announce::AnnounceConfig>) {
         self.announcements = a;
+    }
+
+    /// Keeps the agent's feature-code digits sent by SIP INFO from the customer: such an INFO
+    /// is answered by tapir and still reported as [`CallEvent::InDialog`] for the policy.
+    pub fn set_feature_code_filter(&mut self, call: CallId, f: Option<feature::FeatureCodeFilter>) {
+        match f {
+            Some(f) if self.calls.contains_key(&call) => {
+                self.info_filters
+                    .insert(call, (f, feature::Swallower::default()));
+            }
+            _ => {
+                self.info_filters.remove(&call);
+            }
+        }
     }
 
     /// Sets the per-source request rate limit (off by default).
@@ -1705,8 +1723,33 @@ impl B2bua {
                         Vec::new()
                     },
                 }));
+                if req.method == Method::Info && self.swallow_info_digit(now, call, leg, &req) {
+                    let mut r = req.response(200, "OK");
+                    if let Some(c) = self.calls.get(&call) {
+                        set_to_tag(&mut r, &c.leg(leg).dialog.local_tag);
+                    }
+                    self.respond(now, &key, r);
+                    return;
+                }
                 self.relay_in_dialog(now, key, req, call, leg);
             }
+        }
+    }
+
+    /// Whether an INFO from `leg` carries a feature-code digit of the agent to keep from the
+    /// customer.
+    fn swallow_info_digit(&mut self, now: Instant, call: CallId, leg: Leg, req: &Request) -> bool {
+        let agent = self.calls.get(&call).is_some_and(|c| c.customer != leg);
+        let Some((f, s)) = self.info_filters.get_mut(&call) else {
+            return false;
+        };
+        if !agent {
+            return false;
+        }
+        let ct = req.content_type().unwrap_or("");
+        match media::dtmf::parse_info_body(ct, &req.body) {
+            Ok(ev) => feature::event_code(ev.digit).is_some_and(|code| s.press(f, code, now)),
+            Err(_) => false,
         }
     }
 
@@ -1826,6 +1869,7 @@ impl B2bua {
         self.forgotten.insert(now, key_a);
         self.forgotten.insert(now, key_b);
         self.calls.remove(&call);
+        self.info_filters.remove(&call);
         // A request relayed to the other leg and still unanswered must get a final response
         // (§15.1.2 recommends 487); its server transaction would otherwise wait forever.
         let mut unanswered = Vec::new();

@@ -406,6 +406,7 @@ impl Engine {
                         if let Some(f) = r.policy.current().and_then(|rules| feature_filter(&rules))
                         {
                             self.dtmf_filters.insert(call, f);
+                            self.core.set_feature_code_filter(call, Some(f));
                         }
                     }
                     let zone = r
@@ -692,86 +693,20 @@ async fn tcp_connection(
     let _ = inputs.send(Input::TcpDown { addr, id }).await;
 }
 
-/// The relay filter that keeps the policy's feature codes from the customer, unless the rules
-/// say to forward them.
+/// The filter that keeps the policy's feature codes from the customer, unless the rules say
+/// to forward them.
 fn feature_filter(rules: &policy::Rules) -> Option<crate::relay::DtmfFilter> {
     let fc = &rules.feature_codes;
     if fc.forward {
         return None;
     }
-    let codes = [&fc.start, &fc.stop, &fc.pause, &fc.resume];
-    let mut starts = 0u16;
-    let mut max_len = 0u8;
-    for c in codes.iter().filter(|c| !c.is_empty()) {
-        if let Some(code) = c.chars().next().and_then(media::dtmf::digit_to_event_code) {
-            starts |= 1 << code;
-        }
-        max_len = max_len.max(c.chars().count() as u8);
-    }
-    (starts != 0).then(|| crate::relay::DtmfFilter {
-        starts,
-        max_len,
-        window: Duration::from_millis(fc.inter_digit_timeout_ms),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer() -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 7], 5060))
-    }
-
-    #[test]
-    fn the_end_of_an_old_connection_keeps_its_successor() {
-        let mut peers = TcpPeers::default();
-        let (tx1, _rx1) = mpsc::channel(TCP_QUEUE);
-        let (tx2, mut rx2) = mpsc::channel(TCP_QUEUE);
-        peers.up(peer(), 1, tx1);
-        // The peer reconnected from the same address before the old reader noticed the end.
-        peers.up(peer(), 2, tx2);
-        peers.down(peer(), 1);
-        assert!(matches!(
-            peers.send(peer(), b"OPTIONS".to_vec()),
-            TcpRoute::Queued
-        ));
-        assert_eq!(rx2.try_recv().unwrap(), b"OPTIONS");
-        peers.down(peer(), 2);
-        assert_eq!(peers.len(), 0);
-    }
-
-    #[test]
-    fn a_peer_that_does_not_read_cannot_grow_its_queue() {
-        let mut peers = TcpPeers::default();
-        let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        peers.up(peer(), 1, tx);
-        let mut dropped = 0;
-        for _ in 0..10_000 {
-            if let TcpRoute::Dropped = peers.send(peer(), vec![0u8; 500]) {
-                dropped += 1;
-            }
-        }
-        assert_eq!(rx.len(), TCP_QUEUE);
-        assert_eq!(dropped, 10_000 - TCP_QUEUE);
-    }
-
-    #[test]
-    fn a_closed_connection_is_replaced_by_a_new_one_carrying_the_message() {
-        let mut peers = TcpPeers::default();
-        let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        let old = next_conn_id();
-        peers.up(peer(), old, tx);
-        drop(rx);
-        let TcpRoute::Connect { id, mut rx } = peers.send(peer(), b"BYE".to_vec()) else {
-            panic!("a closed connection must be replaced");
-        };
-        assert_ne!(id, old);
-        assert_eq!(rx.try_recv().unwrap(), b"BYE");
-        // The old connection's end removes nothing; the replacement's failed connect does.
-        peers.down(peer(), old);
-        assert_eq!(peers.len(), 1);
-        peers.down(peer(), id);
-        assert_eq!(peers.len(), 0);
-    }
+    crate::relay::DtmfFilter::from_codes(
+        [
+            fc.start.as_str(),
+            fc.stop.as_str(),
+            fc.pause.as_str(),
+            fc.resume.as_str(),
+        ],
+        Duration::from_millis(fc.inter_digit_timeout_ms),
+    )
 }

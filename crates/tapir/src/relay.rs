@@ -73,16 +73,8 @@ impl LegMedia {
 }
 
 /// What the relay swallows of the agent's RFC 4733 digits so the customer never hears a
-/// feature code (`*2`...). Digits are dropped from the first digit that can start a code until
-/// as many digits as the longest code have passed or the inter-digit time ran out; a digit
-/// that turns out not to be a code is lost rather than delayed (the relay never holds media).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DtmfFilter {
-    /// Bit n set: event code n can start a feature code.
-    pub starts: u16,
-    pub max_len: u8,
-    pub window: std::time::Duration,
-}
+/// feature code (`*2`...); see [`b2bua::feature`].
+pub use b2bua::feature::FeatureCodeFilter as DtmfFilter;
 
 struct CallMedia {
     legs: [LegMedia; 2],
@@ -417,7 +409,7 @@ async fn relay_loop(
     let agent_rtp = !rtcp && leg != media.customer;
     // Feature-code swallowing state of the agent's RTP task (only that task touches it).
     let mut swallow_ts: Option<u32> = None;
-    let mut window: Option<(Instant, u8)> = None;
+    let mut swallower = b2bua::feature::Swallower::default();
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -467,7 +459,7 @@ async fn relay_loop(
             }
             continue;
         }
-        if agent_rtp && swallow_feature_digit(&media, data, &mut swallow_ts, &mut window) {
+        if agent_rtp && swallow_feature_digit(&media, data, now, &mut swallow_ts, &mut swallower) {
             // Kept from the customer, but the recorder's DTMF detector must still see it.
             feature_code.inc();
             offer_to_tap(&inner, &media, call, leg, data, now, &too_large);
@@ -535,8 +527,9 @@ fn offer_to_tap(
 fn swallow_feature_digit(
     media: &CallMedia,
     data: &[u8],
+    now: Instant,
     swallow_ts: &mut Option<u32>,
-    window: &mut Option<(Instant, u8)>,
+    swallower: &mut b2bua::feature::Swallower,
 ) -> bool {
     let pt = media.agent_te_pt.load(Ordering::Relaxed);
     if pt == 0xffff || data.len() < 16 || (data[1] & 0x7f) as u16 != pt {
@@ -553,21 +546,11 @@ fn swallow_feature_digit(
         // Every packet of a swallowed key press (updates and the repeated end packets).
         return true;
     }
-    let now = Instant::now();
-    let open = matches!(window, Some((until, left)) if now < *until && *left > 0);
-    let starts = code < 16 && f.starts & (1 << code) != 0;
-    if open {
-        if let Some((until, left)) = window.as_mut() {
-            *left -= 1;
-            *until = now + f.window;
-        }
-    } else if starts {
-        *window = Some((now + f.window, f.max_len.saturating_sub(1)));
-    } else {
-        return false;
+    if swallower.press(&f, code, now) {
+        *swallow_ts = Some(ts);
+        return true;
     }
-    *swallow_ts = Some(ts);
-    true
+    false
 }
 
 /// How long the customer has to key 1 or 2 after the prompt.

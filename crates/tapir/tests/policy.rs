@@ -274,3 +274,18 @@ fn recorded_statement_is_a_separate_file_with_its_own_id() {
     let meta = std::fs::read_to_string(files[0].with_extension("json")).unwrap();
     assert!(meta.contains("\"statement_id\": \"terms\""), "{meta}");
 }
+
+#[test]
+fn star2_by_sip_info_records_and_never_reaches_the_customer() {
+    let (t, port, _) = start(&rules("on_demand", ""));
+    // The caller's scenario has no INFO in it: a relayed INFO would fail the call.
+    call(&t, port, "uac_tone.xml", "uas_info_star2.xml", 3000);
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let files = wav_files(&t);
+    let (secs, _, _) = seconds(&files[0]);
+    assert!((0.8..2.5).contains(&secs), "recording lasts {secs} s");
+}
