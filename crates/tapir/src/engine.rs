@@ -562,11 +562,6 @@ impl TcpPeers {
         self.map.insert(addr, (id, tx));
         TcpRoute::Connect { id, rx }
     }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
