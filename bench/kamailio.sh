@@ -8,7 +8,8 @@
 # Needs Debian's packages: apt-get install -y kamailio rtpengine-daemon
 # Kamailio runs bench/kamailio.cfg (a stateful proxy: tm, record_route) on 127.0.0.1:5060 with
 # 4 UDP workers and 512 MB of shared memory; KAM_DEFS="WITH_DIALOG" adds dialog tracking for
-# `cps`. rtpengine runs in userspace (no kernel module here) on ports 30000-40000.
+# `cps`, KAM_DEFS="KAM_CHILDREN=1" runs one worker (SIPp's built-in uac counts a 180 that
+# arrives after the 200, which parallel workers sometimes produce, as a failed call). rtpengine runs in userspace (no kernel module here) on ports 30000-40000.
 # Examples:
 #   bench/kamailio.sh cps 1000 60000
 #   KAM_DEFS=WITH_DIALOG bench/kamailio.sh cps 500 5000 40

@@ -23,7 +23,8 @@
 # one `result:` line: RTP packets the caller sent (from the pcap), packets relayed per
 # direction and dropped inside tapir (its metrics), kernel receive-buffer drops on the relay's
 # own sockets (bench/udp_drops.py; the system-wide counter also counts SIPp's caller socket,
-# which never reads the echo), peak RSS and memory per call, and for recordings the sidecars' packet
+# which never reads the echo), the same for the SIPp callee's echo socket (packets that never
+# come back), peak RSS and memory per call, and for recordings the sidecars' packet
 # counters. Environment: LOAD_SH (default /work/shared/bench/load.sh), bench/lib.sh's.
 # Runs vary (shared 2-core machine): repeat and compare means.
 set -u
@@ -87,6 +88,9 @@ case $sut in tapir) prange="30000 54999" ;; *) prange="30000 40000" ;; esac
 # shellcheck disable=SC2086
 python3 "$bench_dir/udp_drops.py" $prange "$work/sampling" "$work/udp_drops.txt" $pids &
 drops_pid=$!
+# The SIPp callee's echo socket (load.sh: -mp 26000): what it cannot read never comes back.
+python3 "$bench_dir/udp_drops.py" 26000 26003 "$work/sampling" "$work/echo_drops.txt" &
+echo_drops_pid=$!
 # shellcheck disable=SC2086
 sampler "$work/mem.txt" "$work/sampling" bash -c "echo \$(cat $(for p in $pids; do printf '/proc/%s/status ' "$p"; done) 2>/dev/null | awk '/^VmRSS:/ {s+=\$2} END {print s}') \$(cat $(for p in $pids; do printf '/proc/%s/smaps_rollup ' "$p"; done) 2>/dev/null | awk '/^Pss:/ {s+=\$2} END {print s}')" &
 
@@ -97,7 +101,7 @@ t_load_end=$(date +%s.%N)
 c_load=$(cpu_ticks_sum $pids)
 rcv1=$(udp_rcvbuf_errors); inerr1=$(udp_noports)
 rm -f "$work/sampling"
-wait "$drops_pid"
+wait "$drops_pid" "$echo_drops_pid"
 
 relayed_a=0 relayed_b=0 dropped=0 tap_dropped=0 drop_detail=""
 if [ "$sut" = tapir ]; then
@@ -122,10 +126,10 @@ load_work=$(awk '/^work dir:/ {print $3}' "$work/load.out")
 
 python3 - "$work" "$sut" "$rec" "$calls" "$dur" "$rss0" "$pss0" "$c0" "$c_load" "$c_done" "$HZ" \
   "$t_load_end" "$t_done" "$relayed_a" "$relayed_b" "$dropped" "$tap_dropped" "$rcv0" "$rcv1" \
-  "$inerr0" "$inerr1" "$load_work" "$drop_detail" "$(cat "$work/udp_drops.txt")" <<'PY'
+  "$inerr0" "$inerr1" "$load_work" "$drop_detail" "$(cat "$work/udp_drops.txt")" "$(cat "$work/echo_drops.txt")" <<'PY'
 import glob, json, os, struct, sys
 (work, sut, rec, calls, dur, rss0, pss0, c0, c_load, c_done, hz, t_load_end, t_done, ra, rb,
- dropped, tap_dropped, rcv0, rcv1, inerr0, inerr1, load_work, drop_detail, sock) = sys.argv[1:]
+ dropped, tap_dropped, rcv0, rcv1, inerr0, inerr1, load_work, drop_detail, sock, echo) = sys.argv[1:]
 calls, dur, hz = int(calls), int(dur), int(hz)
 mem = [tuple(map(int, l.split()[1:3])) for l in open(f"{work}/mem.txt") if len(l.split()) == 3]
 rss_peak = max((m[0] for m in mem), default=0)
@@ -134,6 +138,7 @@ sent_per_call = dur * 50  # the pcap load.sh makes: 20 ms packets for DURATION_S
 out = [f"sut={sut}", f"rec={rec}", f"calls={calls}", f"dur={dur}",
        f"caller_rtp_sent={calls * sent_per_call}",
        "relay_socket_" + sock.split()[0], "relay_socket_kernel_" + sock.split()[1],
+       "sipp_echo_socket_kernel_" + echo.split()[1],
        f"udp_rcvbuf_errors_system={int(rcv1) - int(rcv0)}",
        f"udp_noports_system={int(inerr1) - int(inerr0)}",
        f"rss_idle_kb={rss0}", f"rss_peak_kb={rss_peak}", f"pss_peak_kb={pss_peak}",

@@ -10,6 +10,7 @@
 #     cps1000       tapir, 1,000 CPS for 60 s (issue 3)
 #     direct1000    SIPp caller straight to the callee, 1,000 CPS for 60 s (latency baseline)
 #     kam1000       Kamailio stateful proxy, 1,000 CPS for 60 s
+#     kam1000c1     the same with one Kamailio worker (no 180/200 reordering)
 #     held          tapir, 5,000 calls held 60 s, memory sampled at 45 s
 #     kamheld       Kamailio with the dialog module, same
 #     media         tapir, 300 calls x 60 s of PCMA both ways (issue 2)
@@ -24,7 +25,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 reps=${1:?REPS}; shift
 runs=("$@")
-[ ${#runs[@]} -eq 0 ] && runs=(cps300 cps1000 direct1000 kam1000 held kamheld media wav mp3 rtpe rtpepcap)
+[ ${#runs[@]} -eq 0 ] && runs=(cps300 cps1000 direct1000 kam1000 kam1000c1 held kamheld media wav mp3 rtpe rtpepcap)
 out=${OUT:-$here/results/$(date +%F).txt}
 mkdir -p "$(dirname "$out")"
 
@@ -34,6 +35,7 @@ one() {
     cps1000) "$here/cps.sh" tapir 1000 60000 ;;
     direct1000) "$here/cps.sh" direct 1000 60000 ;;
     kam1000) "$here/kamailio.sh" cps 1000 60000 ;;
+    kam1000c1) KAM_DEFS=KAM_CHILDREN=1 "$here/kamailio.sh" cps 1000 60000 ;;
     held) HELD_AT=45 "$here/cps.sh" tapir 500 5000 60 ;;
     kamheld) HELD_AT=45 KAM_DEFS=WITH_DIALOG "$here/kamailio.sh" cps 500 5000 60 ;;
     media) "$here/media.sh" tapir 300 60 20 ;;
