@@ -76,6 +76,36 @@ fn assert_clean(t: &Tapir) {
     assert_eq!(body.trim(), "[]");
 }
 
+/// One call end to end over UDP on 127.0.0.1: a fresh tapir routing to the callee, both SIPp
+/// parties succeed, nothing is left behind. Returns tapir for the test's own assertions.
+fn call(caller: (&str, &[&str]), callee: (&str, &[&str])) -> Tapir {
+    call_with(caller, callee, "udp", "127.0.0.1", TapirOptions::default())
+}
+
+fn call_with(
+    caller: (&str, &[&str]),
+    callee: (&str, &[&str]),
+    callee_transport: &str,
+    ip: &str,
+    opts: TapirOptions,
+) -> Tapir {
+    let callee_port = free_port(ip);
+    let t = Tapir::start(BIN, &route(callee_port, callee_transport, ip), opts);
+    let p = run_pair(&t, caller.0, callee.0, callee_port, caller.1, callee.1, ip);
+    expect_ok(&t, p, Duration::from_secs(30));
+    assert_clean(&t);
+    t
+}
+
+/// Both legs carried RTP through tapir.
+fn assert_media_both_ways(t: &Tapir, at_least: f64) {
+    let (a, b) = (relayed(t, "a_rtp"), relayed(t, "b_rtp"));
+    assert!(
+        a > at_least && b > at_least,
+        "relayed {a} from A, {b} from B"
+    );
+}
+
 #[test]
 fn basic_call_relays_rtp_both_ways() {
     let callee_port = free_port("127.0.0.1");
@@ -115,91 +145,28 @@ fn basic_call_relays_rtp_both_ways() {
 
 #[test]
 fn callee_hangs_up() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
-    );
-    let p = run_pair(
-        &t,
-        "uac_wait_bye.xml",
-        "uas_bye.xml",
-        callee_port,
-        &[],
-        &["-d", "1500"],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert!(relayed(&t, "a_rtp") > 30.0 && relayed(&t, "b_rtp") > 30.0);
+    let t = call(("uac_wait_bye.xml", &[]), ("uas_bye.xml", &["-d", "1500"]));
+    assert_media_both_ways(&t, 30.0);
     assert_eq!(t.metric("tapir_calls_total{outcome=\"completed\"}"), 1.0);
-    assert_clean(&t);
 }
 
 #[test]
 fn caller_hangs_up() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
-    );
-    let p = run_pair(
-        &t,
-        "uac_pcap.xml",
-        "uas_answer.xml",
-        callee_port,
-        &["-d", "1500"],
-        &[],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert!(relayed(&t, "a_rtp") > 30.0 && relayed(&t, "b_rtp") > 30.0);
-    assert_clean(&t);
+    let t = call(("uac_pcap.xml", &["-d", "1500"]), ("uas_answer.xml", &[]));
+    assert_media_both_ways(&t, 30.0);
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"completed\"}"), 1.0);
 }
 
 #[test]
 fn cancel_before_answer() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
-    );
-    let p = run_pair(
-        &t,
-        "uac_cancel.xml",
-        "uas_ring.xml",
-        callee_port,
-        &[],
-        &[],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
+    let t = call(("uac_cancel.xml", &[]), ("uas_ring.xml", &[]));
     assert_eq!(t.metric("tapir_calls_total{outcome=\"cancelled\"}"), 1.0);
-    assert_clean(&t);
 }
 
 #[test]
 fn busy_is_relayed() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
-    );
-    let p = run_pair(
-        &t,
-        "uac_busy.xml",
-        "uas_busy.xml",
-        callee_port,
-        &[],
-        &[],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
+    let t = call(("uac_busy.xml", &[]), ("uas_busy.xml", &[]));
     assert_eq!(t.metric("tapir_calls_total{outcome=\"rejected\"}"), 1.0);
-    assert_clean(&t);
 }
 
 #[test]
@@ -233,88 +200,34 @@ fn no_answer_times_out_with_408() {
 
 #[test]
 fn caller_holds_and_resumes() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
-    );
-    let p = run_pair(
-        &t,
-        "uac_hold.xml",
-        "uas_held.xml",
-        callee_port,
-        &["-d", "700"],
-        &[],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert_clean(&t);
+    // The scenarios check the sendonly/recvonly/sendrecv offers and answers that arrive.
+    call(("uac_hold.xml", &["-d", "700"]), ("uas_held.xml", &[]));
 }
 
 #[test]
 fn callee_holds_and_resumes() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
-    );
-    let p = run_pair(
-        &t,
-        "uac_held.xml",
-        "uas_hold.xml",
-        callee_port,
-        &[],
-        &["-d", "700"],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert_clean(&t);
+    call(("uac_held.xml", &[]), ("uas_hold.xml", &["-d", "700"]));
 }
 
 #[test]
 fn tcp_caller_udp_callee() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "127.0.0.1"),
-        TapirOptions::default(),
+    let t = call(
+        ("uac_pcap.xml", &["-t", "t1", "-d", "1000"]),
+        ("uas_answer.xml", &[]),
     );
-    let p = run_pair(
-        &t,
-        "uac_pcap.xml",
-        "uas_answer.xml",
-        callee_port,
-        &["-t", "t1", "-d", "1000"],
-        &[],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
-    assert_clean(&t);
+    assert_media_both_ways(&t, 20.0);
 }
 
 #[test]
 fn udp_caller_tcp_callee() {
-    let callee_port = free_port("127.0.0.1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "tcp", "127.0.0.1"),
+    let t = call_with(
+        ("uac_pcap.xml", &["-d", "1000"]),
+        ("uas_answer.xml", &["-t", "t1"]),
+        "tcp",
+        "127.0.0.1",
         TapirOptions::default(),
     );
-    let p = run_pair(
-        &t,
-        "uac_pcap.xml",
-        "uas_answer.xml",
-        callee_port,
-        &["-d", "1000"],
-        &["-t", "t1"],
-        "127.0.0.1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
-    assert_clean(&t);
+    assert_media_both_ways(&t, 20.0);
 }
 
 #[test]
@@ -323,27 +236,17 @@ fn ipv6_call() {
         eprintln!("no IPv6 loopback on this host; skipping");
         return;
     }
-    let callee_port = free_port("::1");
-    let t = Tapir::start(
-        BIN,
-        &route(callee_port, "udp", "::1"),
+    let t = call_with(
+        ("uac_pcap.xml", &["-d", "1000"]),
+        ("uas_answer.xml", &[]),
+        "udp",
+        "::1",
         TapirOptions {
             ipv6: true,
             ..Default::default()
         },
     );
-    let p = run_pair(
-        &t,
-        "uac_pcap.xml",
-        "uas_answer.xml",
-        callee_port,
-        &["-d", "1000"],
-        &[],
-        "::1",
-    );
-    expect_ok(&t, p, Duration::from_secs(30));
-    assert!(relayed(&t, "a_rtp") > 20.0 && relayed(&t, "b_rtp") > 20.0);
-    assert_clean(&t);
+    assert_media_both_ways(&t, 20.0);
 }
 
 #[test]
