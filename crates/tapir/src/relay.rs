@@ -107,6 +107,15 @@ fn idx(leg: Leg) -> usize {
 #[derive(Clone)]
 pub struct Relay {
     inner: Arc<RelayInner>,
+    /// Commands are carried out in order by the relay's own control task: binding and closing
+    /// sockets never runs on (or delays) the signalling task.
+    ctl: tokio::sync::mpsc::UnboundedSender<RelayCmd>,
+}
+
+enum RelayCmd {
+    Media(MediaCommand),
+    Tap(CallId, bool),
+    Filter(CallId, Option<DtmfFilter>),
 }
 
 /// Prompts by name (the configured path), decoded once at start-up: 8 kHz mono samples.
@@ -132,7 +141,8 @@ impl Relay {
         prompts: Prompts,
         announce_done: Option<AnnounceDone>,
     ) -> Self {
-        Self {
+        let (ctl, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let relay = Self {
             inner: Arc::new(RelayInner {
                 calls: Mutex::new(HashMap::new()),
                 metrics,
@@ -141,7 +151,19 @@ impl Relay {
                 announce_done,
                 media_timeout_ms: AtomicU64::new(0),
             }),
-        }
+            ctl,
+        };
+        let worker = relay.clone();
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    RelayCmd::Media(c) => worker.apply(c),
+                    RelayCmd::Tap(call, on) => worker.apply_tap(call, on),
+                    RelayCmd::Filter(call, f) => worker.apply_filter(call, f),
+                }
+            }
+        });
+        relay
     }
 
     /// How long a call may carry no RTP in either direction (while not on hold) before it is
@@ -225,19 +247,34 @@ impl Relay {
         media.tasks.lock().unwrap().push(task);
     }
 
+    /// Keeps the agent's feature-code digits of `call` from the customer (after its `Open`).
     pub fn set_dtmf_filter(&self, call: CallId, filter: Option<DtmfFilter>) {
+        let _ = self.ctl.send(RelayCmd::Filter(call, filter));
+    }
+
+    /// Offers `call`'s packets to the recorder or not (after its `Open`).
+    pub fn set_tap(&self, call: CallId, on: bool) {
+        let _ = self.ctl.send(RelayCmd::Tap(call, on));
+    }
+
+    /// Carries out a media command of the B2BUA, in order with the others.
+    pub fn handle(&self, cmd: MediaCommand) {
+        let _ = self.ctl.send(RelayCmd::Media(cmd));
+    }
+
+    fn apply_filter(&self, call: CallId, filter: Option<DtmfFilter>) {
         if let Some(c) = self.inner.calls.lock().unwrap().get(&call) {
             *c.filter.lock().unwrap() = filter;
         }
     }
 
-    pub fn set_tap(&self, call: CallId, on: bool) {
+    fn apply_tap(&self, call: CallId, on: bool) {
         if let Some(c) = self.inner.calls.lock().unwrap().get(&call) {
             c.tap_enabled.store(on, Ordering::Relaxed);
         }
     }
 
-    pub fn handle(&self, cmd: MediaCommand) {
+    fn apply(&self, cmd: MediaCommand) {
         match cmd {
             MediaCommand::Open {
                 call,
