@@ -138,6 +138,7 @@ out = [f"sut={sut}", f"rate={rate}", f"calls={calls}", f"hold_s={hold}", f"sipp_
        f"failed_pct={100 * fail / total if total else float('nan'):.3f}",
        f"sipp_retransmissions={retr}", f"wall={wall:.1f}s",
        f"achieved_cps={succ / wall:.0f}",
+       f"setup_ms_mean={sum(rtts) / len(rtts) if rtts else float('nan'):.3f}",
        f"setup_ms_p50={pct(50):.3f}", f"p90={pct(90):.3f}", f"p99={pct(99):.3f}",
        f"max={rtts[-1] if rtts else float('nan'):.3f}", f"rtt_samples={len(rtts)}",
        f"udp_rcvbuf_errors={int(rcv1) - int(rcv0)}"]

@@ -59,7 +59,7 @@ def main():
             if not vals or k in ("rep", "load1_before"):
                 continue
             mean = sum(vals) / len(vals)
-            print(f"   {k}: {mean:.4g} ({min(vals):.4g}-{max(vals):.4g})")
+            print(f"   {k}: {mean:.6g} ({min(vals):.6g}-{max(vals):.6g})")
 
 
 if __name__ == "__main__":
