@@ -361,9 +361,10 @@ impl Relay {
         let mut tasks = Vec::with_capacity(4);
         for leg in [Leg::A, Leg::B] {
             for rtcp in [false, true] {
-                let span = tracing::info_span!("media", call, leg = ?leg, rtcp);
+                // No tracing span around the task: a span is entered and left on every poll,
+                // that is on every packet; the loop's rare log lines carry call and leg.
                 let fut = relay_loop(self.inner.clone(), media.clone(), call, leg, rtcp);
-                tasks.push(tokio::spawn(fut.instrument(span)));
+                tasks.push(tokio::spawn(fut));
             }
         }
         *media.tasks.lock().unwrap() = tasks;
@@ -395,10 +396,16 @@ pub fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// Whether `sock` is a dual-stack IPv6 socket (asked once per socket, not per packet: it is
+/// a `getsockname` call).
+fn is_v6_socket(sock: &UdpSocket) -> bool {
+    matches!(sock.local_addr(), Ok(SocketAddr::V6(_)))
+}
+
 /// A dual-stack socket reaches IPv4 peers through their mapped address.
-fn to_socket_family(sock: &UdpSocket, dest: SocketAddr) -> SocketAddr {
-    match (sock.local_addr(), dest) {
-        (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
+fn to_socket_family(v6_socket: bool, dest: SocketAddr) -> SocketAddr {
+    match dest {
+        SocketAddr::V4(v4) if v6_socket => {
             SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
         }
         _ => dest,
@@ -442,6 +449,7 @@ async fn relay_loop(
     let send_failed = dropped("send_failed");
     let too_large = dropped("too_large_for_tap");
     let mut last_from_latched = Instant::now();
+    let out_v6 = is_v6_socket(&out_sock);
     let mut buf = [0u8; MAX_DATAGRAM];
     let agent_rtp = !rtcp && leg != media.customer;
     // Feature-code swallowing state of the agent's RTP task (only that task touches it).
@@ -453,7 +461,7 @@ async fn relay_loop(
             Err(e) => {
                 // ICMP port unreachable from a peer that went away shows up here on Linux;
                 // it is not fatal for the socket.
-                tracing::debug!(error = %e, "media recv error");
+                tracing::debug!(call, leg = ?leg, rtcp, error = %e, "media recv error");
                 continue;
             }
         };
@@ -511,7 +519,7 @@ async fn relay_loop(
             no_destination.inc();
             continue;
         };
-        match out_sock.try_send_to(data, to_socket_family(&out_sock, dest)) {
+        match out_sock.try_send_to(data, to_socket_family(out_v6, dest)) {
             Ok(_) => relayed.inc(),
             Err(_) => {
                 send_failed.inc();
@@ -637,7 +645,7 @@ async fn play_prompt(
         }
         if let Some(dest) = l.rtp_dest() {
             if l.rtp
-                .try_send_to(&pkt, to_socket_family(&l.rtp, dest))
+                .try_send_to(&pkt, to_socket_family(is_v6_socket(&l.rtp), dest))
                 .is_ok()
             {
                 metrics.announcement_packets.inc();
