@@ -98,7 +98,7 @@ fn default_recordings() -> PathBuf {
 }
 
 fn default_jitter_ms() -> u64 {
-    80
+    160
 }
 
 impl Default for RecordingConfig {
