@@ -168,6 +168,7 @@ if sut == "tapir":
                 f"rec_lost={s('customer', 'lost') + s('agent', 'lost')}",
                 f"rec_late_dropped={s('customer', 'late_dropped') + s('agent', 'late_dropped')}",
                 f"rec_early_dropped={s('customer', 'early_dropped') + s('agent', 'early_dropped')}",
+                f"rec_before_start={s('customer', 'before_start') + s('agent', 'before_start')}",
                 f"rec_tap_drops={sum(m.get('tap_drops', 0) for m in metas)}",
                 f"rec_errors={sum(1 for m in metas if m.get('error'))}"]
         exts = {}

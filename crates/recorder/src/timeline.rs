@@ -64,6 +64,10 @@ pub struct ChannelStats {
     pub duplicated: u64,
     /// Packets that arrived after their audio had been written (beyond the jitter window).
     pub late_dropped: u64,
+    /// Packets whose audio lies wholly before the call timeline's zero (they arrived before
+    /// the recording was created): outside the recording, not lost from it.
+    #[serde(default)]
+    pub before_start: u64,
     /// Packets whose timestamp placed them too far ahead of the clock (absurd timestamps, floods).
     pub early_dropped: u64,
     /// Datagrams that are not valid RTP or whose payload could not be decoded.
@@ -459,6 +463,10 @@ impl ChannelTimeline {
         scratch: &mut [i16; MAX_PACKET_SAMPLES],
     ) {
         let n = payload.len() as i64;
+        if pos + n <= 0 {
+            self.stats.before_start += 1;
+            return;
+        }
         if pos + n <= play {
             self.stats.late_dropped += 1;
             return;
@@ -502,6 +510,10 @@ impl ChannelTimeline {
     /// Writes decoded samples at `pos`, clipped to the part of the ring still ahead of `play`.
     fn write(&mut self, pos: i64, play: i64, samples: &[i16]) {
         let end = pos + samples.len() as i64;
+        if end <= 0 {
+            self.stats.before_start += 1;
+            return;
+        }
         if end <= play {
             self.stats.late_dropped += 1;
             return;

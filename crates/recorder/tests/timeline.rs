@@ -124,6 +124,30 @@ fn exact_counters_for_a_scripted_stream() {
 }
 
 #[test]
+fn audio_from_before_the_recording_began_is_not_counted_as_late() {
+    let t0 = std::time::Instant::now();
+    let ms = |m: u64| t0 + std::time::Duration::from_millis(m);
+    // Packets stamped before the recording's time zero, as a driver may deliver when a call's
+    // first packets reach it ahead of the call itself.
+    let early = t0 - std::time::Duration::from_millis(5);
+    let mut rec = Recording::new(t0, RecordingConfig::default());
+    let packet = |i: u16| {
+        let mut p = vec![0x80u8; 172];
+        media::rtp::write_header(&mut p, false, 0, i, 160 * i as u32, 7);
+        p
+    };
+    rec.handle_packet(early, Channel::Customer, &packet(0));
+    for i in 1..10u16 {
+        rec.handle_timeout(ms(20 * u64::from(i)));
+        rec.handle_packet(ms(20 * u64::from(i)), Channel::Customer, &packet(i));
+    }
+    let s = rec.stats(Channel::Customer);
+    assert_eq!(s.received, 10);
+    assert_eq!(s.before_start, 1, "{s:?}");
+    assert_eq!(s.late_dropped, 0, "{s:?}");
+}
+
+#[test]
 fn ssrc_change_timestamp_jump_and_wrap_keep_alignment() {
     let c_bursts = vec![
         burst(1.0, 1.5, 400.0),

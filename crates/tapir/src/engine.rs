@@ -52,7 +52,7 @@ pub enum Control {
 
 /// How the engine reaches the recorder thread.
 pub struct RecorderLink {
-    pub tx: std::sync::mpsc::Sender<RecCtl>,
+    pub tx: crate::recording::RecTx,
     pub default_mode: Mode,
     pub default_format: Format,
     /// Distinguishes this process's contact ids from other nodes'.

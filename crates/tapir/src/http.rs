@@ -17,7 +17,7 @@ use crate::recording::RecCtl;
 struct AppState {
     metrics: Arc<Metrics>,
     inputs: mpsc::Sender<Input>,
-    recorder: std::sync::mpsc::Sender<RecCtl>,
+    recorder: crate::recording::RecTx,
 }
 
 /// Binds the HTTP listener and serves in the background; returns the bound address.
@@ -25,7 +25,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     inputs: mpsc::Sender<Input>,
-    recorder: std::sync::mpsc::Sender<RecCtl>,
+    recorder: crate::recording::RecTx,
 ) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -84,7 +84,7 @@ async fn ask_recorder(
     msg: impl FnOnce(oneshot::Sender<bool>) -> RecCtl,
 ) -> StatusCode {
     let (tx, rx) = oneshot::channel();
-    found(s.recorder.send(msg(tx)).is_ok(), rx).await
+    found(s.recorder.send(msg(tx)), rx).await
 }
 
 async fn hang_up(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {

@@ -140,6 +140,21 @@ pub struct CallStart {
 /// Period of the recorder thread: how often it takes the queued packets and writes audio.
 const TICK_MS: u64 = 20;
 
+/// The recorder thread's control queue. Every message carries the instant it was sent: the
+/// thread takes its queue only once per tick, and a call's time zero or a command's effect
+/// must be the instant the event happened, not the instant the thread got to it (a time zero
+/// taken up to a tick late put the first packet of each leg before the recording began, where
+/// it was dropped as late).
+#[derive(Clone)]
+pub struct RecTx(std::sync::mpsc::Sender<(Instant, RecCtl)>);
+
+impl RecTx {
+    /// Queues `c`, stamped now. `false` when the recorder thread is gone.
+    pub fn send(&self, c: RecCtl) -> bool {
+        self.0.send((Instant::now(), c)).is_ok()
+    }
+}
+
 /// Messages from the signalling side to the recorder thread.
 pub enum RecCtl {
     Started(Box<CallStart>),
@@ -213,7 +228,7 @@ impl Active {
 pub struct RecorderThread {
     cfg: RecordingConfig,
     tap: Receiver<TapPacket>,
-    ctl: Receiver<RecCtl>,
+    ctl: Receiver<(Instant, RecCtl)>,
     calls: HashMap<CallId, Active>,
     metrics: Arc<Metrics>,
     finisher: std::sync::mpsc::Sender<Finished>,
@@ -233,7 +248,7 @@ pub fn start(
     tap_queue: usize,
     metrics: Arc<Metrics>,
     policy: PolicyStore,
-) -> Result<(SyncSender<TapPacket>, std::sync::mpsc::Sender<RecCtl>)> {
+) -> Result<(SyncSender<TapPacket>, RecTx)> {
     std::fs::create_dir_all(&cfg.spool_dir)
         .map_err(|e| anyhow::anyhow!("cannot create spool dir {}: {e}", cfg.spool_dir.display()))?;
     std::fs::create_dir_all(&cfg.recordings_dir).map_err(|e| {
@@ -266,7 +281,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("tapir-recorder".into())
         .spawn(move || t.run())?;
-    Ok((tap_tx, ctl_tx))
+    Ok((tap_tx, RecTx(ctl_tx)))
 }
 
 fn repair_on_start(cfg: &RecordingConfig, metrics: &Metrics) {
@@ -353,7 +368,7 @@ impl RecorderThread {
         loop {
             loop {
                 match self.ctl.try_recv() {
-                    Ok(c) => self.on_ctl(c),
+                    Ok((at, c)) => self.on_ctl(at, c),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
@@ -622,8 +637,8 @@ impl RecorderThread {
         })
     }
 
-    fn on_ctl(&mut self, c: RecCtl) {
-        let now = Instant::now();
+    /// One control message, sent at `now`.
+    fn on_ctl(&mut self, now: Instant, c: RecCtl) {
         let Some(c) = self.redirect(now, c) else {
             return;
         };
@@ -918,7 +933,7 @@ mod tests {
         done: Receiver<Finished>,
         dir: PathBuf,
         _tap: SyncSender<TapPacket>,
-        _ctl: std::sync::mpsc::Sender<RecCtl>,
+        _ctl: std::sync::mpsc::Sender<(Instant, RecCtl)>,
     }
 
     impl Drop for Rig {
@@ -960,25 +975,28 @@ mod tests {
         }
     }
 
-    fn start(r: &mut Rig, call: CallId, contact: &str) {
-        r.t.on_ctl(RecCtl::Started(Box::new(CallStart {
-            call,
-            meta: RecordingMetadata {
-                contact_id: contact.into(),
-                ..Default::default()
-            },
-            customer: Leg::A,
-            mode: Some(Mode::Always),
-            format: Format::Wav,
-            input: CallInput::default(),
-        })));
-        r.t.on_ctl(RecCtl::Answered { call });
+    /// Starts and answers `call` as signalled at `at`.
+    fn start(r: &mut Rig, call: CallId, contact: &str, at: Instant) {
+        r.t.on_ctl(
+            at,
+            RecCtl::Started(Box::new(CallStart {
+                call,
+                meta: RecordingMetadata {
+                    contact_id: contact.into(),
+                    ..Default::default()
+                },
+                customer: Leg::A,
+                mode: Some(Mode::Always),
+                format: Format::Wav,
+                input: CallInput::default(),
+            })),
+        );
+        r.t.on_ctl(at, RecCtl::Answered { call });
     }
 
-    /// Half a second of PCMU on leg A of `call`, then the recorder's timers, so audio reaches
-    /// the spool file.
-    fn audio(r: &mut Rig, call: CallId) {
-        let t0 = Instant::now();
+    /// Half a second of PCMU on leg A of `call` arriving from `t0`, then the recorder's timers,
+    /// so audio reaches the spool file.
+    fn audio(r: &mut Rig, call: CallId, t0: Instant) {
         for i in 0..25u16 {
             let mut p = TapPacket {
                 call,
@@ -995,22 +1013,39 @@ mod tests {
 
     /// Ends `call` and does the finisher's move; returns the finished file's name.
     fn end(r: &mut Rig, call: CallId) -> String {
-        r.t.on_ctl(RecCtl::Ended { call });
+        r.t.on_ctl(Instant::now(), RecCtl::Ended { call });
         let f = r.done.try_recv().expect("a finished recording");
         let dest = move_to(&f.path, &r.t.cfg.recordings_dir).expect("moved");
         dest.file_name().unwrap().to_string_lossy().into_owned()
     }
 
     #[test]
+    fn a_call_starts_when_it_was_signalled_not_when_the_thread_got_to_it() {
+        let mut r = rig("stamped");
+        // The thread takes its control queue once per tick: this call was signalled 30 ms
+        // before the thread read it, and its first packets arrived in between.
+        let signalled = Instant::now() - Duration::from_millis(30);
+        start(&mut r, 1, "c1", signalled);
+        audio(&mut r, 1, signalled + Duration::from_millis(1));
+        let s = r.t.calls[&1].main.rec.stats(Channel::Customer);
+        assert_eq!(s.received, 25);
+        assert_eq!(
+            s.late_dropped, 0,
+            "a packet was placed before the call began"
+        );
+        assert_eq!(s.lost, 0);
+    }
+
+    #[test]
     fn a_contact_recorded_again_after_its_file_finished_gets_a_new_file() {
         let mut r = rig("again");
-        start(&mut r, 1, "c1");
-        audio(&mut r, 1);
+        start(&mut r, 1, "c1", Instant::now());
+        audio(&mut r, 1, Instant::now());
         let first = end(&mut r, 1);
         // A blind transfer whose transferor hung up before the transferee's INVITE came: the
         // new call continues contact c1, but c1's recording is already in the archive.
-        start(&mut r, 2, "c1");
-        audio(&mut r, 2);
+        start(&mut r, 2, "c1", Instant::now());
+        audio(&mut r, 2, Instant::now());
         let second = end(&mut r, 2);
         assert_eq!(first, "c1.wav");
         assert_ne!(first, second, "the second recording overwrote the first");
@@ -1021,7 +1056,7 @@ mod tests {
     #[test]
     fn statement_files_stay_in_the_spool_and_never_share_a_name() {
         let mut r = rig("statements");
-        start(&mut r, 1, "c1");
+        start(&mut r, 1, "c1", Instant::now());
         let now = Instant::now();
         r.t.apply(
             1,
