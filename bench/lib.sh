@@ -1,12 +1,13 @@
 # Shared helpers for the bench scripts (sourced, not run).
 #
 # Environment:
-#   TAPIR_BIN    tapir binary (default: target/release/tapir of this repository)
+#   TAPIR_BIN    tapir binary (default: target/release/tapir of this repository, rebuilt first)
 #   MAX_LOAD     wait until the 1-minute load average is below this before measuring (default 1.0)
 #   LOAD_WAIT_S  give up waiting after this many seconds and measure anyway (default 300)
 
 bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$bench_dir/.." && pwd)
+TAPIR_BIN_GIVEN=${TAPIR_BIN:-}
 TAPIR_BIN=${TAPIR_BIN:-$repo_dir/target/release/tapir}
 HZ=$(getconf CLK_TCK)
 TAPIR_HTTP=${TAPIR_HTTP:-127.0.0.1:9090}
@@ -62,6 +63,10 @@ sampler() {
 # Starts tapir with a config file; sets TAPIR_PID. Extra args: environment assignments.
 start_tapir() {
   local cfg=$1 work=$2; shift 2
+  # A stale binary measures old code: rebuild the default one first (a no-op when current).
+  if [ -z "${TAPIR_BIN_GIVEN:-}" ]; then
+    (cd "$repo_dir" && cargo build --release -q -p tapir) || exit 1
+  fi
   [ -x "$TAPIR_BIN" ] || { echo "no tapir binary at $TAPIR_BIN (cargo build --release -p tapir)" >&2; exit 1; }
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   (cd "$work" && exec env "$@" "$TAPIR_BIN" --config "$cfg" >"$work/tapir.log" 2>&1) &
