@@ -591,7 +591,9 @@ impl B2bua {
             return reject(self, 400, "Bad Request: no To");
         };
         let Some((aor, user)) = canonical_aor(&to.uri) else {
-            return reject(self, 404, "Not Found: To is not a sip: URI with a user");
+            // Not an address-of-record at all (RFC 4475 §3.3.4: a registrar rejects a To in an
+            // unknown scheme with 400); 404 is for an AOR of a user this domain does not have.
+            return reject(self, 400, "Bad Request: To is not a sip: URI with a user");
         };
         let Some(from_na) = req.from() else {
             return reject(self, 400, "Bad Request: no From");

@@ -205,9 +205,9 @@ cases! {
     novelsc: "rfc4475/novelsc.dat", "4475 §3.3.3" => Refused(416);
     /// Non-SIP To, From and Contact in a REGISTER. It must parse (it does: no parse error);
     /// the AOR is then judged by whoever keeps bindings. tapir keeps them for the phones it
-    /// relays, and answers an AOR that is not a SIP URI with a user as RFC 3261 §10.3 step 5
-    /// says: 404. (The section notes a registrar could also answer 400.)
-    unksm2: "rfc4475/unksm2.dat", "4475 §3.3.4" => Answered(404);
+    /// relays and, as the registrar side of the relay, rejects a To that is not an
+    /// address-of-record with 400, as the section says of a registrar.
+    unksm2: "rfc4475/unksm2.dat", "4475 §3.3.4" => Answered(400);
     /// Require with unknown option tags: as the UAS, 420 listing them; Proxy-Require is for
     /// proxies and is not judged (RFC 3261 §8.2.2.3).
     bext01: "rfc4475/bext01.dat", "4475 §3.3.5" => Refused(420), check |r| {
