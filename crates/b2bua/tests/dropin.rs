@@ -769,6 +769,57 @@ fn invite_with_replaces_goes_to_the_replaced_dialogs_other_party() {
 }
 
 #[test]
+fn invite_with_replaces_from_the_callee_side_goes_to_the_caller_naming_its_dialog() {
+    let mut h = H::new();
+    let (mut c1, e1, call) = establish(&mut h, "att-5", "", "");
+    // Another phone behind the callee's PBX takes the call over: it replaces the callee's
+    // dialog with tapir (as the callee sees it: to-tag is tapir's tag, from-tag the callee's).
+    let agent2 = "192.0.2.21:5060";
+    let text = format!(
+        "INVITE sip:tapir@{TAPIR} SIP/2.0\n\
+         Via: SIP/2.0/UDP {agent2};branch=z9hG4bKrepl-b\n\
+         Max-Forwards: 70\n\
+         From: <sip:1001@192.0.2.21>;tag=ag2\n\
+         To: <sip:alice@192.0.2.10>\n\
+         Call-ID: att-5-new\n\
+         CSeq: 1 INVITE\n\
+         Contact: <sip:1001@{agent2}>\n\
+         Replaces: {};to-tag={};from-tag={}\n\
+         Require: replaces\n",
+        e1.call_id, e1.tapir_tag, e1.tag
+    );
+    h.feed(agent2, msg(&text, &sdp(5006, "sendrecv")));
+    let inv = h.take_request(CALLER, Method::Invite);
+    // Sent to the caller at its Contact, naming the caller's own dialog with tapir.
+    assert_eq!(inv.uri.to_string(), format!("sip:alice@{CALLER}"));
+    assert_eq!(
+        inv.headers.get("Replaces").map(str::to_string),
+        Some(format!(
+            "{};to-tag={};from-tag={}",
+            c1.call_id, c1.tag, c1.tapir_tag
+        ))
+    );
+    assert_ne!(inv.call_id(), c1.call_id);
+    assert!(h.take_requests(CALLEE, Method::Invite).is_empty());
+    let links = transferred(&h);
+    assert_eq!(links.len(), 1);
+    let (new_call, previous, contact, replaced) = links[0];
+    assert_eq!((previous, contact, replaced), (call, call, Some(call)));
+    // The caller was the customer and stays on: it is the new call's callee.
+    assert_eq!(started_customer(&h, new_call), Leg::B);
+
+    // The caller accepts, then ends its replaced dialog: the old call ends toward the callee.
+    h.answer(CALLER, &inv, 200, "ct7", "", &sdp(4006, "sendrecv"));
+    h.take_response(agent2, 200);
+    let bye = caller_request(&mut c1, "BYE", "");
+    h.feed(CALLER, msg(&bye, ""));
+    let b_bye = h.take_request(CALLEE, Method::Bye);
+    assert_eq!(b_bye.call_id(), e1.call_id);
+    assert!(h.ended().iter().any(|(c, _)| *c == call));
+    assert!(!h.ended().iter().any(|(c, _)| *c == new_call));
+}
+
+#[test]
 fn attended_transfer_refer_keeps_replaces_and_links_both_calls() {
     let mut h = H::new();
     let (_c1, mut e1, call1) = establish(&mut h, "att-3", "", "");

@@ -8,14 +8,19 @@
 //! - Blind transfer: the callee REFERs the caller to a third party; the Refer-To reaches the
 //!   caller pointed at tapir, the NOTIFYs reach the callee, the transferred call goes
 //!   through tapir to the target and is reported as continuing the first call.
+//! - Attended transfer: a caller replaces its own dialog with tapir by a new one (INVITE with
+//!   Replaces); the callee gets the new call with a Replaces naming its own dialog with
+//!   tapir, ends that dialog, and the contact's recording goes on with the new call. Once
+//!   with the customer's side replacing (inbound), once with the agent's (outbound).
 //! - Session timer: a call held past half its 90 s interval is refreshed by tapir (the
 //!   callee has no timer support) and still hangs up normally (about 47 s).
 //! - Vanished peer: no RTP either way and a callee that never answers BYE: tapir ends the
 //!   call after `media.timeout_s` (2 s here).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tapir_tests::{free_port, Sipp, Tapir, TapirOptions};
+use tapir_tests::{free_port, read_stereo_wav, tone_energy, Sipp, Tapir, TapirOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapir");
 
@@ -98,6 +103,248 @@ fn blind_transfer_by_refer_relays_notify_and_keeps_the_call_on_tapir() {
         log.contains("call continues a transfer"),
         "the transferred call is linked to the first:\n{log}"
     );
+    assert_clean(&t);
+}
+
+/// Tone of the side that replaces its own dialog (the SIPp caller of an attended round).
+const REPLACER_HZ: f64 = 400.0;
+/// Tone of the party whose dialog is replaced (the SIPp callee).
+const REPLACED_HZ: f64 = 1000.0;
+
+/// The SIP messages of a SIPp's message log (`-trace_msg`): (sent by SIPp, text).
+fn sipp_messages(s: &Sipp) -> Vec<(bool, String)> {
+    let path = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("_messages.log"))
+        .unwrap_or_else(|| panic!("{} has no message log", s.name));
+    let text = std::fs::read_to_string(path).unwrap().replace('\r', "");
+    text.split("-----------------------------------------------")
+        .filter_map(|block| {
+            let mut parts = block.splitn(2, "\n\n");
+            let head = parts.next()?;
+            let sent = head.contains("message sent");
+            (sent || head.contains("message received"))
+                .then(|| (sent, parts.next().unwrap_or("").trim().to_string()))
+        })
+        .collect()
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines()
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+fn tag(name_addr: &str) -> &str {
+    let rest = name_addr.split(";tag=").nth(1).unwrap_or("");
+    rest.split(';').next().unwrap_or("")
+}
+
+/// The first message of `msgs` sent (or received) that starts with `start` and passes `pred`.
+fn find_msg<'a>(
+    msgs: &'a [(bool, String)],
+    sent: bool,
+    start: &str,
+    pred: impl Fn(&str) -> bool,
+) -> &'a str {
+    msgs.iter()
+        .find(|(s, m)| *s == sent && m.starts_with(start) && pred(m))
+        .map(|(_, m)| m.as_str())
+        .unwrap_or_else(|| panic!("no {start} (sent: {sent}) in {msgs:#?}"))
+}
+
+/// The Replaces header `callee` got, checked against its own dialog with tapir (the first
+/// INVITE it received and its answer), and against what `caller` sent.
+fn check_replaces(callee: &Sipp, caller: &Sipp) {
+    let callee_msgs = sipp_messages(callee);
+    let first = find_msg(&callee_msgs, false, "INVITE ", |m| {
+        header(m, "Replaces").is_none()
+    });
+    let first_call_id = header(first, "Call-ID").unwrap();
+    let tapir_tag = tag(header(first, "From").unwrap());
+    let answer = find_msg(&callee_msgs, true, "SIP/2.0 200", |m| {
+        header(m, "Call-ID") == Some(first_call_id)
+            && header(m, "CSeq").is_some_and(|c| c.ends_with("INVITE"))
+    });
+    let callee_tag = tag(header(answer, "To").unwrap());
+    let replacing = find_msg(&callee_msgs, false, "INVITE ", |m| {
+        header(m, "Replaces").is_some()
+    });
+    let got = header(replacing, "Replaces");
+    assert_eq!(
+        got,
+        Some(format!("{first_call_id};to-tag={callee_tag};from-tag={tapir_tag}").as_str()),
+        "the Replaces header must name the callee's own dialog with tapir, to-tag being the \
+         callee's"
+    );
+    assert_ne!(header(replacing, "Call-ID"), Some(first_call_id));
+    assert_eq!(header(replacing, "Require"), Some("replaces"));
+
+    // The caller named its own dialog, which the callee knows nothing of.
+    let caller_msgs = sipp_messages(caller);
+    let caller_first = find_msg(&caller_msgs, true, "INVITE ", |m| {
+        header(m, "Replaces").is_none()
+    });
+    let caller_call_id = header(caller_first, "Call-ID").unwrap();
+    let sent = find_msg(&caller_msgs, true, "INVITE ", |m| {
+        header(m, "Replaces").is_some()
+    });
+    let sent = header(sent, "Replaces").unwrap();
+    assert!(sent.starts_with(&format!("{caller_call_id};")), "{sent}");
+    assert_ne!(got, Some(sent));
+}
+
+/// One attended transfer through `t`: a SIPp caller dials `service`, reaching the callee on
+/// `callee_port`, then replaces its own dialog with tapir by a new one (INVITE with
+/// Replaces); the callee answers the new INVITE, ends the dialog its Replaces names and
+/// stays on the new call until the caller hangs up. Returns the Call-ID of the customer's
+/// first dialog with tapir (the caller's when `customer_is_caller`), by which the recording
+/// is found.
+fn attended_round(t: &Tapir, callee_port: u16, service: &str, customer_is_caller: bool) -> String {
+    // A message that does not come fails the call in seconds rather than at the harness's
+    // limit.
+    let mut callee = Sipp::party(
+        "replaced",
+        "attended_uas.xml",
+        "127.0.0.1",
+        callee_port,
+        None,
+        Some(REPLACED_HZ),
+        &["-m", "2", "-recv_timeout", "10000"],
+    );
+    let mut caller = Sipp::party(
+        "replacer",
+        "attended_uac.xml",
+        "127.0.0.1",
+        free_port("127.0.0.1"),
+        Some(t),
+        Some(REPLACER_HZ),
+        &["-s", service, "-recv_timeout", "10000"],
+    );
+    let limit = Duration::from_secs(30);
+    let done = [caller.wait(limit), callee.wait(limit)] == [0, 0];
+    // A callee told to replace a dialog that is not its own cannot end it, so its SIPp fails
+    // too; the header says why, the exit codes would not.
+    let replacing_arrived = sipp_messages(&callee)
+        .iter()
+        .any(|(sent, m)| !*sent && m.starts_with("INVITE ") && header(m, "Replaces").is_some());
+    if replacing_arrived || done {
+        check_replaces(&callee, &caller);
+    }
+    expect_ok(t, &mut [&mut caller, &mut callee], limit);
+
+    if customer_is_caller {
+        let msgs = sipp_messages(&caller);
+        header(find_msg(&msgs, true, "INVITE ", |_| true), "Call-ID")
+            .unwrap()
+            .to_string()
+    } else {
+        let msgs = sipp_messages(&callee);
+        header(find_msg(&msgs, false, "INVITE ", |_| true), "Call-ID")
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Checks the recording of the contact whose first call had `customer_call_id` on the
+/// customer's side: the transferred call went on in the same file, with the customer on
+/// channel 1.
+fn check_continued_recording(t: &Tapir, customer_call_id: &str, customer_hz: f64, agent_hz: f64) {
+    let dir = t.dir.path().join("recordings");
+    let sidecars: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            (p, v)
+        })
+        .collect();
+    let ours: Vec<&(PathBuf, serde_json::Value)> = sidecars
+        .iter()
+        .filter(|(_, m)| m["call_id_customer"] == customer_call_id)
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "one recording for the contact: {sidecars:#?}"
+    );
+    let (path, meta) = ours[0];
+    assert_eq!(meta["complete"], true, "{meta:#}");
+    // The replaced call lasted milliseconds; the call that replaced it, a second.
+    let covered = meta["call_duration_ms"].as_u64().unwrap();
+    assert!(
+        covered >= 1000,
+        "the recording ended with the replaced call: {meta:#}"
+    );
+    let (c1, c2) = read_stereo_wav(&path.with_extension("wav"));
+    let (c1_cust, c1_agent) = (tone_energy(&c1, customer_hz), tone_energy(&c1, agent_hz));
+    let (c2_cust, c2_agent) = (tone_energy(&c2, customer_hz), tone_energy(&c2, agent_hz));
+    assert!(
+        c1_cust > 20.0 * c1_agent && c2_agent > 20.0 * c2_cust,
+        "the transferred call's audio is recorded, customer on channel 1: \
+         ch1 {customer_hz} Hz {c1_cust:.0}, {agent_hz} Hz {c1_agent:.0}; \
+         ch2 {customer_hz} Hz {c2_cust:.0}, {agent_hz} Hz {c2_agent:.0}"
+    );
+}
+
+#[test]
+fn attended_transfer_by_invite_with_replaces_from_either_side() {
+    let callee_port = free_port("127.0.0.1");
+    let routes = format!(
+        "[[routes]]\nname = \"outbound\"\nuser_prefix = \"out-\"\ntarget = \"sip:127.0.0.1:{callee_port}\"\n\
+         customer = \"callee\"\ndirection = \"outbound\"\nrecord = \"always\"\n\n{}record = \"always\"\n",
+        route(callee_port)
+    );
+    // Ports for two calls at once: the replaced call and the one replacing it. The second
+    // round needs every pair again, so a pair the first round failed to release makes one
+    // of its INVITEs fail with 503.
+    let opts = TapirOptions {
+        rtp_ports: 8,
+        ..TapirOptions::default()
+    };
+    let t = Tapir::start(BIN, &routes, opts);
+
+    // Inbound: the customer's side replaces its dialog; the agent is told to replace its own.
+    let customer = attended_round(&t, callee_port, "1000", true);
+    t.wait_metric(
+        "tapir_calls_total{outcome=\"completed\"}",
+        Duration::from_secs(5),
+        |v| v == 2.0,
+    );
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    check_continued_recording(&t, &customer, REPLACER_HZ, REPLACED_HZ);
+
+    // Outbound: the agent's side replaces its dialog; the customer replaces its own.
+    let customer = attended_round(&t, callee_port, "out-1000", false);
+    t.wait_metric(
+        "tapir_calls_total{outcome=\"completed\"}",
+        Duration::from_secs(5),
+        |v| v == 4.0,
+    );
+    // Every call, replaced or replacing, ended completed: none rejected, refused or timed out.
+    assert_eq!(t.metric("tapir_calls_total"), 4.0, "{}", t.metrics());
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 2.0,
+    );
+    check_continued_recording(&t, &customer, REPLACED_HZ, REPLACER_HZ);
+
+    let log = t.log();
+    for (call, replaced) in [(2, 1), (4, 3)] {
+        let linked = format!("call continues a transfer call={call} previous={replaced} contact={replaced} replaces={replaced}");
+        assert!(log.contains(&linked), "{linked}:\n{log}");
+    }
     assert_clean(&t);
 }
 
