@@ -132,6 +132,8 @@ struct RelayInner {
     announce_done: Option<AnnounceDone>,
     /// `media.timeout_s` in milliseconds; 0 turns media supervision off.
     media_timeout_ms: AtomicU64,
+    /// Commands sent to the control task and not yet carried out.
+    queued: AtomicU64,
 }
 
 impl Relay {
@@ -150,6 +152,7 @@ impl Relay {
                 prompts,
                 announce_done,
                 media_timeout_ms: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
             }),
             ctl,
         };
@@ -161,6 +164,7 @@ impl Relay {
                     RelayCmd::Tap(call, on) => worker.apply_tap(call, on),
                     RelayCmd::Filter(call, f) => worker.apply_filter(call, f),
                 }
+                worker.inner.queued.fetch_sub(1, Ordering::Release);
             }
         });
         relay
@@ -249,17 +253,36 @@ impl Relay {
 
     /// Keeps the agent's feature-code digits of `call` from the customer (after its `Open`).
     pub fn set_dtmf_filter(&self, call: CallId, filter: Option<DtmfFilter>) {
-        let _ = self.ctl.send(RelayCmd::Filter(call, filter));
+        self.enqueue(RelayCmd::Filter(call, filter));
     }
 
     /// Offers `call`'s packets to the recorder or not (after its `Open`).
     pub fn set_tap(&self, call: CallId, on: bool) {
-        let _ = self.ctl.send(RelayCmd::Tap(call, on));
+        self.enqueue(RelayCmd::Tap(call, on));
     }
 
-    /// Carries out a media command of the B2BUA, in order with the others.
+    /// Carries out a media command of the B2BUA, in order with the others. Called from the
+    /// signalling task only (the commands' single producer).
     pub fn handle(&self, cmd: MediaCommand) {
-        let _ = self.ctl.send(RelayCmd::Media(cmd));
+        // A new remote address must be in force before the SIP message that follows it leaves:
+        // the caller starts sending as soon as it has the callee's answer, and a packet that
+        // finds no address is lost. Updating an address is two short locks, so it is done
+        // here unless commands are still queued ahead of it (e.g. the call's `Open`), whose
+        // order it must keep.
+        if matches!(cmd, MediaCommand::Update { .. })
+            && self.inner.queued.load(Ordering::Acquire) == 0
+        {
+            self.apply(cmd);
+            return;
+        }
+        self.enqueue(RelayCmd::Media(cmd));
+    }
+
+    fn enqueue(&self, cmd: RelayCmd) {
+        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        if self.ctl.send(cmd).is_err() {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn apply_filter(&self, call: CallId, filter: Option<DtmfFilter>) {
@@ -684,5 +707,74 @@ fn listen_for_consent(media: &CallMedia, data: &[u8]) {
         let _ = media
             .consent
             .compare_exchange(0, answer, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_pair() -> u16 {
+        // An even port whose pair is free, from the kernel's choice.
+        loop {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = s.local_addr().unwrap().port();
+            if p % 2 == 0 && p < 65534 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+                return p;
+            }
+        }
+    }
+
+    fn update(call: CallId, port: u16) -> MediaCommand {
+        MediaCommand::Update {
+            call,
+            leg: Leg::B,
+            remote: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            sends: true,
+            codecs: Vec::new(),
+        }
+    }
+
+    fn remote_b(r: &Relay, call: CallId) -> Option<SocketAddr> {
+        let calls = r.inner.calls.lock().unwrap();
+        let l = &calls.get(&call)?.legs[1];
+        let remote = *l.sdp_remote.lock().unwrap();
+        remote
+    }
+
+    async fn settle(r: &Relay) {
+        while r.inner.queued.load(Ordering::Acquire) > 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answers_address_is_in_force_before_the_answer_is_sent_on() {
+        let r = Relay::new(Arc::new(Metrics::new()), None, Prompts::default(), None);
+        let (a, b) = (free_pair(), free_pair());
+        r.handle(MediaCommand::Open {
+            call: 1,
+            a_port: a,
+            b_port: b,
+            customer: Leg::A,
+        });
+        // Queued behind the Open, so it waits its turn rather than finding no call.
+        r.handle(update(1, 7000));
+        assert_eq!(remote_b(&r, 1), None, "the control task has not run yet");
+        settle(&r).await;
+        assert_eq!(
+            remote_b(&r, 1),
+            Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
+        );
+        // With nothing queued, an address change is in force when `handle` returns, before
+        // the engine transmits the SIP message that made the party start sending.
+        r.handle(update(1, 7002));
+        assert_eq!(
+            remote_b(&r, 1),
+            Some(SocketAddr::from(([127, 0, 0, 1], 7002)))
+        );
+        r.handle(MediaCommand::Close { call: 1 });
+        settle(&r).await;
+        assert!(r.inner.calls.lock().unwrap().is_empty());
     }
 }
