@@ -19,7 +19,7 @@
 //! [`poll_timeout`]: TransactionLayer::poll_timeout
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -190,10 +190,13 @@ pub const TIMER_C: Duration = Duration::from_secs(181);
 pub struct TransactionLayer {
     timers: Timers,
     timer_c: Duration,
-    /// A B-tree, not a hash map: at 1,000 calls per second the table grows to ~100,000
-    /// lingering transactions, and a hash map's rehash of that size stalls the signalling
-    /// task for milliseconds (seen as setup-latency spikes); a B-tree never moves it whole.
-    txs: BTreeMap<TxKey, Tx>,
+    /// Boxed: at 1,000 calls per second the table grows to ~100,000 lingering transactions,
+    /// and each rehash on the way moves every entry; with the transactions inline (their
+    /// request and last message) that stalled the signalling task for tens of milliseconds.
+    /// Boxed, an entry is a key and a pointer. (A B-tree avoids the rehash but shifts whole
+    /// transactions within its nodes on every insert and removal, and compares keys that share
+    /// long prefixes: measurably slower on every call.)
+    txs: HashMap<TxKey, Box<Tx>>,
     /// Min-heap of (deadline, generation, key); entries whose generation no longer matches
     /// the transaction's are stale and skipped.
     wakeups: BinaryHeap<Reverse<(Instant, u64, TxKey)>>,
@@ -210,7 +213,7 @@ impl TransactionLayer {
         Self {
             timers,
             timer_c: TIMER_C,
-            txs: BTreeMap::new(),
+            txs: HashMap::with_capacity(1024),
             wakeups: BinaryHeap::new(),
             accepted: HashMap::new(),
             out: VecDeque::new(),
@@ -266,7 +269,7 @@ impl TransactionLayer {
 
     /// Forgets a transaction, and the 2xx-ACK matching entry that points at it.
     fn remove_tx(&mut self, key: &TxKey) -> Option<Tx> {
-        let tx = self.txs.remove(key)?;
+        let tx = *self.txs.remove(key)?;
         if let Some(id) = &tx.accepted_id {
             if self.accepted.get(id) == Some(key) {
                 self.accepted.remove(id);
@@ -436,7 +439,8 @@ impl TransactionLayer {
     }
 
     fn create_server_tx(&mut self, key: TxKey, peer: Peer, state: State) {
-        self.txs.insert(key, Tx::new(state, peer, self.timers.t1));
+        self.txs
+            .insert(key, Box::new(Tx::new(state, peer, self.timers.t1)));
     }
 
     /// Sends a response on a server transaction. Unknown or ended transactions are ignored:
@@ -510,7 +514,7 @@ impl TransactionLayer {
         // A/E start at T1 on unreliable transports only; B/F run on every transport.
         tx.retransmit_at = (!reliable).then(|| now + t.t1);
         tx.timeout_at = Some(now + 64 * t.t1);
-        self.txs.insert(key.clone(), tx);
+        self.txs.insert(key.clone(), Box::new(tx));
         self.schedule(&key);
         self.transmit(to, bytes);
         key
