@@ -118,6 +118,20 @@ enum RelayCmd {
     Filter(CallId, Option<DtmfFilter>),
 }
 
+impl RelayCmd {
+    fn call(&self) -> CallId {
+        match self {
+            RelayCmd::Media(
+                MediaCommand::Open { call, .. }
+                | MediaCommand::Update { call, .. }
+                | MediaCommand::Announce { call, .. }
+                | MediaCommand::Close { call },
+            ) => *call,
+            RelayCmd::Tap(call, _) | RelayCmd::Filter(call, _) => *call,
+        }
+    }
+}
+
 /// Prompts by name (the configured path), decoded once at start-up: 8 kHz mono samples.
 pub type Prompts = Arc<HashMap<String, Arc<Vec<i16>>>>;
 
@@ -132,8 +146,8 @@ struct RelayInner {
     announce_done: Option<AnnounceDone>,
     /// `media.timeout_s` in milliseconds; 0 turns media supervision off.
     media_timeout_ms: AtomicU64,
-    /// Commands sent to the control task and not yet carried out.
-    queued: AtomicU64,
+    /// Commands sent to the control task and not yet carried out, per call.
+    queued: Mutex<HashMap<CallId, u32>>,
 }
 
 impl Relay {
@@ -152,19 +166,20 @@ impl Relay {
                 prompts,
                 announce_done,
                 media_timeout_ms: AtomicU64::new(0),
-                queued: AtomicU64::new(0),
+                queued: Mutex::new(HashMap::new()),
             }),
             ctl,
         };
         let worker = relay.clone();
         tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
+                let call = cmd.call();
                 match cmd {
                     RelayCmd::Media(c) => worker.apply(c),
                     RelayCmd::Tap(call, on) => worker.apply_tap(call, on),
                     RelayCmd::Filter(call, f) => worker.apply_filter(call, f),
                 }
-                worker.inner.queued.fetch_sub(1, Ordering::Release);
+                worker.done(call);
             }
         });
         relay
@@ -267,21 +282,33 @@ impl Relay {
         // A new remote address must be in force before the SIP message that follows it leaves:
         // the caller starts sending as soon as it has the callee's answer, and a packet that
         // finds no address is lost. Updating an address is two short locks, so it is done
-        // here unless commands are still queued ahead of it (e.g. the call's `Open`), whose
-        // order it must keep.
-        if matches!(cmd, MediaCommand::Update { .. })
-            && self.inner.queued.load(Ordering::Acquire) == 0
-        {
-            self.apply(cmd);
-            return;
+        // here unless commands of the same call are still queued ahead of it (e.g. its
+        // `Open`), whose order it must keep.
+        if let MediaCommand::Update { call, .. } = &cmd {
+            if !self.inner.queued.lock().unwrap().contains_key(call) {
+                self.apply(cmd);
+                return;
+            }
         }
         self.enqueue(RelayCmd::Media(cmd));
     }
 
     fn enqueue(&self, cmd: RelayCmd) {
-        self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        let call = cmd.call();
+        *self.inner.queued.lock().unwrap().entry(call).or_insert(0) += 1;
         if self.ctl.send(cmd).is_err() {
-            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            self.done(call);
+        }
+    }
+
+    /// One queued command of `call` has been carried out (or dropped).
+    fn done(&self, call: CallId) {
+        let mut q = self.inner.queued.lock().unwrap();
+        if let Some(n) = q.get_mut(&call) {
+            *n -= 1;
+            if *n == 0 {
+                q.remove(&call);
+            }
         }
     }
 
@@ -419,6 +446,15 @@ pub fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// Sends a datagram at once with `sendto(2)` on the non-blocking socket. tokio's
+/// `try_send_to` is not used: it refuses to send (WouldBlock, without a syscall) until the
+/// reactor has seen the socket writable once, so a new leg's first packets were dropped when
+/// the reactor was slow to turn under load. A UDP socket only refuses a send when its buffer
+/// is full, and then the packet is dropped and counted either way.
+fn send_now(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(sock).send_to(data, &to.into())
+}
+
 /// Whether `sock` is a dual-stack IPv6 socket (asked once per socket, not per packet: it is
 /// a `getsockname` call).
 fn is_v6_socket(sock: &UdpSocket) -> bool {
@@ -542,7 +578,7 @@ async fn relay_loop(
             no_destination.inc();
             continue;
         };
-        match out_sock.try_send_to(data, to_socket_family(out_v6, dest)) {
+        match send_now(&out_sock, data, to_socket_family(out_v6, dest)) {
             Ok(_) => relayed.inc(),
             Err(_) => {
                 send_failed.inc();
@@ -667,10 +703,7 @@ async fn play_prompt(
             };
         }
         if let Some(dest) = l.rtp_dest() {
-            if l.rtp
-                .try_send_to(&pkt, to_socket_family(is_v6_socket(&l.rtp), dest))
-                .is_ok()
-            {
+            if send_now(&l.rtp, &pkt, to_socket_family(is_v6_socket(&l.rtp), dest)).is_ok() {
                 metrics.announcement_packets.inc();
             }
         }
@@ -714,12 +747,16 @@ fn listen_for_consent(media: &CallMedia, data: &[u8]) {
 mod tests {
     use super::*;
 
-    fn free_pair() -> u16 {
-        // An even port whose pair is free, from the kernel's choice.
+    /// An even port, other than `avoid`, whose pair is free, from the kernel's choice.
+    fn free_pair(avoid: u16) -> u16 {
         loop {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             let p = s.local_addr().unwrap().port();
-            if p % 2 == 0 && p < 65534 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            if p % 2 == 0
+                && p.abs_diff(avoid) > 1
+                && p < 65534
+                && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+            {
                 return p;
             }
         }
@@ -743,15 +780,29 @@ mod tests {
     }
 
     async fn settle(r: &Relay) {
-        while r.inner.queued.load(Ordering::Acquire) > 0 {
+        while !r.inner.queued.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
     }
 
     #[tokio::test]
+    async fn a_new_socket_sends_before_the_reactor_has_seen_it() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = bind_udp(free_pair(0)).unwrap();
+        // No await since the bind: the reactor has not reported the socket writable yet.
+        let to = to_socket_family(is_v6_socket(&tx), rx.local_addr().unwrap());
+        assert_eq!(send_now(&tx, b"first packet", to).unwrap(), 12);
+        let mut buf = [0u8; 32];
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(rx.recv(&mut buf).unwrap(), 12);
+    }
+
+    #[tokio::test]
     async fn an_answers_address_is_in_force_before_the_answer_is_sent_on() {
         let r = Relay::new(Arc::new(Metrics::new()), None, Prompts::default(), None);
-        let (a, b) = (free_pair(), free_pair());
+        let a = free_pair(0);
+        let b = free_pair(a);
         r.handle(MediaCommand::Open {
             call: 1,
             a_port: a,
@@ -766,8 +817,10 @@ mod tests {
             remote_b(&r, 1),
             Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
         );
-        // With nothing queued, an address change is in force when `handle` returns, before
-        // the engine transmits the SIP message that made the party start sending.
+        // Another call's queued work does not hold it back.
+        r.handle(MediaCommand::Close { call: 99 });
+        // With nothing of its call queued, an address change is in force when `handle`
+        // returns, before the engine transmits the SIP message that made the party send.
         r.handle(update(1, 7002));
         assert_eq!(
             remote_b(&r, 1),
