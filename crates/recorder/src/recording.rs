@@ -7,9 +7,10 @@
 //! anything: the driver owns time and IO.
 //!
 //! ## Time
-//! Time zero is the `now` passed to [`Recording::new`]; a packet stamped earlier is placed as
-//! if it arrived at zero, and one whose audio then ends before zero is counted `before_start`
-//! (outside the recording), not `late_dropped`. Output runs a fixed *jitter delay*
+//! Time zero is the `now` passed to [`Recording::new`]. Packets stamped earlier count as
+//! arriving at zero: the first of a stream anchors it with its audio ending at zero, outside
+//! the recording, and is counted `before_start` rather than `late_dropped`; the following ones
+//! are placed after it by timestamp. Output runs a fixed *jitter delay*
 //! behind the clock: audio for instant `t` is emitted once the clock passes `t + delay`, so
 //! packets reordered within that window are put back in place. The amount of audio produced
 //! depends only on the clock, never on the packets: a file can never be longer than the call.

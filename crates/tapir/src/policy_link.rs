@@ -119,6 +119,9 @@ pub enum Instruction {
 pub struct CallControl {
     policy: CallPolicy,
     t0: Instant,
+    /// Latest time handed to the policy: its clock must not run backwards, and packets and
+    /// messages reach this thread stamped by different senders.
+    last_ms: std::cell::Cell<u64>,
     rfc4733: Option<Rfc4733Detector>,
     inband: Option<InbandDetector>,
     agent_codecs: PayloadMap,
@@ -165,6 +168,7 @@ impl CallControl {
         let mut cc = Self {
             policy: CallPolicy::new(rules, facts),
             t0: now,
+            last_ms: std::cell::Cell::new(0),
             rfc4733: None,
             inband: None,
             agent_codecs: PayloadMap::with_static(),
@@ -177,7 +181,10 @@ impl CallControl {
     }
 
     fn at_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.t0).as_millis() as u64
+        let ms =
+            (now.saturating_duration_since(self.t0).as_millis() as u64).max(self.last_ms.get());
+        self.last_ms.set(ms);
+        ms
     }
 
     /// Handles `X-Tapir-Record` and `X-Tapir-Consent` on an INVITE or in-dialog request.

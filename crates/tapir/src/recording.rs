@@ -143,8 +143,8 @@ const TICK_MS: u64 = 20;
 /// The recorder thread's control queue. Every message carries the instant it was sent: the
 /// thread takes its queue only once per tick, and a call's time zero or a command's effect
 /// must be the instant the event happened, not the instant the thread got to it (a time zero
-/// taken up to a tick late put the first packet of each leg before the recording began, where
-/// it was dropped as late).
+/// taken up to a tick late would place the first packet of each leg before the recording
+/// began, outside the file).
 #[derive(Clone)]
 pub struct RecTx(std::sync::mpsc::Sender<(Instant, RecCtl)>);
 
@@ -365,20 +365,10 @@ impl RecorderThread {
         // period of packets, and the recorder's jitter delay absorbs the wait.
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
+        let mut ended = Vec::with_capacity(64);
         loop {
-            loop {
-                match self.ctl.try_recv() {
-                    Ok((at, c)) => self.on_ctl(at, c),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            }
-            loop {
-                match self.tap.try_recv() {
-                    Ok(p) => self.on_packet(&p),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
+            if self.drain_queues(&mut ended).is_err() {
+                return;
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -387,6 +377,31 @@ impl RecorderThread {
             }
             std::thread::sleep(next_tick.saturating_duration_since(Instant::now()));
         }
+    }
+
+    /// Takes every queued control message and packet. A call's end waits until the packets
+    /// queued with it are placed: they arrived before the hang-up and belong in its file.
+    /// `Err` when the signalling side is gone.
+    fn drain_queues(&mut self, ended: &mut Vec<(Instant, RecCtl)>) -> Result<(), TryRecvError> {
+        loop {
+            match self.ctl.try_recv() {
+                Ok((at, c @ RecCtl::Ended { .. })) => ended.push((at, c)),
+                Ok((at, c)) => self.on_ctl(at, c),
+                Err(TryRecvError::Empty) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        loop {
+            match self.tap.try_recv() {
+                Ok(p) => self.on_packet(&p),
+                Err(TryRecvError::Empty) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        for (at, c) in ended.drain(..) {
+            self.on_ctl(at, c);
+        }
+        Ok(())
     }
 
     /// The call owning `call`'s recording, and `leg` seen from that call.
@@ -1034,6 +1049,32 @@ mod tests {
             "a packet was placed before the call began"
         );
         assert_eq!(s.lost, 0);
+    }
+
+    #[test]
+    fn packets_queued_ahead_of_a_hang_up_are_in_the_file() {
+        let mut r = rig("ended");
+        let t0 = Instant::now() - Duration::from_millis(500);
+        start(&mut r, 1, "c1", t0);
+        // The hang-up reaches the control queue while the call's last packets, which arrived
+        // before it, still wait in the tap queue.
+        for i in 0..10u16 {
+            let mut p = TapPacket {
+                call: 1,
+                leg: Leg::A,
+                at: t0 + Duration::from_millis(20 * u64::from(i) + 1),
+                len: 172,
+                data: [0xff; crate::relay::TAP_MAX],
+            };
+            media::rtp::write_header(&mut p.data, i == 0, 0, i, u32::from(i) * 160, 7);
+            r._tap.send(p).unwrap();
+        }
+        let hung_up = t0 + Duration::from_millis(400);
+        r._ctl.send((hung_up, RecCtl::Ended { call: 1 })).unwrap();
+        r.t.drain_queues(&mut Vec::new()).unwrap();
+        let f = r.done.try_recv().expect("a finished recording");
+        assert_eq!(f.meta.customer.received, 10, "{:?}", f.meta.customer);
+        assert_eq!(f.meta.customer.late_dropped, 0);
     }
 
     #[test]
