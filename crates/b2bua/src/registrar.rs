@@ -590,10 +590,15 @@ impl B2bua {
         let Some(to) = req.to() else {
             return reject(self, 400, "Bad Request: no To");
         };
-        let Some((aor, user)) = canonical_aor(&to.uri) else {
+        if to.uri.sip().is_none() {
             // Not an address-of-record at all (RFC 4475 §3.3.4: a registrar rejects a To in an
-            // unknown scheme with 400); 404 is for an AOR of a user this domain does not have.
-            return reject(self, 400, "Bad Request: To is not a sip: URI with a user");
+            // unknown scheme with 400).
+            return reject(self, 400, "Bad Request: To is not a SIP URI");
+        }
+        let Some((aor, user)) = canonical_aor(&to.uri) else {
+            // A SIP AOR without a user names no one this relay can keep a binding for
+            // (RFC 3261 §10.3 step 5).
+            return reject(self, 404, "Not Found: To has no user");
         };
         let Some(from_na) = req.from() else {
             return reject(self, 400, "Bad Request: no From");
