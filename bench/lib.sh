@@ -8,7 +8,7 @@
 bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$bench_dir/.." && pwd)
 TAPIR_BIN_GIVEN=${TAPIR_BIN:-}
-TAPIR_BIN=${TAPIR_BIN:-$repo_dir/target/release/tapir}
+TAPIR_BIN=${TAPIR_BIN:-${CARGO_TARGET_DIR:-$repo_dir/target}/release/tapir}
 HZ=$(getconf CLK_TCK)
 TAPIR_HTTP=${TAPIR_HTTP:-127.0.0.1:9090}
 TAPIR_SIP=${TAPIR_SIP:-127.0.0.1:5090}

@@ -12,8 +12,8 @@
 //!   Replaces); the callee gets the new call with a Replaces naming its own dialog with
 //!   tapir, ends that dialog, and the contact's recording goes on with the new call. Once
 //!   with the customer's side replacing (inbound), once with the agent's (outbound).
-//! - Session timer: a call held past half its 90 s interval is refreshed by tapir (the
-//!   callee has no timer support) and still hangs up normally (about 47 s).
+//! - Session timer: a held call is refreshed by tapir at half its 90 s interval, twice (the
+//!   callee has no timer support), and hangs up normally past the interval (about 92 s).
 //! - Vanished peer: no RTP either way and a callee that never answers BYE: tapir ends the
 //!   call after `media.timeout_s` (2 s here).
 
