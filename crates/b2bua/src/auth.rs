@@ -9,7 +9,7 @@
 //! B's Call-ID, From tag and CSeq under the caller's Call-ID and From tag, and the retry's leg
 //! B continues them.
 
-use std::collections::{HashMap, VecDeque};
+use crate::ttl_map::TtlMap;
 use std::time::{Duration, Instant};
 
 use sip::{HeaderAccess, Request};
@@ -27,7 +27,6 @@ struct Challenged {
     b_tag: String,
     b_cseq: u32,
     a_cseq: u32,
-    expires: Instant,
 }
 
 /// Leg B identity a retried INVITE continues: Call-ID, From tag and its new CSeq.
@@ -38,11 +37,18 @@ pub(crate) struct Retry {
     pub b_cseq: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Challenges {
     /// (leg A Call-ID, leg A From tag) → the challenged leg B.
-    map: HashMap<(String, String), Challenged>,
-    order: VecDeque<(Instant, (String, String))>,
+    map: TtlMap<(String, String), Challenged>,
+}
+
+impl Default for Challenges {
+    fn default() -> Self {
+        Self {
+            map: TtlMap::new(CHALLENGE_TTL, MAX_CHALLENGES),
+        }
+    }
 }
 
 impl Challenges {
@@ -55,36 +61,26 @@ impl Challenges {
         b_tag: &str,
         b_cseq: u32,
     ) {
-        self.purge(now);
         let Some(from_tag) = a_req.from_tag() else {
             return;
         };
-        while self.map.len() >= MAX_CHALLENGES {
-            let Some((_, k)) = self.order.pop_front() else {
-                break;
-            };
-            self.map.remove(&k);
-        }
         let key = (a_req.call_id().to_string(), from_tag);
-        let expires = now + CHALLENGE_TTL;
         self.map.insert(
-            key.clone(),
+            now,
+            key,
             Challenged {
                 b_call_id: b_call_id.to_string(),
                 b_tag: b_tag.to_string(),
                 b_cseq,
                 a_cseq: a_req.cseq().map(|c| c.seq).unwrap_or(0),
-                expires,
             },
         );
-        self.order.push_back((expires, key));
     }
 
     /// If `req` (a new INVITE on leg A) retries a challenged one, the leg B identity to use.
     pub fn take_retry(&mut self, now: Instant, req: &Request) -> Option<Retry> {
-        self.purge(now);
         let key = (req.call_id().to_string(), req.from_tag()?);
-        let c = self.map.get(&key)?;
+        let c = self.map.get(now, &key)?;
         // A retry has a higher CSeq (§22.2); anything else is a replay of the old request.
         if req.cseq().map(|c| c.seq).unwrap_or(0) <= c.a_cseq {
             return None;
@@ -99,21 +95,6 @@ impl Challenges {
 
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    fn purge(&mut self, now: Instant) {
-        while let Some((t, _)) = self.order.front() {
-            if *t > now {
-                break;
-            }
-            let Some((t, k)) = self.order.pop_front() else {
-                break;
-            };
-            // A later challenge of the same INVITE replaced the entry; keep that one.
-            if self.map.get(&k).is_some_and(|c| c.expires <= t) {
-                self.map.remove(&k);
-            }
-        }
     }
 }
 

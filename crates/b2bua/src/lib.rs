@@ -26,6 +26,7 @@ pub mod registrar;
 pub mod routing;
 mod timers;
 mod transfer;
+mod ttl_map;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -316,47 +317,26 @@ impl IdGen {
 /// ended) is acknowledged and hung up. Only these: a 2xx naming any other dialog is dropped,
 /// or a forged 2xx from a spoofed address would make tapir send an ACK and a BYE with all its
 /// retransmissions to that address.
-#[derive(Default)]
-struct Forgotten {
-    map: HashMap<(String, String), Instant>,
-    order: VecDeque<(Instant, (String, String))>,
+struct Forgotten(ttl_map::TtlMap<(String, String), ()>);
+
+impl Default for Forgotten {
+    fn default() -> Self {
+        // Longer than a late 2xx takes: Timer B/F of a relayed request plus 2xx
+        // retransmissions.
+        Self(ttl_map::TtlMap::new(
+            std::time::Duration::from_secs(180),
+            16384,
+        ))
+    }
 }
 
 impl Forgotten {
-    /// Longer than a late 2xx takes: Timer B/F of a relayed request plus 2xx retransmissions.
-    const TTL: std::time::Duration = std::time::Duration::from_secs(180);
-    const MAX: usize = 16384;
-
     fn insert(&mut self, now: Instant, key: (String, String)) {
-        self.purge(now);
-        while self.map.len() >= Self::MAX {
-            let Some((_, k)) = self.order.pop_front() else {
-                break;
-            };
-            self.map.remove(&k);
-        }
-        let expires = now + Self::TTL;
-        self.order.push_back((expires, key.clone()));
-        self.map.insert(key, expires);
+        self.0.insert(now, key, ());
     }
 
     fn contains(&mut self, now: Instant, key: &(String, String)) -> bool {
-        self.purge(now);
-        self.map.contains_key(key)
-    }
-
-    fn purge(&mut self, now: Instant) {
-        while let Some((t, _)) = self.order.front() {
-            if *t > now {
-                break;
-            }
-            let Some((t, k)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&k).is_some_and(|e| *e <= t) {
-                self.map.remove(&k);
-            }
-        }
+        self.0.get(now, key).is_some()
     }
 }
 
