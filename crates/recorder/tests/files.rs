@@ -103,9 +103,12 @@ fn repair_handles_cut_headers_and_mp3_and_closes_open_segments() {
     let mut sink = Mp3Sink::create(&mp3, SinkOptions::default()).unwrap();
     write_tones(&mut sink, 3.0);
     sink.flush().unwrap();
-    let mut rec = Recording::new(std::time::Instant::now(), Default::default());
+    // One instant for both: a second `Instant::now()` may already be a frame later, and a
+    // command timed after the play position stays pending until audio reaches it.
+    let t0 = std::time::Instant::now();
+    let mut rec = Recording::new(t0, Default::default());
     rec.handle_command(
-        std::time::Instant::now(),
+        t0,
         recorder::Command::Start {
             reason: "route".into(),
         },
