@@ -781,6 +781,17 @@ impl B2bua {
         }
     }
 
+    /// An INVITE tapir sent inside this call is unanswered: a relayed re-INVITE or tapir's own
+    /// refresh. Either blocks a new one on both legs (RFC 3261 §14.1), since a party's
+    /// re-INVITE crosses to the other leg. Only re-INVITEs ask, so the scan is rare.
+    pub(crate) fn invite_in_progress(&self, call: CallId) -> bool {
+        self.client.iter().any(|(k, (cid, p))| {
+            *cid == call
+                && k.method == Method::Invite
+                && matches!(p, Purpose::Relay(_) | Purpose::Refresh(_))
+        })
+    }
+
     fn on_new_invite(&mut self, now: Instant, key: TxKey, req: Request, from: Peer) {
         let reject = |this: &mut Self, code: u16, reason: &str| {
             let r = req.response(code, reason);
@@ -1681,10 +1692,7 @@ impl B2bua {
                     && (req.method == Method::Invite
                         || c.leg(leg.other()).dialog.remote_tag.is_none());
                 if matches!(req.method, Method::Invite | Method::Update) && not_yet
-                    || req.method == Method::Invite && self.client.values().any(|(cid, p)| {
-                        *cid == call
-                            && matches!(p, Purpose::Relay(r) if r.request.method == Method::Invite)
-                    })
+                    || req.method == Method::Invite && self.invite_in_progress(call)
                 {
                     // Glare: an INVITE is already in progress on this call (§14.1, §14.2).
                     let r = req.response(491, "Request Pending");

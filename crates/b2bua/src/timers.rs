@@ -17,7 +17,9 @@
 //! one itself: UPDATE without a body when the party allows UPDATE, otherwise a re-INVITE that
 //! offers the SDP tapir last sent on that leg, unchanged, so a held call stays held. A refresh
 //! that fails (timeout, 408, 481 or any other final error except 491 glare, which is retried)
-//! ends the call with BYE on both legs. Where a party is the refresher and no refresh arrived
+//! ends the call with BYE on both legs. Glare is avoided as RFC 3261 §14.1 asks: tapir's
+//! re-INVITE waits while a party's re-INVITE crosses the call, and a party's re-INVITE that
+//! arrives while tapir's is pending gets 491. Where a party is the refresher and no refresh arrived
 //! by the deadline of §10 (the interval less a third, at most 32 s), tapir ends the call the
 //! same way. Intervals below the 90 s floor of §4 are treated as 90 s.
 //!
@@ -38,6 +40,9 @@ use crate::{B2bua, CallId, CallState, Leg, Outcome, Purpose};
 /// How long to wait before retrying a refresh that met a 491 (RFC 3261 §14.1 asks for 2.1 to
 /// 4 s when we own the Call-ID and 0 to 2 s otherwise; a fixed value inside both is fine).
 const GLARE_RETRY: Duration = Duration::from_secs(2);
+
+/// How long tapir's refresh re-INVITE waits when another INVITE is in progress on the call.
+const REFRESH_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refresher {
@@ -268,6 +273,21 @@ impl B2bua {
             Method::Invite
         } else {
             Method::Update
+        };
+        if method == Method::Invite && self.invite_in_progress(call) {
+            // A party's re-INVITE is crossing this call (§14.1): it may well refresh this leg
+            // itself; if not, try again shortly.
+            if let Some(t) = self
+                .calls
+                .get_mut(&call)
+                .and_then(|c| c.x.leg_mut(leg).timer.as_mut())
+            {
+                t.retry_at = Some(now + REFRESH_BUSY_RETRY);
+            }
+            return;
+        }
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
         };
         if let Some(t) = c.x.leg_mut(leg).timer.as_mut() {
             t.in_flight = true;

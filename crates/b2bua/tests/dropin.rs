@@ -1147,6 +1147,72 @@ fn glare_on_refresh_is_retried() {
     assert_eq!(h.byes_to(CALLER) + h.byes_to(CALLEE), 0);
 }
 
+/// A caller that runs RFC 4028 with the callee not supporting it, and without UPDATE: tapir
+/// refreshes leg A itself, by re-INVITE.
+const TIMER_NO_UPDATE: &str = "Session-Expires: 90;refresher=uas\nSupported: timer\n";
+
+#[test]
+fn a_party_re_invite_during_tapirs_refresh_invite_gets_491_on_either_leg() {
+    let mut h = H::new();
+    let (mut caller, mut callee, _call) = establish(&mut h, "st-g1", TIMER_NO_UPDATE, "");
+    h.advance_to(46.0);
+    let refresh = h.take_request(CALLER, Method::Invite);
+    // RFC 3261 §14.1: no second INVITE on a dialog while one is in progress, so neither
+    // party's re-INVITE may cross now (the callee's would reach leg A beside the refresh).
+    let re = callee_request(&mut callee, "INVITE", "Content-Type: application/sdp\n");
+    h.feed(CALLEE, msg(&re, &sdp(5000, "sendonly")));
+    assert_eq!(
+        h.take_response(CALLEE, 491).cseq().unwrap().seq,
+        callee.cseq
+    );
+    let re = caller_request(&mut caller, "INVITE", "Content-Type: application/sdp\n");
+    h.feed(CALLER, msg(&re, &sdp(4000, "sendonly")));
+    assert_eq!(
+        h.take_response(CALLER, 491).cseq().unwrap().seq,
+        caller.cseq
+    );
+    assert!(h.take_requests(CALLER, Method::Invite).is_empty());
+    assert!(h.take_requests(CALLEE, Method::Invite).is_empty());
+
+    // Once the refresh is answered, the callee's retry goes through.
+    h.answer(CALLER, &refresh, 200, "", "", &sdp(4000, "sendrecv"));
+    h.take_request(CALLER, Method::Ack);
+    let re = callee_request(&mut callee, "INVITE", "Content-Type: application/sdp\n");
+    h.feed(CALLEE, msg(&re, &sdp(5000, "sendonly")));
+    let relayed = h.take_request(CALLER, Method::Invite);
+    assert!(relayed.cseq().unwrap().seq > refresh.cseq().unwrap().seq);
+    assert_eq!(h.byes_to(CALLER) + h.byes_to(CALLEE), 0);
+}
+
+#[test]
+fn tapirs_refresh_invite_waits_for_a_relayed_re_invite_in_progress() {
+    let mut h = H::new();
+    let (_caller, mut callee, _call) = establish(&mut h, "st-g2", TIMER_NO_UPDATE, "");
+    h.advance_to(44.0);
+    // The callee re-INVITEs just before tapir's refresh is due; the caller is slow to answer.
+    let re = callee_request(&mut callee, "INVITE", "Content-Type: application/sdp\n");
+    h.feed(CALLEE, msg(&re, &sdp(5000, "sendonly")));
+    let relayed = h.take_request(CALLER, Method::Invite);
+    h.advance_to(46.5);
+    // Retransmissions of the relayed INVITE aside, nothing else.
+    assert!(
+        h.take_requests(CALLER, Method::Invite)
+            .iter()
+            .all(|r| r.cseq() == relayed.cseq()),
+        "no refresh INVITE beside the relayed one"
+    );
+    // The caller refuses the offer, so nothing refreshed leg A: tapir's refresh follows as soon
+    // as the leg is free.
+    h.answer(CALLER, &relayed, 488, "", "", "");
+    h.take_response(CALLEE, 488);
+    h.advance_to(48.0);
+    let refresh = h.take_request(CALLER, Method::Invite);
+    assert!(refresh.cseq().unwrap().seq > relayed.cseq().unwrap().seq);
+    h.answer(CALLER, &refresh, 200, "", "", &sdp(4000, "sendrecv"));
+    assert_eq!(h.byes_to(CALLER) + h.byes_to(CALLEE), 0);
+    assert!(h.ended().is_empty());
+}
+
 #[test]
 fn calls_without_session_timers_never_refresh() {
     let mut h = H::new();
