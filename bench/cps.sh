@@ -20,6 +20,11 @@
 #   bench/cps.sh direct 1000 60000        # the same without a proxy, for added latency
 #   bench/cps.sh tapir 500 5000 40        # memory per established call, 5,000 calls held
 #
+# PCAP=1 (tapir or kamailio; needs tcpdump) also captures the proxy's SIP port on `lo` and
+# prints an `added:` line from bench/added_latency.py: the setup latency the proxy adds, per
+# call, from kernel timestamps rather than SIPp's 4 ms clock. The caller then runs SIPp's
+# built-in uac scenario with one header more (X-Seq, to match the two legs of a call).
+#
 # Prints one `result:` line: SIPp's successful/failed counts, achieved rate, setup time
 # (INVITE sent -> 200 received, SIPp -trace_rtt, per call) p50/p99/max, the SUT's CPU (% of
 # one core, averaged over the run) and RSS. Environment: see bench/lib.sh (TAPIR_BIN,
@@ -39,6 +44,7 @@ cleanup() {
   [ -n "${uas_pid:-}" ] && stop_pid "$uas_pid"
   [ -n "${TAPIR_PID:-}" ] && stop_pid "$TAPIR_PID"
   [ -n "${KAM_PID:-}" ] && stop_pid "$KAM_PID"
+  [ -n "${tcpdump_pid:-}" ] && kill "$tcpdump_pid" 2>/dev/null
   rm -f "$work/sampling"
 }
 trap cleanup EXIT
@@ -88,8 +94,17 @@ if [ "$hold" -gt 0 ] && [ -n "$pids" ]; then
   ) &
 fi
 
+scenario=(-sn uac)
+if [ "${PCAP:-0}" = 1 ] && [ "$sut" != direct ]; then
+  sipp -sd uac 2>/dev/null | sed '/CSeq: 1 INVITE/a\      X-Seq: [call_number]' >"$work/uac_seq.xml"
+  scenario=(-sf "$work/uac_seq.xml")
+  tcpdump -i lo -n -s 0 -B 262144 -w "$work/sip.pcap" udp port "${target##*:}" 2>"$work/tcpdump.err" &
+  tcpdump_pid=$!
+  for _ in $(seq 1 50); do grep -q listening "$work/tcpdump.err" && break; sleep 0.1; done
+fi
+
 lim=$((rate * 10)); [ "$hold" -gt 0 ] && lim=$calls
-sipp "$target" -sn uac -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" -l "$lim" \
+sipp "$target" "${scenario[@]}" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" -l "$lim" \
   -d $((hold * 1000)) -nostdin -timeout "${timeout_s}s" -trace_stat -stf uac.csv -fd 1 \
   -trace_rtt -rtt_freq 100 -trace_err >uac.out 2>&1
 rc=$?
@@ -157,4 +172,10 @@ if extra:
     out.append(extra)
 print("result: " + " ".join(out))
 PY
+if [ -n "${tcpdump_pid:-}" ]; then
+  kill -INT "$tcpdump_pid"; wait "$tcpdump_pid" 2>/dev/null
+  grep -h "dropped by kernel" "$work/tcpdump.err" | sed 's/^/tcpdump: /'
+  python3 "$bench_dir/added_latency.py" "$work/sip.pcap" "${target##*:}"
+  [ "${KEEP_PCAP:-0}" = 1 ] || rm -f "$work/sip.pcap"
+fi
 echo "work dir: $work"
