@@ -120,7 +120,8 @@ def main():
         f"mean_ms={sum(total) / len(total):.3f} p50_ms={pct(total, 50):.3f} "
         f"p90_ms={pct(total, 90):.3f} p99_ms={pct(total, 99):.3f} "
         f"p99.9_ms={pct(total, 99.9):.3f} max_ms={total[-1]:.3f} "
-        f"invite_p99_ms={pct(inv, 99):.3f} answer_p99_ms={pct(ok, 99):.3f} "
+        f"invite_p50_ms={pct(inv, 50):.3f} invite_p99_ms={pct(inv, 99):.3f} "
+        f"answer_p50_ms={pct(ok, 50):.3f} answer_p99_ms={pct(ok, 99):.3f} "
         f"over_5ms={sum(1 for x in total if x > 5.0)}"
     )
 

@@ -64,7 +64,7 @@ esac
 
 cd "$work" || exit 1
 timeout_s=$((calls / rate + hold + 120))
-sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -m "$calls" -nostdin -timeout "${timeout_s}s" \
+"${LOAD_PIN[@]}" sipp -sn uas -i 127.0.0.1 -p "$UAS_PORT" -m "$calls" -nostdin -timeout "${timeout_s}s" \
   -trace_stat -stf uas.csv -fd 1 >uas.out 2>&1 &
 uas_pid=$!
 sleep 0.5
@@ -98,13 +98,13 @@ scenario=(-sn uac)
 if [ "${PCAP:-0}" = 1 ] && [ "$sut" != direct ]; then
   sipp -sd uac 2>/dev/null | sed '/CSeq: 1 INVITE/a\      X-Seq: [call_number]' >"$work/uac_seq.xml"
   scenario=(-sf "$work/uac_seq.xml")
-  tcpdump -i lo -n -s 0 -B 262144 -w "$work/sip.pcap" udp port "${target##*:}" 2>"$work/tcpdump.err" &
+  "${LOAD_PIN[@]}" tcpdump -i lo -n -s 0 -B 262144 -w "$work/sip.pcap" udp port "${target##*:}" 2>"$work/tcpdump.err" &
   tcpdump_pid=$!
   for _ in $(seq 1 50); do grep -q listening "$work/tcpdump.err" && break; sleep 0.1; done
 fi
 
 lim=$((rate * 10)); [ "$hold" -gt 0 ] && lim=$calls
-sipp "$target" "${scenario[@]}" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" -l "$lim" \
+"${LOAD_PIN[@]}" sipp "$target" "${scenario[@]}" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" -l "$lim" \
   -d $((hold * 1000)) -nostdin -timeout "${timeout_s}s" -trace_stat -stf uac.csv -fd 1 \
   -trace_rtt -rtt_freq 100 -trace_err >uac.out 2>&1
 rc=$?

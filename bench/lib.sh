@@ -4,6 +4,8 @@
 #   TAPIR_BIN    tapir binary (default: target/release/tapir of this repository, rebuilt first)
 #   MAX_LOAD     wait until the 1-minute load average is below this before measuring (default 1.0)
 #   LOAD_WAIT_S  give up waiting after this many seconds and measure anyway (default 300)
+#   SUT_CPUS     CPU list (taskset -c) for tapir, and SIPP_CPUS for SIPp and tcpdump, to keep
+#                the load generator off the cores of the system under test (default: unpinned)
 
 bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$bench_dir/.." && pwd)
@@ -14,6 +16,11 @@ TAPIR_HTTP=${TAPIR_HTTP:-127.0.0.1:9090}
 TAPIR_SIP=${TAPIR_SIP:-127.0.0.1:5090}
 KAM_SIP=${KAM_SIP:-127.0.0.1:5060}
 UAS_PORT=${UAS_PORT:-25070}
+
+# Prefix for load-generator commands: pins them to SIPP_CPUS when set. An array rather than a
+# function so that `$!` of a backgrounded command is the command itself (taskset execs it).
+LOAD_PIN=()
+[ -n "${SIPP_CPUS:-}" ] && LOAD_PIN=(taskset -c "$SIPP_CPUS")
 
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -69,7 +76,7 @@ start_tapir() {
   fi
   [ -x "$TAPIR_BIN" ] || { echo "no tapir binary at $TAPIR_BIN (cargo build --release -p tapir)" >&2; exit 1; }
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-  (cd "$work" && exec env "$@" "$TAPIR_BIN" --config "$cfg" >"$work/tapir.log" 2>&1) &
+  (cd "$work" && exec ${SUT_CPUS:+taskset -c "$SUT_CPUS"} env "$@" "$TAPIR_BIN" --config "$cfg" >"$work/tapir.log" 2>&1) &
   TAPIR_PID=$!
   local i
   for i in $(seq 1 100); do

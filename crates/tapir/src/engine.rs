@@ -65,7 +65,8 @@ pub struct RecorderLink {
 
 pub struct Engine {
     core: B2bua,
-    udp: Vec<Arc<UdpSocket>>,
+    /// SIP UDP sockets with whether each is IPv4 (asked once: `local_addr` is a syscall).
+    udp: Vec<(Arc<UdpSocket>, bool)>,
     tcp: TcpPeers,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
@@ -97,6 +98,13 @@ pub struct EngineHandle {
 }
 
 impl Engine {
+    /// Binds the SIP sockets and runs the engine on a thread of its own ("tapir-sip"), with a
+    /// single-threaded runtime that also owns the SIP sockets and TCP connections.
+    ///
+    /// Why not a task on the main runtime: there the engine queued behind the relay's work
+    /// (four sockets bound, four tasks spawned and later dropped per call) on the same two
+    /// workers, and each SIP message crossed threads from its reader task to the engine.
+    /// Setup latency added at 1,000 calls per second is in docs/benchmarks.md.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         core: B2bua,
@@ -109,6 +117,64 @@ impl Engine {
         tcp_idle: Duration,
         announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
     ) -> Result<EngineHandle> {
+        let (ready_tx, ready) = oneshot::channel();
+        let udp_addrs = udp_addrs.to_vec();
+        let tcp_addrs = tcp_addrs.to_vec();
+        std::thread::Builder::new()
+            .name("tapir-sip".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx
+                            .send(Err(anyhow::Error::new(e)
+                                .context("cannot start the signalling runtime")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Self::bind(
+                        core,
+                        &udp_addrs,
+                        &tcp_addrs,
+                        relay,
+                        metrics,
+                        recorder,
+                        show_numbers,
+                        tcp_idle,
+                        announce_done,
+                    )
+                    .await
+                    {
+                        Ok((engine, handle)) => {
+                            let _ = ready_tx.send(Ok(handle));
+                            engine.run().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .context("cannot start the signalling thread")?;
+        ready.await.context("the signalling thread stopped")?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn bind(
+        core: B2bua,
+        udp_addrs: &[SocketAddr],
+        tcp_addrs: &[SocketAddr],
+        relay: Relay,
+        metrics: Arc<Metrics>,
+        recorder: Option<RecorderLink>,
+        show_numbers: bool,
+        tcp_idle: Duration,
+        announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
+    ) -> Result<(Engine, EngineHandle)> {
         let (inputs_tx, inputs) = mpsc::channel(65536);
         let mut udp = Vec::new();
         let mut local_udp = Vec::new();
@@ -118,8 +184,9 @@ impl Engine {
                     .await
                     .with_context(|| format!("cannot bind SIP UDP {a}"))?,
             );
-            local_udp.push(s.local_addr()?);
-            udp.push(s.clone());
+            let local = s.local_addr()?;
+            local_udp.push(local);
+            udp.push((s.clone(), local.is_ipv4()));
             tokio::spawn(udp_reader(s, inputs_tx.clone()));
         }
         let mut local_tcp = Vec::new();
@@ -150,13 +217,15 @@ impl Engine {
             continued_contacts: HashMap::new(),
             media_seen: HashMap::new(),
         };
-        tokio::spawn(engine.run());
-        Ok(EngineHandle {
-            inputs: inputs_tx,
-            calls,
-            local_udp,
-            local_tcp,
-        })
+        Ok((
+            engine,
+            EngineHandle {
+                inputs: inputs_tx,
+                calls,
+                local_udp,
+                local_tcp,
+            },
+        ))
     }
 
     async fn run(mut self) {
@@ -476,12 +545,9 @@ impl Engine {
                 let sock = self
                     .udp
                     .iter()
-                    .find(|s| {
-                        s.local_addr()
-                            .map(|a| a.is_ipv4() == to.addr.is_ipv4())
-                            .unwrap_or(false)
-                    })
-                    .or(self.udp.first());
+                    .find(|(_, v4)| *v4 == to.addr.is_ipv4())
+                    .or(self.udp.first())
+                    .map(|(s, _)| s);
                 if let Some(s) = sock {
                     if let Err(e) = s.send_to(&data, to.addr).await {
                         tracing::debug!(peer = %to.addr, error = %e, "SIP UDP send failed");
