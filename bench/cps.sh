@@ -103,20 +103,32 @@ if [ "${PCAP:-0}" = 1 ] && [ "$sut" != direct ]; then
   for _ in $(seq 1 50); do grep -q listening "$work/tcpdump.err" && break; sleep 0.1; done
 fi
 
+(
+  while [ -e "$work/sampling" ]; do
+    echo "$(udp_port_drops "${target##*:}") $(udp_port_drops "$uac_port") $(udp_port_drops "$UAS_PORT")"
+    sleep 1
+  done >"$work/drops.txt"
+) &
+
 lim=$((rate * 10)); [ "$hold" -gt 0 ] && lim=$calls
 "${LOAD_PIN[@]}" sipp "$target" "${scenario[@]}" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" -l "$lim" \
   -d $((hold * 1000)) -nostdin -timeout "${timeout_s}s" -trace_stat -stf uac.csv -fd 1 \
   -trace_rtt -rtt_freq 100 -trace_err >uac.out 2>&1
 rc=$?
+# Which socket overflowed, if any: the system under test's SIP port or SIPp's (the largest
+# count sampled while each lived).
+sock_drops=$(awk '{ for (i = 1; i <= 3; i++) if ($i > m[i]) m[i] = $i }
+  END { printf "sut_sip_socket_drops=%d uac_socket_drops=%d uas_socket_drops=%d", m[1], m[2], m[3] }' \
+  "$work/drops.txt" 2>/dev/null)
 # shellcheck disable=SC2086
 c1=$(cpu_ticks_sum $pids); t1=$(date +%s.%N)
 rcv1=$(udp_rcvbuf_errors)
 rm -f "$work/sampling"
 wait "$uas_pid" 2>/dev/null; uas_pid=""
 
-extra=""
+extra="$sock_drops"
 if [ "$sut" = tapir ]; then
-  extra="tapir_sip_retransmissions=$(metric tapir_sip_retransmissions_total) tapir_calls_active_after=$(metric tapir_calls_active)"
+  extra="$extra tapir_sip_retransmissions=$(metric tapir_sip_retransmissions_total) tapir_calls_active_after=$(metric tapir_calls_active)"
 fi
 held=$(cat "$work/held.txt" 2>/dev/null || echo "")
 held_active=$(cat "$work/held_active.txt" 2>/dev/null || echo "")

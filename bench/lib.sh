@@ -143,6 +143,12 @@ start_rtpengine() {
 # Kernel UDP counters (system-wide): receive-buffer overflows are packets the kernel dropped
 # before any process read them.
 udp_rcvbuf_errors() { awk '/^Udp:/ { if (h) { print $6; exit } h = 1 }' /proc/net/snmp; }
+# Kernel drops (receive buffer full) on the UDP sockets bound to a local port, summed.
+udp_port_drops() {
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v p=":$hex" '$2 ~ p"$" { s += $NF } END { print s + 0 }' /proc/net/udp /proc/net/udp6
+}
 # Datagrams to a port nobody listens on: e.g. echoes that arrive after a call's ports closed.
 udp_noports() { awk '/^Udp:/ { if (h) { print $3; exit } h = 1 }' /proc/net/snmp; }
 
