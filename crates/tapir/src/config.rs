@@ -93,6 +93,8 @@ pub struct SipConfig {
     pub t2_ms: u64,
     pub t4_ms: u64,
     pub tcp_idle_timeout_s: u64,
+    /// Receive buffer of each SIP UDP socket, in KiB; 0 keeps the system's default.
+    pub udp_recv_buffer_kb: usize,
     pub user_agent: String,
     /// Requests per second allowed from one source address; 0 turns the limit off.
     pub rate_limit: f64,

@@ -115,6 +115,7 @@ impl Engine {
         recorder: Option<RecorderLink>,
         show_numbers: bool,
         tcp_idle: Duration,
+        udp_recv_buffer: usize,
         announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
     ) -> Result<EngineHandle> {
         let (ready_tx, ready) = oneshot::channel();
@@ -145,6 +146,7 @@ impl Engine {
                         recorder,
                         show_numbers,
                         tcp_idle,
+                        udp_recv_buffer,
                         announce_done,
                     )
                     .await
@@ -173,6 +175,7 @@ impl Engine {
         recorder: Option<RecorderLink>,
         show_numbers: bool,
         tcp_idle: Duration,
+        udp_recv_buffer: usize,
         announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
     ) -> Result<(Engine, EngineHandle)> {
         let (inputs_tx, inputs) = mpsc::channel(65536);
@@ -180,8 +183,7 @@ impl Engine {
         let mut local_udp = Vec::new();
         for a in udp_addrs {
             let s = Arc::new(
-                UdpSocket::bind(a)
-                    .await
+                bind_sip_udp(*a, udp_recv_buffer)
                     .with_context(|| format!("cannot bind SIP UDP {a}"))?,
             );
             let local = s.local_addr()?;
@@ -630,6 +632,33 @@ impl TcpPeers {
     }
 }
 
+/// Binds a SIP UDP socket with a receive buffer of `recv_buffer` bytes (0: the system's
+/// default). The default (about 200 KiB on Linux) holds a few hundred messages: at 1,000 calls
+/// per second, one stall of the engine of a few tens of milliseconds would overflow it, and
+/// what overflows is lost until the sender retransmits.
+fn bind_sip_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    if recv_buffer > 0 {
+        if let Err(e) = s.set_recv_buffer_size(recv_buffer) {
+            tracing::warn!(%addr, error = %e, "cannot set the SIP UDP receive buffer");
+        }
+        // Linux caps the request at net.core.rmem_max and reports double what it keeps.
+        let got = s.recv_buffer_size().unwrap_or(0) / 2;
+        if got < recv_buffer {
+            tracing::warn!(
+                %addr,
+                asked_kib = recv_buffer / 1024,
+                got_kib = got / 1024,
+                "SIP UDP receive buffer capped by the system (raise net.core.rmem_max)"
+            );
+        }
+    }
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -770,4 +799,28 @@ fn feature_filter(rules: &policy::Rules) -> Option<crate::relay::DtmfFilter> {
         ],
         Duration::from_millis(fc.inter_digit_timeout_ms),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sip_udp_sockets_get_the_configured_receive_buffer() {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(212_992);
+        let asked = 4 << 20;
+        let s = bind_sip_udp("127.0.0.1:0".parse().unwrap(), asked).unwrap();
+        let sock = socket2::SockRef::from(&s);
+        // Linux keeps double the size asked for (its bookkeeping), up to twice rmem_max.
+        let default = {
+            let d = bind_sip_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+            socket2::SockRef::from(&d).recv_buffer_size().unwrap()
+        };
+        let got = sock.recv_buffer_size().unwrap();
+        assert_eq!(got, 2 * asked.min(rmem_max).max(default / 2));
+        assert!(s.local_addr().unwrap().port() != 0);
+    }
 }

@@ -186,6 +186,7 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         Some(link),
         cfg.log.show_numbers,
         Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
+        cfg.sip.udp_recv_buffer_kb * 1024,
         announce_rx,
     )
     .await?;
