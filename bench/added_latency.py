@@ -26,6 +26,8 @@ def packets(path):
     """Yields (timestamp_s, src_port, dst_port, udp_payload) from a pcap of UDP/IPv4."""
     with open(path, "rb") as f:
         head = f.read(24)
+        if len(head) < 24:
+            sys.exit(f"{path}: empty or truncated capture")
         magic = struct.unpack("<I", head[:4])[0]
         if magic == 0xA1B2C3D4:
             endian, scale = "<", 1e-6

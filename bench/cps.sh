@@ -98,9 +98,14 @@ scenario=(-sn uac)
 if [ "${PCAP:-0}" = 1 ] && [ "$sut" != direct ]; then
   sipp -sd uac 2>/dev/null | sed '/CSeq: 1 INVITE/a\      X-Seq: [call_number]' >"$work/uac_seq.xml"
   scenario=(-sf "$work/uac_seq.xml")
-  "${LOAD_PIN[@]}" tcpdump -i lo -n -s 0 -B 262144 -w "$work/sip.pcap" udp port "${target##*:}" 2>"$work/tcpdump.err" &
+  "${LOAD_PIN[@]}" tcpdump -i lo -n -s 0 -B 65536 -w "$work/sip.pcap" udp port "${target##*:}" 2>"$work/tcpdump.err" &
   tcpdump_pid=$!
   for _ in $(seq 1 50); do grep -q listening "$work/tcpdump.err" && break; sleep 0.1; done
+  if ! kill -0 "$tcpdump_pid" 2>/dev/null; then
+    echo "tcpdump did not start (installed? allowed to capture?):" >&2
+    cat "$work/tcpdump.err" >&2
+    exit 1
+  fi
 fi
 
 (
@@ -185,7 +190,7 @@ if extra:
 print("result: " + " ".join(out))
 PY
 if [ -n "${tcpdump_pid:-}" ]; then
-  kill -INT "$tcpdump_pid"; wait "$tcpdump_pid" 2>/dev/null
+  kill -INT "$tcpdump_pid"; wait "$tcpdump_pid" 2>/dev/null; tcpdump_pid=""
   grep -h "dropped by kernel" "$work/tcpdump.err" | sed 's/^/tcpdump: /'
   python3 "$bench_dir/added_latency.py" "$work/sip.pcap" "${target##*:}"
   [ "${KEEP_PCAP:-0}" = 1 ] || rm -f "$work/sip.pcap"

@@ -792,6 +792,14 @@ impl B2bua {
         })
     }
 
+    /// A party's re-INVITE is crossing this call (relayed, unanswered). It holds an INVITE
+    /// open on both legs' dialogs; tapir's own refresh of one leg does not hold the other.
+    pub(crate) fn relayed_invite_in_progress(&self, call: CallId) -> bool {
+        self.client.iter().any(|(k, (cid, p))| {
+            *cid == call && k.method == Method::Invite && matches!(p, Purpose::Relay(_))
+        })
+    }
+
     fn on_new_invite(&mut self, now: Instant, key: TxKey, req: Request, from: Peer) {
         let reject = |this: &mut Self, code: u16, reason: &str| {
             let r = req.response(code, reason);

@@ -124,6 +124,18 @@ impl Engine {
         std::thread::Builder::new()
             .name("tapir-sip".into())
             .spawn(move || {
+                // Without its signalling thread the process would still answer HTTP and look
+                // alive to a supervisor; end it instead, so it is restarted.
+                struct ExitOnPanic;
+                impl Drop for ExitOnPanic {
+                    fn drop(&mut self) {
+                        if std::thread::panicking() {
+                            eprintln!("tapir: the signalling thread panicked; exiting");
+                            std::process::exit(70);
+                        }
+                    }
+                }
+                let _guard = ExitOnPanic;
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -325,9 +337,20 @@ impl Engine {
     }
 
     async fn flush(&mut self) {
+        let mut stream_sends = 0usize;
         while let Some(o) = self.core.poll_output() {
             match o {
-                Output::Transmit { to, data } => self.send(to, data).await,
+                Output::Transmit { to, data } => {
+                    if to.transport != Transport::Udp {
+                        stream_sends += 1;
+                        // The TCP writers run on this thread: let them drain their queues
+                        // (TCP_QUEUE each) during a long burst, e.g. hundreds of BYEs at once.
+                        if stream_sends % (TCP_QUEUE / 2) == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    self.send(to, data).await
+                }
                 Output::Media(cmd) => {
                     if let (
                         Some(r),
@@ -643,10 +666,13 @@ fn bind_sip_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSock
     if recv_buffer > 0 {
         if let Err(e) = s.set_recv_buffer_size(recv_buffer) {
             tracing::warn!(%addr, error = %e, "cannot set the SIP UDP receive buffer");
-        }
-        // Linux caps the request at net.core.rmem_max and reports double what it keeps.
-        let got = s.recv_buffer_size().unwrap_or(0) / 2;
-        if got < recv_buffer {
+        } else if let Some(got) = s
+            .recv_buffer_size()
+            .ok()
+            // Linux caps the request at net.core.rmem_max and reports double what it keeps.
+            .map(|b| b / 2)
+            .filter(|got| *got < recv_buffer)
+        {
             tracing::warn!(
                 %addr,
                 asked_kib = recv_buffer / 1024,
@@ -807,20 +833,17 @@ mod tests {
 
     #[tokio::test]
     async fn sip_udp_sockets_get_the_configured_receive_buffer() {
-        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        let rmem_max: Option<usize> = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
             .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(212_992);
-        let asked = 4 << 20;
+            .and_then(|s| s.trim().parse().ok());
+        let asked = 1 << 20;
         let s = bind_sip_udp("127.0.0.1:0".parse().unwrap(), asked).unwrap();
-        let sock = socket2::SockRef::from(&s);
-        // Linux keeps double the size asked for (its bookkeeping), up to twice rmem_max.
-        let default = {
-            let d = bind_sip_udp("127.0.0.1:0".parse().unwrap(), 0).unwrap();
-            socket2::SockRef::from(&d).recv_buffer_size().unwrap()
-        };
-        let got = sock.recv_buffer_size().unwrap();
-        assert_eq!(got, 2 * asked.min(rmem_max).max(default / 2));
+        let got = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
         assert!(s.local_addr().unwrap().port() != 0);
+        // Linux keeps double the size asked for (its bookkeeping), capped at rmem_max. Where
+        // the limit cannot be read (some containers), the size is not checked.
+        if let Some(max) = rmem_max {
+            assert_eq!(got, 2 * asked.min(max));
+        }
     }
 }

@@ -186,7 +186,7 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         Some(link),
         cfg.log.show_numbers,
         Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
-        cfg.sip.udp_recv_buffer_kb * 1024,
+        cfg.sip.udp_recv_buffer_kb.saturating_mul(1024),
         announce_rx,
     )
     .await?;

@@ -331,6 +331,11 @@ impl Relay {
             *n -= 1;
             if *n == 0 {
                 q.remove(&call);
+                // Every queued update of the call is applied by now: whatever `early` holds
+                // for it is stale (e.g. updates that followed its Close).
+                let mut early = self.inner.early.lock().unwrap();
+                early.remove(&(call, 0));
+                early.remove(&(call, 1));
             }
         }
     }
@@ -899,7 +904,10 @@ mod tests {
             remote_b(&r, 1),
             Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
         );
+        // An update that follows the Close (a late answer's SDP) leaves nothing behind.
         r.handle(MediaCommand::Close { call: 1 });
+        r.handle(update(1, 7004));
+        assert!(!r.inner.early.lock().unwrap().is_empty());
         settle(&r).await;
         assert!(r.inner.calls.lock().unwrap().is_empty());
         assert!(r.inner.early.lock().unwrap().is_empty());
