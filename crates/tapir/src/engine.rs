@@ -90,6 +90,21 @@ pub struct Engine {
     media_seen: HashMap<CallId, (u64, Instant)>,
 }
 
+/// Everything the engine is made of, handed to [`Engine::start`].
+pub struct EngineParts {
+    pub core: B2bua,
+    pub udp_addrs: Vec<SocketAddr>,
+    pub tcp_addrs: Vec<SocketAddr>,
+    pub relay: Relay,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Option<RecorderLink>,
+    pub show_numbers: bool,
+    pub tcp_idle: Duration,
+    /// Receive buffer of each SIP UDP socket in bytes; 0 keeps the system's default.
+    pub udp_recv_buffer: usize,
+    pub announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
+}
+
 pub struct EngineHandle {
     pub inputs: mpsc::Sender<Input>,
     pub calls: watch::Receiver<usize>,
@@ -105,22 +120,8 @@ impl Engine {
     /// (four sockets bound, four tasks spawned and later dropped per call) on the same two
     /// workers, and each SIP message crossed threads from its reader task to the engine.
     /// Setup latency added at 1,000 calls per second is in docs/benchmarks.md.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        core: B2bua,
-        udp_addrs: &[SocketAddr],
-        tcp_addrs: &[SocketAddr],
-        relay: Relay,
-        metrics: Arc<Metrics>,
-        recorder: Option<RecorderLink>,
-        show_numbers: bool,
-        tcp_idle: Duration,
-        udp_recv_buffer: usize,
-        announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
-    ) -> Result<EngineHandle> {
+    pub async fn start(parts: EngineParts) -> Result<EngineHandle> {
         let (ready_tx, ready) = oneshot::channel();
-        let udp_addrs = udp_addrs.to_vec();
-        let tcp_addrs = tcp_addrs.to_vec();
         std::thread::Builder::new()
             .name("tapir-sip".into())
             .spawn(move || {
@@ -149,20 +150,7 @@ impl Engine {
                     }
                 };
                 rt.block_on(async move {
-                    match Self::bind(
-                        core,
-                        &udp_addrs,
-                        &tcp_addrs,
-                        relay,
-                        metrics,
-                        recorder,
-                        show_numbers,
-                        tcp_idle,
-                        udp_recv_buffer,
-                        announce_done,
-                    )
-                    .await
-                    {
+                    match Self::bind(parts).await {
                         Ok((engine, handle)) => {
                             let _ = ready_tx.send(Ok(handle));
                             engine.run().await;
@@ -177,23 +165,23 @@ impl Engine {
         ready.await.context("the signalling thread stopped")?
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn bind(
-        core: B2bua,
-        udp_addrs: &[SocketAddr],
-        tcp_addrs: &[SocketAddr],
-        relay: Relay,
-        metrics: Arc<Metrics>,
-        recorder: Option<RecorderLink>,
-        show_numbers: bool,
-        tcp_idle: Duration,
-        udp_recv_buffer: usize,
-        announce_done: mpsc::UnboundedReceiver<(CallId, Option<bool>)>,
-    ) -> Result<(Engine, EngineHandle)> {
+    async fn bind(parts: EngineParts) -> Result<(Engine, EngineHandle)> {
+        let EngineParts {
+            core,
+            udp_addrs,
+            tcp_addrs,
+            relay,
+            metrics,
+            recorder,
+            show_numbers,
+            tcp_idle,
+            udp_recv_buffer,
+            announce_done,
+        } = parts;
         let (inputs_tx, inputs) = mpsc::channel(65536);
         let mut udp = Vec::new();
         let mut local_udp = Vec::new();
-        for a in udp_addrs {
+        for a in &udp_addrs {
             let s = Arc::new(
                 bind_sip_udp(*a, udp_recv_buffer)
                     .with_context(|| format!("cannot bind SIP UDP {a}"))?,
@@ -204,7 +192,7 @@ impl Engine {
             tokio::spawn(udp_reader(s, inputs_tx.clone()));
         }
         let mut local_tcp = Vec::new();
-        for a in tcp_addrs {
+        for a in &tcp_addrs {
             let l = TcpListener::bind(a)
                 .await
                 .with_context(|| format!("cannot bind SIP TCP {a}"))?;

@@ -177,18 +177,18 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         policy,
         zones,
     };
-    let handle = Engine::start(
+    let handle = Engine::start(engine::EngineParts {
         core,
-        &cfg.sip.listen_udp,
-        &cfg.sip.listen_tcp,
-        relay.clone(),
-        metrics.clone(),
-        Some(link),
-        cfg.log.show_numbers,
-        Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
-        cfg.sip.udp_recv_buffer_kb.saturating_mul(1024),
-        announce_rx,
-    )
+        udp_addrs: cfg.sip.listen_udp.clone(),
+        tcp_addrs: cfg.sip.listen_tcp.clone(),
+        relay: relay.clone(),
+        metrics: metrics.clone(),
+        recorder: Some(link),
+        show_numbers: cfg.log.show_numbers,
+        tcp_idle: Duration::from_secs(cfg.sip.tcp_idle_timeout_s),
+        udp_recv_buffer: cfg.sip.udp_recv_buffer_kb.saturating_mul(1024),
+        announce_done: announce_rx,
+    })
     .await?;
     let http_addr = http::serve(
         cfg.http.listen,
