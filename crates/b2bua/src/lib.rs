@@ -781,22 +781,20 @@ impl B2bua {
         }
     }
 
-    /// An INVITE tapir sent inside this call is unanswered: a relayed re-INVITE or tapir's own
-    /// refresh. Either blocks a new one on both legs (RFC 3261 §14.1), since a party's
-    /// re-INVITE crosses to the other leg. Only re-INVITEs ask, so the scan is rare.
-    pub(crate) fn invite_in_progress(&self, call: CallId) -> bool {
+    /// An INVITE tapir sent inside this call is unanswered: a relayed re-INVITE (a party's,
+    /// which holds an INVITE open on both legs' dialogs, RFC 3261 §14.1) or, when
+    /// `own_refreshes`, tapir's own refresh of a leg. A party's re-INVITE must wait for
+    /// either, since it would cross to the other leg; tapir's refresh only for the former, as
+    /// its refresh of one leg does not hold the other. Only re-INVITEs ask, so the scan is rare.
+    pub(crate) fn invite_in_progress(&self, call: CallId, own_refreshes: bool) -> bool {
         self.client.iter().any(|(k, (cid, p))| {
             *cid == call
                 && k.method == Method::Invite
-                && matches!(p, Purpose::Relay(_) | Purpose::Refresh(_))
-        })
-    }
-
-    /// A party's re-INVITE is crossing this call (relayed, unanswered). It holds an INVITE
-    /// open on both legs' dialogs; tapir's own refresh of one leg does not hold the other.
-    pub(crate) fn relayed_invite_in_progress(&self, call: CallId) -> bool {
-        self.client.iter().any(|(k, (cid, p))| {
-            *cid == call && k.method == Method::Invite && matches!(p, Purpose::Relay(_))
+                && match p {
+                    Purpose::Relay(_) => true,
+                    Purpose::Refresh(_) => own_refreshes,
+                    _ => false,
+                }
         })
     }
 
@@ -1700,7 +1698,7 @@ impl B2bua {
                     && (req.method == Method::Invite
                         || c.leg(leg.other()).dialog.remote_tag.is_none());
                 if matches!(req.method, Method::Invite | Method::Update) && not_yet
-                    || req.method == Method::Invite && self.invite_in_progress(call)
+                    || req.method == Method::Invite && self.invite_in_progress(call, true)
                 {
                     // Glare: an INVITE is already in progress on this call (§14.1, §14.2).
                     let r = req.response(491, "Request Pending");

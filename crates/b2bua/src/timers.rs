@@ -274,7 +274,7 @@ impl B2bua {
         } else {
             Method::Update
         };
-        if method == Method::Invite && self.relayed_invite_in_progress(call) {
+        if method == Method::Invite && self.invite_in_progress(call, false) {
             // A party's re-INVITE is crossing this call (§14.1): when answered it refreshes
             // the leg itself; if not, try again shortly. No deadline: a second INVITE on the
             // dialog would get 500 (§14.2), which ends the call for sure, while the party
