@@ -1903,7 +1903,7 @@ fn x_tapir_headers(req: &Request) -> Vec<(String, String)> {
         .0
         .iter()
         .filter(|(n, _)| n.len() > 8 && n[..8].eq_ignore_ascii_case("x-tapir-"))
-        .cloned()
+        .map(|(n, v)| (n.to_string(), v.clone()))
         .collect()
 }
 
@@ -1929,11 +1929,8 @@ fn copy_end_to_end_headers(src: &Request, dst: &mut Request) {
         if LEG_LOCAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(n)) {
             continue;
         }
-        if n.eq_ignore_ascii_case("Proxy-Require") || n.eq_ignore_ascii_case("Require") {
-            dst.headers.push(n, v.clone());
-            continue;
-        }
-        dst.headers.push(n, v.clone());
+        // Already in canonical spelling: no need to look the name up again.
+        dst.headers.0.push((n.clone(), v.clone()));
     }
 }
 
@@ -1942,7 +1939,7 @@ fn copy_response_headers(src: &Response, dst: &mut Response) {
         if LEG_LOCAL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(n)) {
             continue;
         }
-        dst.headers.push(n, v.clone());
+        dst.headers.0.push((n.clone(), v.clone()));
     }
 }
 

@@ -6,6 +6,7 @@
 //! element may act on it (see [`parse`]). A failure carries enough of the request, when it could
 //! be read, for the caller to answer `400`/`505` with a reason phrase that names the problem.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use crate::uri::{split_unquoted, NameAddr, Uri, Via};
@@ -83,7 +84,7 @@ impl fmt::Display for Method {
 
 /// Expands RFC 3261 §7.3.3 compact forms and gives known headers their usual spelling, so that
 /// lookups compare one form and printed messages look conventional.
-fn canonical_name(name: &str) -> String {
+fn canonical_name(name: &str) -> Cow<'static, str> {
     let known: &[&str] = &[
         "Via",
         "From",
@@ -141,15 +142,15 @@ fn canonical_name(name: &str) -> String {
             b'b' => "Referred-By",
             b'x' => "Session-Expires",
             b'u' => "Allow-Events",
-            _ => return name.to_string(),
+            _ => return Cow::Owned(name.to_string()),
         };
-        return full.to_string();
+        return Cow::Borrowed(full);
     }
     known
         .iter()
         .find(|k| k.eq_ignore_ascii_case(name))
-        .map(|k| k.to_string())
-        .unwrap_or_else(|| name.to_string())
+        .map(|k| Cow::Borrowed(*k))
+        .unwrap_or_else(|| Cow::Owned(name.to_string()))
 }
 
 /// Headers whose comma-separated values are separate entries (RFC 3261 §7.3.1); others (e.g.
@@ -173,9 +174,10 @@ fn is_list_header(name: &str) -> bool {
     .any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Ordered header list; names are stored in canonical spelling.
+/// Ordered header list; names are stored in canonical spelling, borrowed for the headers
+/// tapir knows (no allocation per name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, String)>);
+pub struct Headers(pub Vec<(Cow<'static, str>, String)>);
 
 impl Headers {
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -193,9 +195,9 @@ impl Headers {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .flat_map(move |(_, v)| {
                 if split {
-                    split_unquoted(v, ',')
+                    split_unquoted(v, b',')
                 } else {
-                    vec![v.as_str()]
+                    crate::uri::unsplit(v)
                 }
             })
             .map(str::trim)
@@ -250,12 +252,13 @@ impl Headers {
             .iter()
             .position(|(n, _)| n.eq_ignore_ascii_case(name))
         {
-            let parts = split_unquoted(&self.0[pos].1, ',');
-            if parts.len() <= 1 {
+            let mut parts = split_unquoted(&self.0[pos].1, b',');
+            parts.next();
+            let rest = parts.rest().trim();
+            if rest.is_empty() {
                 self.0.remove(pos);
             } else {
-                let rest = parts[1..].join(",").trim().to_string();
-                self.0[pos].1 = rest;
+                self.0[pos].1 = rest.to_string();
             }
         }
     }
@@ -279,7 +282,7 @@ impl CSeq {
             .parse::<u32>()
             .ok()
             .filter(|n| *n < 1 << 31)
-            .ok_or(ParseError::bad("CSeq number out of range"))?;
+            .ok_or_else(|| ParseError::bad("CSeq number out of range"))?;
         if !m.bytes().all(crate::uri::is_token_char) {
             return Err(ParseError::bad("malformed CSeq method"));
         }
@@ -531,9 +534,7 @@ fn message_total(buf: &[u8], head_end: usize) -> Result<usize, ParseError> {
         }
     }
     // On a stream, Content-Length is mandatory (§18.3, §20.14).
-    let len = len.ok_or(ParseError::bad(
-        "missing Content-Length on a stream transport",
-    ))?;
+    let len = len.ok_or_else(|| ParseError::bad("missing Content-Length on a stream transport"))?;
     if len > MAX_MESSAGE_SIZE {
         return Err(ParseError::bad("Content-Length too large"));
     }
@@ -607,6 +608,26 @@ impl StreamFramer {
 #[cfg(test)]
 mod framer_tests {
     use super::*;
+
+    #[test]
+    fn folded_values_and_list_edits() {
+        let m = parse(
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1, SIP/2.0/UDP g\r\n\
+              Subject:\r\n  first\r\n\tsecond  \r\nX-Empty:\r\nTo: <sip:a@b>\r\n\
+              From: <sip:c@d>;tag=1\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n",
+            true,
+        )
+        .unwrap();
+        let Message::Request(mut r) = m else {
+            panic!("a request")
+        };
+        assert_eq!(r.headers.get("Subject"), Some("first second"));
+        assert_eq!(r.headers.get("X-Empty"), Some(""));
+        r.headers.remove_first_value("Via");
+        assert_eq!(r.headers.get("Via"), Some("SIP/2.0/UDP g"));
+        r.headers.remove_first_value("Via");
+        assert_eq!(r.headers.get("Via"), None);
+    }
 
     fn msg(body: &str) -> String {
         format!(
@@ -783,7 +804,7 @@ fn parse_status_line(
         .parse::<u16>()
         .ok()
         .filter(|c| (100..=699).contains(c) && code.len() == 3)
-        .ok_or(ParseError::bad("malformed status code"))?;
+        .ok_or_else(|| ParseError::bad("malformed status code"))?;
     let body = check_common(&headers, body, datagram, false).map_err(ParseError::bad_owned)?;
     Ok(Response {
         status,
@@ -794,15 +815,21 @@ fn parse_status_line(
 }
 
 fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, ParseError> {
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
+    let mut headers: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(16);
     for line in lines {
         if line.starts_with([' ', '\t']) {
             // Line folding (§7.3.1): a continuation line joins the previous value with one SP.
             let last = headers
                 .last_mut()
-                .ok_or(ParseError::bad("continuation line before any header"))?;
-            last.1.push(' ');
-            last.1.push_str(line.trim());
+                .ok_or_else(|| ParseError::bad("continuation line before any header"))?;
+            let more = line.trim();
+            if !more.is_empty() {
+                // A value that was empty until folded gets no leading space.
+                if !last.1.is_empty() {
+                    last.1.push(' ');
+                }
+                last.1.push_str(more);
+            }
             continue;
         }
         if line.is_empty() {
@@ -810,15 +837,12 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Headers, Pa
         }
         let (name, value) = line
             .split_once(':')
-            .ok_or(ParseError::bad("header line without colon"))?;
+            .ok_or_else(|| ParseError::bad("header line without colon"))?;
         let name = name.trim_end_matches([' ', '\t']);
         if name.is_empty() || !name.bytes().all(crate::uri::is_token_char) {
             return Err(ParseError::bad("malformed header name"));
         }
         headers.push((canonical_name(name), value.trim().to_string()));
-    }
-    for h in &mut headers {
-        h.1 = h.1.trim().to_string();
     }
     Ok(Headers(headers))
 }
@@ -956,7 +980,7 @@ impl PartialRequest {
             let copy = if n == "Via" {
                 true
             } else {
-                ["From", "To", "Call-ID", "CSeq"].contains(&n.as_str()) && headers.count(n) == 0
+                ["From", "To", "Call-ID", "CSeq"].contains(&n.as_ref()) && headers.count(n) == 0
             };
             if copy {
                 headers.0.push((n.clone(), v.clone()));

@@ -807,9 +807,13 @@ fn response_peer(req: &Request, from: Peer) -> Peer {
 pub fn build_cancel(invite: &Request) -> Request {
     let mut c = Request::new(Method::Cancel, invite.uri.clone());
     for (n, v) in &invite.headers.0 {
-        match n.as_str() {
+        match n.as_ref() {
             "Via" if c.headers.count("Via") == 0 => {
-                let top = crate::uri::split_unquoted(v, ',')[0].trim().to_string();
+                let top = crate::uri::split_unquoted(v, b',')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
                 c.headers.push("Via", top);
             }
             "From" | "To" | "Call-ID" | "Route" | "Max-Forwards" => c.headers.push(n, v.clone()),
@@ -827,9 +831,13 @@ pub fn build_cancel(invite: &Request) -> Request {
 fn build_ack_for_error(invite: &Request, resp: &Response) -> Request {
     let mut a = Request::new(Method::Ack, invite.uri.clone());
     for (n, v) in &invite.headers.0 {
-        match n.as_str() {
+        match n.as_ref() {
             "Via" if a.headers.count("Via") == 0 => {
-                let top = crate::uri::split_unquoted(v, ',')[0].trim().to_string();
+                let top = crate::uri::split_unquoted(v, b',')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
                 a.headers.push("Via", top);
             }
             "From" | "Call-ID" | "Route" | "Max-Forwards" => a.headers.push(n, v.clone()),

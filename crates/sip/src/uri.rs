@@ -48,7 +48,7 @@ impl Params {
     /// Parses `;a=b;c` (leading `;` optional), trimming LWS around `;` and `=`.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut out = Vec::new();
-        for part in split_unquoted(s, ';') {
+        for part in split_unquoted(s, b';') {
             let part = part.trim();
             if part.is_empty() {
                 continue;
@@ -91,36 +91,91 @@ pub fn is_token_char(b: u8) -> bool {
 }
 
 /// Splits on `sep` outside double quotes and angle brackets.
-pub fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut in_quote = false;
-    let mut escaped = false;
-    let mut angle = 0u32;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        if in_quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quote = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => in_quote = true,
-            '<' => angle += 1,
-            '>' => angle = angle.saturating_sub(1),
-            c if c == sep && angle == 0 => {
-                out.push(&s[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
+///
+/// An iterator rather than a `Vec`: it runs for every list header and parameter list of
+/// every message, and callers mostly want the first part or walk the parts once.
+pub fn split_unquoted(s: &str, sep: u8) -> SplitUnquoted<'_> {
+    SplitUnquoted {
+        s,
+        start: 0,
+        sep: Some(sep),
+        done: false,
+    }
+}
+
+/// `s` as the only part, for headers that are not lists.
+pub(crate) fn unsplit(s: &str) -> SplitUnquoted<'_> {
+    SplitUnquoted {
+        s,
+        start: 0,
+        sep: None,
+        done: false,
+    }
+}
+
+/// The parts of a string split by [`split_unquoted`].
+#[derive(Debug, Clone)]
+pub struct SplitUnquoted<'a> {
+    s: &'a str,
+    start: usize,
+    sep: Option<u8>,
+    done: bool,
+}
+
+impl<'a> SplitUnquoted<'a> {
+    /// What the parts not yet taken span, separators included.
+    pub fn rest(&self) -> &'a str {
+        if self.done {
+            ""
+        } else {
+            &self.s[self.start..]
         }
     }
-    out.push(&s[start..]);
-    out
+}
+
+impl<'a> Iterator for SplitUnquoted<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.done {
+            return None;
+        }
+        let Some(sep) = self.sep else {
+            self.done = true;
+            return Some(self.s);
+        };
+        // Bytes, not chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
+        // sequence is ASCII, so each cut falls on a char boundary.
+        let bytes = self.s.as_bytes();
+        let mut in_quote = false;
+        let mut escaped = false;
+        let mut angle = 0u32;
+        for (i, &c) in bytes.iter().enumerate().skip(self.start) {
+            if in_quote {
+                if escaped {
+                    escaped = false;
+                } else if c == b'\\' {
+                    escaped = true;
+                } else if c == b'"' {
+                    in_quote = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => in_quote = true,
+                b'<' => angle += 1,
+                b'>' => angle = angle.saturating_sub(1),
+                c if c == sep && angle == 0 => {
+                    let part = &self.s[self.start..i];
+                    self.start = i + 1;
+                    return Some(part);
+                }
+                _ => {}
+            }
+        }
+        self.done = true;
+        Some(&self.s[self.start..])
+    }
 }
 
 /// A `sip:` or `sips:` URI; any other scheme is kept as [`Uri::Other`].
@@ -156,7 +211,7 @@ impl Host {
         if let Some(inner) = s.strip_prefix('[') {
             let inner = inner
                 .strip_suffix(']')
-                .ok_or(ParseError::bad("unterminated IPv6 reference"))?;
+                .ok_or_else(|| ParseError::bad("unterminated IPv6 reference"))?;
             inner
                 .parse::<std::net::Ipv6Addr>()
                 .map_err(|_| ParseError::bad("malformed IPv6 address"))?;
@@ -243,7 +298,7 @@ impl Uri {
         }
         let (scheme, rest) = s
             .split_once(':')
-            .ok_or(ParseError::bad("URI without scheme"))?;
+            .ok_or_else(|| ParseError::bad("URI without scheme"))?;
         let secure = if scheme.eq_ignore_ascii_case("sip") {
             false
         } else if scheme.eq_ignore_ascii_case("sips") {
@@ -382,7 +437,8 @@ impl NameAddr {
             return Err(ParseError::bad("empty address"));
         }
         let (display, rest) = if let Some(q) = s.strip_prefix('"') {
-            let end = closing_quote(q).ok_or(ParseError::bad("unterminated quoted string"))?;
+            let end =
+                closing_quote(q).ok_or_else(|| ParseError::bad("unterminated quoted string"))?;
             (
                 Some(format!("\"{}\"", &q[..end])),
                 q[end + 1..].trim_start(),
@@ -397,7 +453,9 @@ impl NameAddr {
             (None, s)
         };
         if let Some(r) = rest.strip_prefix('<') {
-            let gt = r.find('>').ok_or(ParseError::bad("unterminated <URI>"))?;
+            let gt = r
+                .find('>')
+                .ok_or_else(|| ParseError::bad("unterminated <URI>"))?;
             let inner = &r[..gt];
             // `< sip:a@b >`: LAQUOT and RAQUOT allow no whitespace inside (RFC 4475 §3.1.2.14).
             if inner.starts_with([' ', '\t']) || inner.ends_with([' ', '\t']) {
@@ -566,7 +624,7 @@ fn take_via_protocol(s: &str) -> Result<(String, String, &str), ParseError> {
             rest = rest
                 .trim_start()
                 .strip_prefix('/')
-                .ok_or(ParseError::bad("malformed Via protocol"))?;
+                .ok_or_else(|| ParseError::bad("malformed Via protocol"))?;
         }
     }
     if !parts[0].eq_ignore_ascii_case("SIP") {
@@ -637,5 +695,21 @@ mod tests {
         let v = Via::parse("SIP/2.0/TCP [::1]:5061;rport;branch=z9hG4bKa").unwrap();
         assert_eq!(v.port, Some(5061));
         assert!(v.params.contains("rport"));
+    }
+
+    #[test]
+    fn split_unquoted_respects_quotes_brackets_and_non_ascii() {
+        let s = "\"a, \\\"b\" <sip:x@h;p=1,2>;q=1, ü <sip:y@h>,";
+        let parts: Vec<&str> = split_unquoted(s, b',').collect();
+        assert_eq!(
+            parts,
+            ["\"a, \\\"b\" <sip:x@h;p=1,2>;q=1", " ü <sip:y@h>", ""]
+        );
+        let mut it = split_unquoted("a;b;c", b';');
+        assert_eq!(it.next(), Some("a"));
+        assert_eq!(it.rest(), "b;c");
+        assert_eq!(it.by_ref().count(), 2);
+        assert_eq!(it.rest(), "");
+        assert_eq!(unsplit("a,b").collect::<Vec<_>>(), ["a,b"]);
     }
 }

@@ -1,0 +1,264 @@
+//! CPU and allocations per call of the signalling core alone: SIPp's built-in `uac` and `uas`
+//! scenarios (INVITE, 100, 180, 200, ACK, BYE, 200) replayed as bytes through [`B2bua`], with
+//! no sockets and no kernel. Virtual time advances 1 ms per call, so transactions linger and
+//! expire as they do at 1,000 calls per second and the tables reach their steady size.
+//!
+//! Run with `cargo bench -p b2bua --bench signalling` (`CALLS=N` to change the 100,000 calls).
+//! Only the time and the allocations inside `handle_message`, `handle_timeout` and
+//! `poll_output` are counted; the scripted endpoints' own work is not. The system allocator is
+//! used (the binary uses mimalloc), so the figures compare changes, not deployments.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use b2bua::{B2bua, Config, Output, RouteConfig, Routes, Side};
+use sip::transaction::{Peer, Timers};
+use sip::{Message, Transport};
+
+/// Counts allocations, so a change that adds one per message shows.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const TAPIR: &str = "127.0.0.1:5090";
+const UAC: &str = "127.0.0.1:25080";
+const UAS: &str = "127.0.0.1:25090";
+
+fn peer(s: &str) -> Peer {
+    Peer {
+        addr: s.parse().expect("address"),
+        transport: Transport::Udp,
+    }
+}
+
+const SDP: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\n\
+c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+fn invite(n: u64) -> Vec<u8> {
+    format!(
+        "INVITE sip:service@{TAPIR} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {UAC};branch=z9hG4bK-{n}-1-0\r\n\
+         From: sipp <sip:sipp@{UAC}>;tag={n}SIPpTag001\r\n\
+         To: service <sip:service@{TAPIR}>\r\n\
+         Call-ID: {n}-25080@127.0.0.1\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: sip:sipp@{UAC}\r\n\
+         Max-Forwards: 70\r\n\
+         Subject: Performance Test\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+    .into_bytes()
+}
+
+fn in_dialog(method: &str, n: u64, to_tag: &str, cseq: u32, contact: &str) -> Vec<u8> {
+    format!(
+        "{method} {contact} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {UAC};branch=z9hG4bK-{n}-{cseq}-{method}\r\n\
+         From: sipp <sip:sipp@{UAC}>;tag={n}SIPpTag001\r\n\
+         To: service <sip:service@{TAPIR}>;tag={to_tag}\r\n\
+         Call-ID: {n}-25080@127.0.0.1\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Contact: sip:sipp@{UAC}\r\n\
+         Max-Forwards: 70\r\n\
+         Subject: Performance Test\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The callee's answer to a request tapir sent, as SIPp's `uas` builds it.
+fn answer(req: &sip::Request, status: u16, reason: &str, n: u64) -> Vec<u8> {
+    let mut r = req.response(status, reason);
+    if status > 100 {
+        let to = r.headers.get("To").unwrap_or("").to_string();
+        if !to.contains("tag=") {
+            r.headers.set("To", format!("{to};tag={n}SIPpTag012"));
+        }
+        r.headers
+            .push("Contact", format!("<sip:{UAS};transport=UDP>"));
+    }
+    if status == 200 && req.method == sip::Method::Invite {
+        r.headers.push("Content-Type", "application/sdp");
+        r.body = SDP.as_bytes().to_vec();
+    }
+    r.to_bytes()
+}
+
+struct Bench {
+    core: B2bua,
+    now: Instant,
+    busy: Duration,
+    /// Allocations made inside the core.
+    allocs: u64,
+    messages: u64,
+    /// Requests and responses tapir sent, by destination, since the last `take`.
+    out: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Bench {
+    fn feed(&mut self, from: &str, data: &[u8]) {
+        let from = peer(from);
+        let a = ALLOCS.load(Ordering::Relaxed);
+        let t = Instant::now();
+        self.core.handle_message(self.now, data, from);
+        self.drain();
+        self.busy += t.elapsed();
+        self.allocs += ALLOCS.load(Ordering::Relaxed) - a;
+        self.messages += 1;
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            if let Output::Transmit { to, data } = o {
+                self.out.push((to.addr, data));
+            }
+        }
+    }
+
+    fn tick(&mut self, step: Duration) {
+        self.now += step;
+        let a = ALLOCS.load(Ordering::Relaxed);
+        let t = Instant::now();
+        while self.core.poll_timeout().is_some_and(|d| d <= self.now) {
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+        self.busy += t.elapsed();
+        self.allocs += ALLOCS.load(Ordering::Relaxed) - a;
+    }
+
+    /// Takes the one message tapir sent to `to` that satisfies `pick`.
+    fn take(&mut self, to: &str, pick: impl Fn(&Message) -> bool) -> Message {
+        let to: SocketAddr = to.parse().expect("address");
+        let i = self
+            .out
+            .iter()
+            .position(|(a, d)| *a == to && sip::message::parse(d, true).is_ok_and(|m| pick(&m)))
+            .unwrap_or_else(|| panic!("tapir sent nothing expected to {to}"));
+        let (_, data) = self.out.remove(i);
+        sip::message::parse(&data, true).expect("tapir's own message parses")
+    }
+}
+
+fn request_of(m: Message) -> sip::Request {
+    match m {
+        Message::Request(r) => r,
+        Message::Response(_) => unreachable!("picked a request"),
+    }
+}
+
+fn one_call(b: &mut Bench, n: u64) {
+    b.feed(UAC, &invite(n));
+    let inv = request_of(b.take(UAS, |m| matches!(m, Message::Request(_))));
+    b.out.clear(); // 100 Trying to the caller
+    b.feed(UAS, &answer(&inv, 100, "Trying", n));
+    b.feed(UAS, &answer(&inv, 180, "Ringing", n));
+    b.feed(UAS, &answer(&inv, 200, "OK", n));
+    let ok = b.take(
+        UAC,
+        |m| matches!(m, Message::Response(r) if r.status == 200),
+    );
+    let to_tag = ok
+        .headers()
+        .get("To")
+        .and_then(|t| t.split("tag=").nth(1))
+        .unwrap_or("");
+    let to_tag = to_tag.to_string();
+    let contact = ok
+        .headers()
+        .get("Contact")
+        .unwrap_or("")
+        .trim_matches(['<', '>'])
+        .to_string();
+    b.out.clear(); // the 180 to the caller
+    b.feed(UAC, &in_dialog("ACK", n, &to_tag, 1, &contact));
+    b.out.clear(); // the ACK to the callee
+    b.feed(UAC, &in_dialog("BYE", n, &to_tag, 2, &contact));
+    let bye = request_of(b.take(UAS, |m| matches!(m, Message::Request(_))));
+    b.feed(UAS, &answer(&bye, 200, "OK", n));
+    b.out.clear();
+}
+
+fn main() {
+    let calls: u64 = std::env::var("CALLS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100_000);
+    let route = RouteConfig {
+        name: "bench".into(),
+        source: Vec::new(),
+        source_zone: None,
+        user_prefix: None,
+        user_pattern: None,
+        target: format!("sip:{UAS}"),
+        customer: Side::Caller,
+        direction: Some("inbound".into()),
+        record: None,
+        format: None,
+    };
+    let routes = Routes::compile(&[route], &HashMap::new()).expect("route");
+    let config = Config {
+        sip_addrs: vec![TAPIR.parse().expect("address")],
+        media_ips: vec!["127.0.0.1".parse().expect("address")],
+        timers: Timers::default(),
+        rtp_ports: (30000, 54999),
+        id_seed: 1,
+        user_agent: "tapir-bench".into(),
+    };
+    let mut b = Bench {
+        core: B2bua::new(config, routes),
+        now: Instant::now(),
+        busy: Duration::ZERO,
+        allocs: 0,
+        messages: 0,
+        out: Vec::new(),
+    };
+    // The first 40 s of virtual time fill the tables to their steady size (transactions
+    // linger 32 s); only what follows is reported.
+    let warm = 40_000.min(calls / 2);
+    let mut allocs = 0;
+    let mut busy = Duration::ZERO;
+    let mut messages = 0;
+    for n in 0..calls {
+        if n == warm {
+            allocs = b.allocs;
+            busy = b.busy;
+            messages = b.messages;
+        }
+        one_call(&mut b, n);
+        b.tick(Duration::from_millis(1));
+    }
+    let measured = calls - warm;
+    let busy = b.busy - busy;
+    let messages = b.messages - messages;
+    let allocs_total = b.allocs - allocs;
+    println!(
+        "signalling core: {measured} calls after {warm} warm-up, {:.1} µs per call, {:.2} µs per message in, {} messages in per call, {:.0} allocations per call",
+        busy.as_secs_f64() * 1e6 / measured as f64,
+        busy.as_secs_f64() * 1e6 / messages as f64,
+        messages / measured,
+        allocs_total as f64 / measured as f64,
+    );
+}
