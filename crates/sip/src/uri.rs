@@ -4,20 +4,40 @@
 //! about structure (a `<` needs its `>`, a SIP URI needs a host, ports are numbers) and lenient
 //! about whitespace where RFC 3261 allows LWS.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::ParseError;
 
 /// Generic `;name[=value]` parameters, order kept for faithful printing.
+///
+/// Held as one normalized string (`;a=b;c`, no LWS) rather than a list of owned pairs: every
+/// Via, From, To and Contact of every message has parameters, and a pair list cost two
+/// allocations per parameter where this costs one per list. Lookups scan the string; lists
+/// are a handful of entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(pub Vec<(String, Option<String>)>);
+pub struct Params(String);
 
 impl Params {
+    /// Every parameter in order: (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        // Normalized on the way in: parts are non-empty and trimmed.
+        split_unquoted(self.0.get(1..).unwrap_or(""), b';')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (p, None),
+            })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn get(&self, name: &str) -> Option<Option<&str>> {
-        self.0
-            .iter()
+        self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref())
+            .map(|(_, v)| v)
     }
 
     /// Value of a parameter that carries one (`branch=…`); `None` when absent or bare.
@@ -29,25 +49,40 @@ impl Params {
         self.get(name).is_some()
     }
 
+    /// Sets a parameter, in place of an existing one of that name or else at the end.
     pub fn set(&mut self, name: &str, value: Option<String>) {
-        if let Some(p) = self
-            .0
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            p.1 = value;
-        } else {
-            self.0.push((name.to_string(), value));
+        let mut out = String::with_capacity(self.0.len() + name.len() + 16);
+        let mut done = false;
+        for (n, v) in self.iter() {
+            if n.eq_ignore_ascii_case(name) {
+                if !done {
+                    push_param(&mut out, n, value.as_deref());
+                    done = true;
+                }
+            } else {
+                push_param(&mut out, n, v);
+            }
         }
+        if !done {
+            push_param(&mut out, name, value.as_deref());
+        }
+        self.0 = out;
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if !self.contains(name) {
+            return;
+        }
+        let mut out = String::with_capacity(self.0.len());
+        for (n, v) in self.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(name)) {
+            push_param(&mut out, n, v);
+        }
+        self.0 = out;
     }
 
     /// Parses `;a=b;c` (leading `;` optional), trimming LWS around `;` and `=`.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        let mut out = Vec::new();
+        let mut out = String::new();
         for part in split_unquoted(s, b';') {
             let part = part.trim();
             if part.is_empty() {
@@ -59,13 +94,19 @@ impl Params {
                     if n.is_empty() || !n.bytes().all(is_token_char) {
                         return Err(ParseError::bad("malformed parameter name"));
                     }
-                    out.push((n.to_string(), Some(v.trim().to_string())));
+                    if out.is_empty() {
+                        out.reserve(s.len() + 1);
+                    }
+                    push_param(&mut out, n, Some(v.trim()));
                 }
                 None => {
                     if !part.bytes().all(is_token_char) {
                         return Err(ParseError::bad("malformed parameter"));
                     }
-                    out.push((part.to_string(), None));
+                    if out.is_empty() {
+                        out.reserve(s.len() + 1);
+                    }
+                    push_param(&mut out, part, None);
                 }
             }
         }
@@ -73,15 +114,18 @@ impl Params {
     }
 }
 
+fn push_param(out: &mut String, name: &str, value: Option<&str>) {
+    out.push(';');
+    out.push_str(name);
+    if let Some(v) = value {
+        out.push('=');
+        out.push_str(v);
+    }
+}
+
 impl fmt::Display for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, v) in &self.0 {
-            match v {
-                Some(v) => write!(f, ";{n}={v}")?,
-                None => write!(f, ";{n}")?,
-            }
-        }
-        Ok(())
+        f.write_str(&self.0)
     }
 }
 
@@ -532,15 +576,16 @@ pub enum Transport {
 
 impl Transport {
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s.to_ascii_uppercase().as_str() {
-            "UDP" => Self::Udp,
-            "TCP" => Self::Tcp,
-            "TLS" => Self::Tls,
-            "SCTP" => Self::Sctp,
-            "WS" => Self::Ws,
-            "WSS" => Self::Wss,
-            _ => return None,
-        })
+        [
+            Self::Udp,
+            Self::Tcp,
+            Self::Tls,
+            Self::Sctp,
+            Self::Ws,
+            Self::Wss,
+        ]
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(s))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -565,7 +610,7 @@ impl Transport {
 pub struct Via {
     pub transport: Transport,
     /// Unknown transports are kept by name so a response can still be routed by `received`.
-    pub transport_name: String,
+    pub transport_name: Cow<'static, str>,
     pub host: Host,
     pub port: Option<u16>,
     pub params: Params,
@@ -582,7 +627,7 @@ impl Via {
 
     /// Parses a Via whatever its SIP version, so that a request of another version can still
     /// be answered with 505 (RFC 4475 §3.1.2.16). Returns the version too.
-    pub(crate) fn parse_any_version(s: &str) -> Result<(Self, String), ParseError> {
+    pub(crate) fn parse_any_version(s: &str) -> Result<(Self, &str), ParseError> {
         let s = s.trim();
         let (version, proto, rest) = take_via_protocol(s)?;
         let rest = rest.trim_start();
@@ -591,9 +636,13 @@ impl Via {
             None => (rest, Params::default()),
         };
         let (host, port) = parse_hostport(sent_by)?;
+        let transport = Transport::parse(proto);
         let via = Via {
-            transport: Transport::parse(&proto).unwrap_or(Transport::Udp),
-            transport_name: proto,
+            transport: transport.unwrap_or(Transport::Udp),
+            transport_name: match transport {
+                Some(t) => Cow::Borrowed(t.as_str()),
+                None => Cow::Owned(proto.to_ascii_uppercase()),
+            },
             host,
             port,
             params,
@@ -607,10 +656,10 @@ impl Via {
 }
 
 /// Reads `SIP / 2.0 / UDP` with optional LWS around the slashes: (version, transport, rest).
-fn take_via_protocol(s: &str) -> Result<(String, String, &str), ParseError> {
-    let mut parts = Vec::with_capacity(3);
+fn take_via_protocol(s: &str) -> Result<(&str, &str, &str), ParseError> {
+    let mut parts = [""; 3];
     let mut rest = s;
-    for i in 0..3 {
+    for (i, part) in parts.iter_mut().enumerate() {
         rest = rest.trim_start();
         let end = rest
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
@@ -618,7 +667,7 @@ fn take_via_protocol(s: &str) -> Result<(String, String, &str), ParseError> {
         if end == 0 {
             return Err(ParseError::bad("malformed Via protocol"));
         }
-        parts.push(&rest[..end]);
+        *part = &rest[..end];
         rest = &rest[end..];
         if i < 2 {
             rest = rest
@@ -630,7 +679,7 @@ fn take_via_protocol(s: &str) -> Result<(String, String, &str), ParseError> {
     if !parts[0].eq_ignore_ascii_case("SIP") {
         return Err(ParseError::bad("Via protocol is not SIP"));
     }
-    Ok((parts[1].to_string(), parts[2].to_ascii_uppercase(), rest))
+    Ok((parts[1], parts[2], rest))
 }
 
 impl fmt::Display for Via {
@@ -678,7 +727,7 @@ mod tests {
         assert_eq!(n.tag(), Some("x"));
         let n = NameAddr::parse("sip:j@example.com;tag=y").unwrap();
         assert_eq!(n.tag(), Some("y"));
-        assert!(n.uri.sip().unwrap().params.0.is_empty());
+        assert!(n.uri.sip().unwrap().params.is_empty());
         assert!(NameAddr::parse("<sip:j@example.com").is_err());
     }
 
@@ -711,5 +760,25 @@ mod tests {
         assert_eq!(it.by_ref().count(), 2);
         assert_eq!(it.rest(), "");
         assert_eq!(unsplit("a,b").collect::<Vec<_>>(), ["a,b"]);
+    }
+
+    #[test]
+    fn params_normalize_and_edit_in_order() {
+        let mut p = Params::parse(" ; lr ;Tag = a1 ; x=\"q;r\"").unwrap();
+        assert_eq!(p.to_string(), ";lr;Tag=a1;x=\"q;r\"");
+        assert_eq!(p.get("lr"), Some(None));
+        assert_eq!(p.value("tag"), Some("a1"));
+        assert_eq!(p.value("x"), Some("\"q;r\""));
+        p.set("tag", Some("b2".into()));
+        p.set("rport", None);
+        assert_eq!(p.to_string(), ";lr;Tag=b2;x=\"q;r\";rport");
+        p.remove("LR");
+        p.remove("absent");
+        assert_eq!(
+            p.iter().collect::<Vec<_>>(),
+            [("Tag", Some("b2")), ("x", Some("\"q;r\"")), ("rport", None)]
+        );
+        assert!(Params::parse("").unwrap().is_empty());
+        assert!(Params::parse(";a b").is_err());
     }
 }
