@@ -1351,7 +1351,9 @@ impl B2bua {
         }
         let a_tag = c.a.dialog.local_tag.clone();
         let a_peer = c.a.peer;
-        let Some((a_key, a_req)) = c.a_invite.clone() else {
+        // Taken rather than cloned (a whole request, for every 180 and 200); a provisional
+        // response puts it back below.
+        let Some((a_key, a_req)) = c.a_invite.take() else {
             return;
         };
         let mut r = a_req.response(resp.status, &resp.reason);
@@ -1376,9 +1378,12 @@ impl B2bua {
             r.body = fixed.clone();
         }
         match resp.status {
-            101..=199 => {}
+            101..=199 => {
+                c.a_invite = Some((a_key.clone(), a_req));
+                self.respond(now, &a_key, r);
+                return;
+            }
             200..=299 => {
-                c.a_invite = None;
                 c.answered = true;
                 let delayed_offer = a_req.body.is_empty();
                 if delayed_offer {
@@ -1392,7 +1397,6 @@ impl B2bua {
                     .push_back(Output::Call(CallEvent::Answered { call }));
             }
             _ => {
-                c.a_invite = None;
                 c.outcome = Some(Outcome::Rejected(resp.status));
             }
         }

@@ -345,10 +345,16 @@ pub trait HeaderAccess {
     // Named after the From header, not a conversion.
     #[allow(clippy::wrong_self_convention)]
     fn from_tag(&self) -> Option<String> {
-        self.from().and_then(|f| f.tag().map(str::to_string))
+        self.headers()
+            .get("From")
+            .and_then(crate::uri::name_addr_tag)
+            .map(str::to_string)
     }
     fn to_tag(&self) -> Option<String> {
-        self.to().and_then(|t| t.tag().map(str::to_string))
+        self.headers()
+            .get("To")
+            .and_then(crate::uri::name_addr_tag)
+            .map(str::to_string)
     }
     fn top_via(&self) -> Option<Via> {
         self.headers()

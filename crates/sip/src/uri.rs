@@ -540,6 +540,25 @@ impl NameAddr {
     }
 }
 
+/// The `tag` parameter of a From or To value, read without building the whole [`NameAddr`]:
+/// the dialog code asks for tags of every message. Agrees with `NameAddr::parse(v)?.tag()` on
+/// every value that parses.
+pub(crate) fn name_addr_tag(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let params = if let Some(q) = v.strip_prefix('"') {
+        let rest = &q[closing_quote(q)? + 1..];
+        &rest[rest.find('>')? + 1..]
+    } else if let Some(lt) = v.find('<') {
+        &v[lt + v[lt..].find('>')? + 1..]
+    } else {
+        v.split_once(';')?.1
+    };
+    split_unquoted(params, b';').find_map(|p| {
+        let (n, val) = p.split_once('=')?;
+        n.trim().eq_ignore_ascii_case("tag").then(|| val.trim())
+    })
+}
+
 fn closing_quote(s: &str) -> Option<usize> {
     let mut escaped = false;
     for (i, c) in s.char_indices() {
@@ -780,5 +799,21 @@ mod tests {
         );
         assert!(Params::parse("").unwrap().is_empty());
         assert!(Params::parse(";a b").is_err());
+    }
+
+    #[test]
+    fn tags_read_directly_agree_with_the_full_parse() {
+        for v in [
+            "<sip:a@b>;tag=1",
+            " \"A <x>;tag=no\" <sip:a@b;tag=uri>; TAG = 2 ;x",
+            "sip:a@b;tag=3",
+            "sip:a@b",
+            "A <sip:a@b>",
+            "<sip:a@b>;x=\";tag=no\";tag=4",
+            "<sip:a@b>;tagx=5",
+        ] {
+            let full = NameAddr::parse(v).unwrap();
+            assert_eq!(name_addr_tag(v), full.tag(), "{v}");
+        }
     }
 }
