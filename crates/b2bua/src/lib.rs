@@ -528,7 +528,7 @@ impl B2bua {
         match sip::parse(data, datagram) {
             Ok(msg) => {
                 if let Message::Request(r) = &msg {
-                    if r.top_via()
+                    if r.top_via_ref()
                         .and_then(|v| v.branch().map(|b| b.starts_with(BRANCH_PREFIX)))
                         .unwrap_or(false)
                         && r.method != Method::Ack
@@ -1583,7 +1583,11 @@ impl B2bua {
     /// and BYE the dialog it would otherwise believe established.
     fn end_orphan_2xx(&mut self, now: Instant, resp: &Response, from: Peer) {
         // Only for requests tapir sent: never ACK or BYE on behalf of a stranger's 2xx.
-        if !resp.top_via().is_some_and(|v| is_tapir_branch(&v)) {
+        if !resp
+            .top_via_ref()
+            .and_then(|v| v.branch())
+            .is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+        {
             return;
         }
         let (Some(local), Some(remote), Some(local_tag)) =

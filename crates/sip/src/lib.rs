@@ -21,7 +21,10 @@ pub use message::{
     check_request_semantics, check_response_semantics, frame_len, parse, CSeq, HeaderAccess,
     Headers, Message, Method, Rejection, Request, Response,
 };
-pub use uri::{Host, NameAddr, Params, SipUri, Transport, Uri, Via};
+pub use uri::{
+    Host, HostRef, NameAddr, NameAddrRef, Params, SipUri, SipUriRef, Transport, Uri, UriRef, Via,
+    ViaRef,
+};
 
 use thiserror::Error;
 

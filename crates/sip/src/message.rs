@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use crate::uri::{split_unquoted, NameAddr, Uri, Via};
+use crate::uri::{split_unquoted, NameAddr, NameAddrRef, Uri, Via, ViaRef};
 use crate::{ParseError, ParseErrorKind};
 
 /// Largest message tapir accepts; anything bigger is dropped (UDP) or closes the stream (TCP).
@@ -361,6 +361,13 @@ pub trait HeaderAccess {
             .get_all("Via")
             .next()
             .and_then(|v| Via::parse(v).ok())
+    }
+    /// The top Via as received, without copying it.
+    fn top_via_ref(&self) -> Option<ViaRef<'_>> {
+        self.headers()
+            .get_all("Via")
+            .next()
+            .and_then(|v| ViaRef::parse(v).ok())
     }
     fn contact(&self) -> Option<NameAddr> {
         self.headers()
@@ -870,13 +877,14 @@ fn check_common<'b>(
     if headers.get_all("Via").next().is_none() {
         return Err("Missing Via header".into());
     }
+    // Checked through borrowed views: nothing is copied for a message that is well formed.
     for v in headers.get_all("Via") {
-        Via::parse(v).map_err(|e| format!("Malformed Via header: {}", e.reason))?;
+        ViaRef::parse(v).map_err(|e| format!("Malformed Via header: {}", e.reason))?;
     }
     let from = headers.get("From").unwrap_or("");
-    NameAddr::parse(from).map_err(|e| format!("Malformed From header: {}", e.reason))?;
+    NameAddrRef::parse(from).map_err(|e| format!("Malformed From header: {}", e.reason))?;
     let to = headers.get("To").unwrap_or("");
-    NameAddr::parse(to).map_err(|e| format!("Malformed To header: {}", e.reason))?;
+    NameAddrRef::parse(to).map_err(|e| format!("Malformed To header: {}", e.reason))?;
     if headers.get("Call-ID").unwrap_or("").is_empty() {
         return Err("Empty Call-ID header".into());
     }
@@ -895,9 +903,9 @@ fn check_common<'b>(
                 if h == "Contact" && v == "*" {
                     continue;
                 }
-                let na = NameAddr::parse(v)
+                let na = NameAddrRef::parse(v)
                     .map_err(|e| format!("Malformed {h} header: {}", e.reason))?;
-                if let Some(exp) = na.params.value("expires") {
+                if let Some(exp) = na.param("expires") {
                     exp.parse::<u32>()
                         .map_err(|_| "Contact expires out of range".to_string())?;
                 }

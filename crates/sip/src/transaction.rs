@@ -295,7 +295,7 @@ impl TransactionLayer {
     }
 
     fn server_key(req: &Request) -> TxKey {
-        let via = req.top_via();
+        let via = req.top_via_ref();
         let (branch, sent_by) = match &via {
             Some(v) => (
                 v.branch().unwrap_or("").to_string(),
@@ -491,10 +491,9 @@ impl TransactionLayer {
     /// [`send_stateless`](Self::send_stateless) instead.
     pub fn send_request(&mut self, now: Instant, req: Request, to: Peer) -> TxKey {
         let t = self.timers;
-        let via = req.top_via();
         let key = TxKey {
-            branch: via
-                .as_ref()
+            branch: req
+                .top_via_ref()
                 .and_then(|v| v.branch().map(str::to_string))
                 .unwrap_or_default(),
             method: req.method.clone(),
@@ -551,7 +550,7 @@ impl TransactionLayer {
             return;
         };
         let branch = resp
-            .top_via()
+            .top_via_ref()
             .and_then(|v| v.branch().map(str::to_string))
             .unwrap_or_default();
         let key = TxKey {
@@ -767,6 +766,15 @@ impl TransactionLayer {
 /// RFC 3581 / §18.2.1: record where the request really came from in its top Via, so the
 /// response goes back to the source address even behind NAT.
 fn stamp_received(req: &mut Request, from: Peer) {
+    // Most requests need neither parameter: look before copying the Via.
+    let ip = from.addr.ip();
+    let needed = req.top_via_ref().is_some_and(|v| {
+        v.host.text.parse::<std::net::IpAddr>().ok() != Some(ip)
+            || crate::uri::Params::bare(v.params, "rport")
+    });
+    if !needed {
+        return;
+    }
     let Some(mut via) = req.top_via() else {
         return;
     };
@@ -792,8 +800,8 @@ fn response_peer(req: &Request, from: Peer) -> Peer {
     if from.transport.is_reliable() {
         return from;
     }
-    match req.top_via() {
-        Some(v) if v.params.contains("rport") => from,
+    match req.top_via_ref() {
+        Some(v) if crate::uri::Params::has(v.params, "rport") => from,
         Some(v) => Peer {
             addr: SocketAddr::new(from.addr.ip(), v.port.unwrap_or(5060)),
             transport: from.transport,

@@ -83,6 +83,22 @@ impl Params {
     /// Parses `;a=b;c` (leading `;` optional), trimming LWS around `;` and `=`.
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut out = String::new();
+        Self::each(s, |n, v| {
+            if out.is_empty() {
+                out.reserve(s.len() + 1);
+            }
+            push_param(&mut out, n, v);
+        })?;
+        Ok(Params(out))
+    }
+
+    /// Checks `;a=b;c` as [`parse`](Self::parse) does, copying nothing.
+    pub fn validate(s: &str) -> Result<(), ParseError> {
+        Self::each(s, |_, _| {})
+    }
+
+    /// Calls `f` with each trimmed (name, value), failing on the first malformed parameter.
+    fn each<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>)) -> Result<(), ParseError> {
         for part in split_unquoted(s, b';') {
             let part = part.trim();
             if part.is_empty() {
@@ -94,24 +110,47 @@ impl Params {
                     if n.is_empty() || !n.bytes().all(is_token_char) {
                         return Err(ParseError::bad("malformed parameter name"));
                     }
-                    if out.is_empty() {
-                        out.reserve(s.len() + 1);
-                    }
-                    push_param(&mut out, n, Some(v.trim()));
+                    f(n, Some(v.trim()));
                 }
                 None => {
                     if !part.bytes().all(is_token_char) {
                         return Err(ParseError::bad("malformed parameter"));
                     }
-                    if out.is_empty() {
-                        out.reserve(s.len() + 1);
-                    }
-                    push_param(&mut out, part, None);
+                    f(part, None);
                 }
             }
         }
-        Ok(Params(out))
+        Ok(())
     }
+}
+
+impl Params {
+    /// Whether an unparsed list (`;a=b;c`) has parameter `name`, with or without a value.
+    pub fn has(list: &str, name: &str) -> bool {
+        Self::raw_get(list, name).is_some()
+    }
+
+    /// Whether an unparsed list has parameter `name` without a value (`;rport`).
+    pub fn bare(list: &str, name: &str) -> bool {
+        Self::raw_get(list, name) == Some(None)
+    }
+
+    /// The first parameter `name` of an unparsed list: `Some(None)` when bare.
+    fn raw_get<'a>(list: &'a str, name: &str) -> Option<Option<&'a str>> {
+        split_unquoted(list, b';').find_map(|p| {
+            let (n, v) = match p.split_once('=') {
+                Some((n, v)) => (n, Some(v.trim())),
+                None => (p, None),
+            };
+            n.trim().eq_ignore_ascii_case(name).then_some(v)
+        })
+    }
+}
+
+/// The value of parameter `name` in an unparsed list (`;a=b;c`); `None` when absent or bare.
+pub(crate) fn raw_param<'a>(list: &'a str, name: &str) -> Option<&'a str> {
+    // The first parameter of that name decides, as in `Params::value`.
+    Params::raw_get(list, name).flatten()
 }
 
 fn push_param(out: &mut String, name: &str, value: Option<&str>) {
@@ -252,23 +291,7 @@ pub enum Host {
 
 impl Host {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        if let Some(inner) = s.strip_prefix('[') {
-            let inner = inner
-                .strip_suffix(']')
-                .ok_or_else(|| ParseError::bad("unterminated IPv6 reference"))?;
-            inner
-                .parse::<std::net::Ipv6Addr>()
-                .map_err(|_| ParseError::bad("malformed IPv6 address"))?;
-            return Ok(Host::V6(inner.to_string()));
-        }
-        if s.is_empty()
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return Err(ParseError::bad("malformed host"));
-        }
-        Ok(Host::Name(s.to_string()))
+        Ok(HostRef::parse(s)?.to_owned())
     }
 
     pub fn as_str(&self) -> &str {
@@ -300,8 +323,64 @@ impl fmt::Display for Host {
     }
 }
 
+/// A host as received: a name or IPv4 address, or an IPv6 reference without its brackets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRef<'a> {
+    pub v6: bool,
+    pub text: &'a str,
+}
+
+impl<'a> HostRef<'a> {
+    pub fn parse(s: &'a str) -> Result<Self, ParseError> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| ParseError::bad("unterminated IPv6 reference"))?;
+            inner
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| ParseError::bad("malformed IPv6 address"))?;
+            return Ok(HostRef {
+                v6: true,
+                text: inner,
+            });
+        }
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(ParseError::bad("malformed host"));
+        }
+        Ok(HostRef { v6: false, text: s })
+    }
+
+    pub fn to_owned(self) -> Host {
+        if self.v6 {
+            Host::V6(self.text.to_string())
+        } else {
+            Host::Name(self.text.to_string())
+        }
+    }
+}
+
+impl fmt::Display for HostRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.v6 {
+            write!(f, "[{}]", self.text)
+        } else {
+            f.write_str(self.text)
+        }
+    }
+}
+
 /// Splits `host[:port]`, minding IPv6 brackets.
 pub fn parse_hostport(s: &str) -> Result<(Host, Option<u16>), ParseError> {
+    let (h, p) = parse_hostport_ref(s)?;
+    Ok((h.to_owned(), p))
+}
+
+/// [`parse_hostport`] without copying the host.
+pub fn parse_hostport_ref(s: &str) -> Result<(HostRef<'_>, Option<u16>), ParseError> {
     let s = s.trim();
     let (h, p) = if s.starts_with('[') {
         match s.find(']') {
@@ -322,7 +401,7 @@ pub fn parse_hostport(s: &str) -> Result<(Host, Option<u16>), ParseError> {
             None => (s, None),
         }
     };
-    let host = Host::parse(h)?;
+    let host = HostRef::parse(h)?;
     let port = match p {
         Some(p) => Some(
             p.trim()
@@ -334,8 +413,26 @@ pub fn parse_hostport(s: &str) -> Result<(Host, Option<u16>), ParseError> {
     Ok((host, port))
 }
 
-impl Uri {
-    pub fn parse(s: &str) -> Result<Self, ParseError> {
+/// A URI as received, checked but not copied: what validation and lookups need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriRef<'a> {
+    Sip(SipUriRef<'a>),
+    Other(&'a str),
+}
+
+/// The parts of a `sip:`/`sips:` URI as received; `params` is the unparsed `;…` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipUriRef<'a> {
+    pub secure: bool,
+    pub user: Option<&'a str>,
+    pub host: HostRef<'a>,
+    pub port: Option<u16>,
+    pub params: &'a str,
+    pub headers: Option<&'a str>,
+}
+
+impl<'a> UriRef<'a> {
+    pub fn parse(s: &'a str) -> Result<Self, ParseError> {
         let s = s.trim();
         if s.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>') {
             return Err(ParseError::bad("whitespace or angle bracket inside URI"));
@@ -356,7 +453,7 @@ impl Uri {
             {
                 return Err(ParseError::bad("malformed URI scheme"));
             }
-            return Ok(Uri::Other(s.to_string()));
+            return Ok(UriRef::Other(s));
         };
         // The userinfo may contain ';', '?', '/', ',' and more (user-unreserved, RFC 3261
         // §25.1, RFC 4475 §3.1.1.2) but never an unescaped '@', and neither may the parameters
@@ -366,7 +463,7 @@ impl Uri {
             None => (None, rest),
         };
         let (hostpart, headers) = match rest.split_once('?') {
-            Some((r, h)) => (r, Some(h.to_string())),
+            Some((r, h)) => (r, Some(h)),
             None => (rest, None),
         };
         if let Some(u) = user {
@@ -376,18 +473,42 @@ impl Uri {
             check_escapes(u)?;
         }
         let (hostport, params) = match hostpart.split_once(';') {
-            Some((hp, p)) => (hp, Params::parse(p)?),
-            None => (hostpart, Params::default()),
+            Some((hp, p)) => {
+                Params::validate(p)?;
+                (hp, p)
+            }
+            None => (hostpart, ""),
         };
-        let (host, port) = parse_hostport(hostport)?;
-        Ok(Uri::Sip(SipUri {
+        let (host, port) = parse_hostport_ref(hostport)?;
+        Ok(UriRef::Sip(SipUriRef {
             secure,
-            user: user.map(str::to_string),
+            user,
             host,
             port,
             params,
             headers,
         }))
+    }
+
+    pub fn to_owned(self) -> Uri {
+        match self {
+            UriRef::Other(s) => Uri::Other(s.to_string()),
+            UriRef::Sip(u) => Uri::Sip(SipUri {
+                secure: u.secure,
+                user: u.user.map(str::to_string),
+                host: u.host.to_owned(),
+                port: u.port,
+                // Validated above: this only normalizes.
+                params: Params::parse(u.params).unwrap_or_default(),
+                headers: u.headers.map(str::to_string),
+            }),
+        }
+    }
+}
+
+impl Uri {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        Ok(UriRef::parse(s)?.to_owned())
     }
 
     pub fn sip(&self) -> Option<&SipUri> {
@@ -476,6 +597,31 @@ impl NameAddr {
     }
 
     pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let r = NameAddrRef::parse(s)?;
+        Ok(Self {
+            display: r.display.map(str::to_string),
+            uri: r.uri.to_owned(),
+            // Validated by `NameAddrRef::parse`: this only normalizes.
+            params: Params::parse(r.params).unwrap_or_default(),
+        })
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.params.value("tag")
+    }
+}
+
+/// A name-addr as received, checked but not copied. `display` keeps its quotes, as
+/// [`NameAddr::display`] does; `params` is the unparsed `;…` list after the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddrRef<'a> {
+    pub display: Option<&'a str>,
+    pub uri: UriRef<'a>,
+    pub params: &'a str,
+}
+
+impl<'a> NameAddrRef<'a> {
+    pub fn parse(s: &'a str) -> Result<Self, ParseError> {
         let s = s.trim();
         if s.is_empty() {
             return Err(ParseError::bad("empty address"));
@@ -483,16 +629,13 @@ impl NameAddr {
         let (display, rest) = if let Some(q) = s.strip_prefix('"') {
             let end =
                 closing_quote(q).ok_or_else(|| ParseError::bad("unterminated quoted string"))?;
-            (
-                Some(format!("\"{}\"", &q[..end])),
-                q[end + 1..].trim_start(),
-            )
+            (Some(&s[..end + 2]), q[end + 1..].trim_start())
         } else if let Some(lt) = s.find('<') {
             let d = s[..lt].trim();
             if !d.split_whitespace().all(|w| w.bytes().all(is_token_char)) {
                 return Err(ParseError::bad("malformed display name"));
             }
-            ((!d.is_empty()).then(|| d.to_string()), &s[lt..])
+            ((!d.is_empty()).then_some(d), &s[lt..])
         } else {
             (None, s)
         };
@@ -505,15 +648,16 @@ impl NameAddr {
             if inner.starts_with([' ', '\t']) || inner.ends_with([' ', '\t']) {
                 return Err(ParseError::bad("whitespace inside <URI>"));
             }
-            let uri = Uri::parse(inner)?;
+            let uri = UriRef::parse(inner)?;
             let after = r[gt + 1..].trim();
             if !after.is_empty() && !after.starts_with(';') {
                 return Err(ParseError::bad("garbage after <URI>"));
             }
+            Params::validate(after)?;
             Ok(Self {
                 display,
                 uri,
-                params: Params::parse(after)?,
+                params: after,
             })
         } else {
             if display.is_some() {
@@ -521,22 +665,26 @@ impl NameAddr {
             }
             // Without brackets, parameters belong to the header, not the URI (§20.10).
             let (u, p) = match rest.split_once(';') {
-                Some((u, p)) => (u, Params::parse(p)?),
-                None => (rest, Params::default()),
+                Some((u, p)) => {
+                    Params::validate(p)?;
+                    (u, p)
+                }
+                None => (rest, ""),
             };
             if u.contains(['?', ',']) {
                 return Err(ParseError::bad("URI with headers or comma needs <>"));
             }
             Ok(Self {
                 display: None,
-                uri: Uri::parse(u)?,
+                uri: UriRef::parse(u)?,
                 params: p,
             })
         }
     }
 
-    pub fn tag(&self) -> Option<&str> {
-        self.params.value("tag")
+    /// The value of a header parameter (`tag`, `expires`).
+    pub fn param(&self, name: &str) -> Option<&'a str> {
+        raw_param(self.params, name)
     }
 }
 
@@ -553,10 +701,7 @@ pub(crate) fn name_addr_tag(v: &str) -> Option<&str> {
     } else {
         v.split_once(';')?.1
     };
-    split_unquoted(params, b';').find_map(|p| {
-        let (n, val) = p.split_once('=')?;
-        n.trim().eq_ignore_ascii_case("tag").then(|| val.trim())
-    })
+    raw_param(params, "tag")
 }
 
 fn closing_quote(s: &str) -> Option<usize> {
@@ -647,30 +792,72 @@ impl Via {
     /// Parses a Via whatever its SIP version, so that a request of another version can still
     /// be answered with 505 (RFC 4475 §3.1.2.16). Returns the version too.
     pub(crate) fn parse_any_version(s: &str) -> Result<(Self, &str), ParseError> {
-        let s = s.trim();
-        let (version, proto, rest) = take_via_protocol(s)?;
-        let rest = rest.trim_start();
-        let (sent_by, params) = match rest.split_once(';') {
-            Some((h, p)) => (h, Params::parse(p)?),
-            None => (rest, Params::default()),
-        };
-        let (host, port) = parse_hostport(sent_by)?;
-        let transport = Transport::parse(proto);
+        let r = ViaRef::parse_any_version(s)?;
+        let transport = Transport::parse(r.transport);
         let via = Via {
             transport: transport.unwrap_or(Transport::Udp),
             transport_name: match transport {
                 Some(t) => Cow::Borrowed(t.as_str()),
-                None => Cow::Owned(proto.to_ascii_uppercase()),
+                None => Cow::Owned(r.transport.to_ascii_uppercase()),
             },
-            host,
-            port,
-            params,
+            host: r.host.to_owned(),
+            port: r.port,
+            // Validated by `ViaRef`: this only normalizes.
+            params: Params::parse(r.params).unwrap_or_default(),
         };
-        Ok((via, version))
+        Ok((via, r.version))
     }
 
     pub fn branch(&self) -> Option<&str> {
         self.params.value("branch")
+    }
+}
+
+/// A Via value as received, checked but not copied: enough to match a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaRef<'a> {
+    pub version: &'a str,
+    /// As written (any case).
+    pub transport: &'a str,
+    pub host: HostRef<'a>,
+    pub port: Option<u16>,
+    /// The unparsed `;…` list.
+    pub params: &'a str,
+}
+
+impl<'a> ViaRef<'a> {
+    /// A `SIP/2.0` Via.
+    pub fn parse(s: &'a str) -> Result<Self, ParseError> {
+        let v = Self::parse_any_version(s)?;
+        if v.version != "2.0" {
+            return Err(ParseError::bad("Via protocol is not SIP/2.0"));
+        }
+        Ok(v)
+    }
+
+    fn parse_any_version(s: &'a str) -> Result<Self, ParseError> {
+        let s = s.trim();
+        let (version, transport, rest) = take_via_protocol(s)?;
+        let rest = rest.trim_start();
+        let (sent_by, params) = match rest.split_once(';') {
+            Some((h, p)) => {
+                Params::validate(p)?;
+                (h, p)
+            }
+            None => (rest, ""),
+        };
+        let (host, port) = parse_hostport_ref(sent_by)?;
+        Ok(ViaRef {
+            version,
+            transport,
+            host,
+            port,
+            params,
+        })
+    }
+
+    pub fn branch(&self) -> Option<&'a str> {
+        raw_param(self.params, "branch")
     }
 }
 
