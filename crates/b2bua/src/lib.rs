@@ -1922,11 +1922,14 @@ fn strip_tag(na: &NameAddr) -> NameAddr {
 }
 
 fn set_to_tag(r: &mut Response, tag: &str) {
-    if let Some(mut to) = r.to() {
-        if to.tag().is_none() {
-            to.params.set("tag", Some(tag.to_string()));
-            r.headers.set("To", to.to_string());
-        }
+    // The To value was checked when the request was parsed; without a tag parameter, one
+    // appended to it is a header parameter in either form (`<uri>;p` or `uri;p`).
+    if r.to_tag().is_some() {
+        return;
+    }
+    if let Some(to) = r.headers.0.iter_mut().find(|(n, _)| n == "To") {
+        to.1.push_str(";tag=");
+        to.1.push_str(tag);
     }
 }
 

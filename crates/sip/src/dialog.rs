@@ -3,6 +3,8 @@
 //! A [`Dialog`] remembers what is needed to send requests inside the dialog (remote target,
 //! route set, tags, local CSeq) and to check requests received in it (remote CSeq).
 
+use std::fmt::Write as _;
+
 use crate::message::{Method, Request};
 use crate::uri::{NameAddr, Uri};
 
@@ -29,14 +31,10 @@ impl Dialog {
             self.local_cseq += 1;
         }
         let mut r = Request::new(method.clone(), self.remote_target.clone());
-        let mut from = self.local_uri.clone();
-        from.params.set("tag", Some(self.local_tag.clone()));
-        let mut to = self.remote_uri.clone();
-        if let Some(t) = &self.remote_tag {
-            to.params.set("tag", Some(t.clone()));
-        }
-        r.headers.push("From", from.to_string());
-        r.headers.push("To", to.to_string());
+        r.headers
+            .push("From", with_tag(&self.local_uri, Some(&self.local_tag)));
+        r.headers
+            .push("To", with_tag(&self.remote_uri, self.remote_tag.as_deref()));
         r.headers.push("Call-ID", self.call_id.clone());
         r.headers
             .push("CSeq", format!("{} {}", self.local_cseq, method.as_str()));
@@ -61,4 +59,20 @@ impl Dialog {
             }
         }
     }
+}
+
+/// A From/To value with its tag, printed straight from the dialog's address (no copy of the
+/// address for each request).
+fn with_tag(na: &NameAddr, tag: Option<&str>) -> String {
+    let Some(tag) = tag else {
+        return na.to_string();
+    };
+    if na.params.contains("tag") {
+        let mut na = na.clone();
+        na.params.set("tag", Some(tag.to_string()));
+        return na.to_string();
+    }
+    let mut s = String::with_capacity(64);
+    let _ = write!(s, "{na};tag={tag}");
+    s
 }
