@@ -27,8 +27,9 @@
 #
 # Prints one `result:` line: SIPp's successful/failed counts, achieved rate, setup time
 # (INVITE sent -> 200 received, SIPp -trace_rtt, per call) p50/p99/max, the SUT's CPU (% of
-# one core, averaged over the run) and RSS. Environment: see bench/lib.sh (TAPIR_BIN,
-# MAX_LOAD). Runs vary (shared 2-core machine): repeat each measurement and compare means.
+# one core, averaged over the run) and RSS, and the hypervisor's steal time over the run.
+# Environment: see bench/lib.sh (TAPIR_BIN, MAX_LOAD). Runs vary (shared 2-core machine):
+# repeat each measurement and compare means.
 set -u
 . "$(dirname "$0")/lib.sh"
 
@@ -80,6 +81,7 @@ fi
 rcv0=$(udp_rcvbuf_errors)
 # shellcheck disable=SC2086
 c0=$(cpu_ticks_sum $pids); t0=$(date +%s.%N)
+steal0=$(awk '/^cpu /{print $9}' /proc/stat)
 
 touch "$work/sampling"
 if [ -n "$pids" ]; then
@@ -127,11 +129,16 @@ sock_drops=$(awk '{ for (i = 1; i <= 3; i++) if ($i > m[i]) m[i] = $i }
   "$work/drops.txt" 2>/dev/null)
 # shellcheck disable=SC2086
 c1=$(cpu_ticks_sum $pids); t1=$(date +%s.%N)
+steal1=$(awk '/^cpu /{print $9}' /proc/stat)
 rcv1=$(udp_rcvbuf_errors)
 rm -f "$work/sampling"
 wait "$uas_pid" 2>/dev/null; uas_pid=""
 
-extra="$sock_drops"
+# Time the hypervisor ran something else on this VM's CPUs, in % of all CPU time of the run:
+# the part of the noise that no process here causes.
+steal_pct=$(awk -v a="$steal0" -v b="$steal1" -v t0="$t0" -v t1="$t1" -v hz="$HZ" -v n="$(nproc)" \
+  'BEGIN { printf "%.2f", 100 * (b - a) / hz / ((t1 - t0) * n) }')
+extra="$sock_drops host_steal_pct=$steal_pct"
 if [ "$sut" = tapir ]; then
   extra="$extra tapir_sip_retransmissions=$(metric tapir_sip_retransmissions_total) tapir_calls_active_after=$(metric tapir_calls_active)"
 fi

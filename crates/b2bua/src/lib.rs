@@ -671,13 +671,12 @@ impl B2bua {
     }
 
     fn via(&mut self, peer: Peer) -> String {
-        let branch = format!("{BRANCH_PREFIX}{}", self.ids.next());
+        let id = self.ids.next();
         let local = self.local_addr(peer);
+        // A socket address prints as host:port with IPv6 in brackets, as a Via's sent-by.
         format!(
-            "SIP/2.0/{} {}:{};branch={branch};rport",
+            "SIP/2.0/{} {local};branch={BRANCH_PREFIX}{id};rport",
             peer.transport.as_str(),
-            sip::Host::from(local.ip()),
-            local.port()
         )
     }
 
@@ -691,11 +690,7 @@ impl B2bua {
                 peer.transport.as_str().to_ascii_lowercase()
             )
         };
-        format!(
-            "<sip:tapir@{}:{}{t}>",
-            sip::Host::from(local.ip()),
-            local.port()
-        )
+        format!("<sip:tapir@{local}{t}>")
     }
 
     fn respond(&mut self, now: Instant, key: &TxKey, mut resp: Response) {

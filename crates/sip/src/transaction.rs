@@ -331,8 +331,9 @@ impl TransactionLayer {
     }
 
     fn handle_request(&mut self, now: Instant, mut req: Request, from: Peer) {
-        stamp_received(&mut req, from);
+        // The key first: stamping adds only `received`/`rport`, which the key does not read.
         let key = Self::server_key(&req);
+        stamp_received(&mut req, from);
         if req.method == Method::Ack {
             self.handle_ack(now, key, req, from);
             return;

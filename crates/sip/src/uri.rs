@@ -230,6 +230,22 @@ impl<'a> Iterator for SplitUnquoted<'a> {
         // Bytes, not chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
         // sequence is ASCII, so each cut falls on a char boundary.
         let bytes = self.s.as_bytes();
+        // Most values have neither quotes nor brackets (Via, parameter lists): then the next
+        // separator is the cut, found by a plain byte search.
+        let rest = &bytes[self.start..];
+        if !rest.iter().any(|&c| c == b'"' || c == b'<') {
+            return Some(match rest.iter().position(|&c| c == sep) {
+                Some(i) => {
+                    let part = &self.s[self.start..self.start + i];
+                    self.start += i + 1;
+                    part
+                }
+                None => {
+                    self.done = true;
+                    &self.s[self.start..]
+                }
+            });
+        }
         let mut in_quote = false;
         let mut escaped = false;
         let mut angle = 0u32;
