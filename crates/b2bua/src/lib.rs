@@ -784,7 +784,7 @@ impl B2bua {
     pub(crate) fn invite_in_progress(&self, call: CallId, own_refreshes: bool) -> bool {
         self.client.iter().any(|(k, (cid, p))| {
             *cid == call
-                && k.method == Method::Invite
+                && *k.method() == Method::Invite
                 && match p {
                     Purpose::Relay(_) => true,
                     Purpose::Refresh(_) => own_refreshes,

@@ -392,7 +392,7 @@ torture! {
         let Some(Output::Event(Event::Request { key, .. })) = layer.poll_output() else {
             panic!("expected a new request")
         };
-        assert!(key.branch.starts_with("2543:"), "{key:?}");
+        assert!(key.branch().starts_with("2543:"), "{key:?}");
     };
 
     // ---- RFC 4475 §3.3: application layer (parse, then the element decides) ----
@@ -497,7 +497,7 @@ torture! {
         let Some(Output::Event(Event::Request { key, .. })) = layer.poll_output() else {
             panic!("expected a new request")
         };
-        assert!(key.branch.starts_with("2543:"));
+        assert!(key.branch().starts_with("2543:"));
     };
 
     // ---- RFC 5118 ----

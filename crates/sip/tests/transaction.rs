@@ -608,7 +608,7 @@ fn invite_in_proceeding_outlives_timer_b_until_timer_c_then_cancels() {
     assert!(tl
         .events
         .iter()
-        .all(|(_, e)| matches!(e, Event::Timeout { key } if key.method == Method::Cancel)));
+        .all(|(_, e)| matches!(e, Event::Timeout { key } if *key.method() == Method::Cancel)));
     assert_eq!(layer.len(), 0);
 }
 
@@ -820,7 +820,7 @@ fn rfc2543_ack_for_2xx_without_branch_stops_the_2xx() {
     let Event::Request { key, .. } = &ev[0] else {
         panic!()
     };
-    assert!(key.branch.starts_with("2543:"));
+    assert!(key.branch().starts_with("2543:"));
     let ok = answer(&inv, 200);
     layer.respond(t0, key, ok.clone());
     drain(&mut layer);

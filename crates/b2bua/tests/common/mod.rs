@@ -695,7 +695,7 @@ impl Ua {
             }
             Event::Response { key, response } => {
                 if response.status >= 200 {
-                    self.finals.push((key.method.clone(), response.status));
+                    self.finals.push((key.method().clone(), response.status));
                 }
                 if self.keep_log {
                     self.seen.push(Seen::Response(response.clone()));
@@ -716,12 +716,12 @@ impl Ua {
             }
             Event::Timeout { key } => {
                 // Status 0: the request timed out locally, no response came.
-                self.finals.push((key.method.clone(), 0));
+                self.finals.push((key.method().clone(), 0));
                 self.timeouts += 1;
                 if self.invite.as_ref().is_some_and(|(k, _)| *k == key) {
                     self.invite = None;
                 }
-                self.log(Seen::Timeout(key.method));
+                self.log(Seen::Timeout(key.method().clone()));
             }
             Event::Cancelled { invite } => {
                 self.log(Seen::Cancelled);
