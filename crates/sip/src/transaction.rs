@@ -949,3 +949,63 @@ fn build_ack_for_error(invite: &Request, resp: &Response) -> Request {
     }
     a
 }
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    fn invite(branch: &str) -> Request {
+        let text = format!(
+            "INVITE sip:bob@192.0.2.20 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.10:5060;branch={branch}\r\n\
+             From: <sip:alice@192.0.2.10>;tag=a1\r\nTo: <sip:bob@192.0.2.20>\r\n\
+             Call-ID: {branch}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        match crate::parse(text.as_bytes(), true).unwrap() {
+            Message::Request(r) => r,
+            Message::Response(_) => unreachable!(),
+        }
+    }
+
+    /// Each transaction has at most one entry in the timer queue however often it is
+    /// rescheduled, and none once it is gone: the queue cannot grow beyond the table.
+    #[test]
+    fn the_timer_queue_holds_one_entry_per_live_transaction() {
+        let t0 = Instant::now();
+        let mut layer = TransactionLayer::new(Timers::default());
+        let to = Peer {
+            addr: "192.0.2.20:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        for i in 0..50 {
+            layer.send_request(t0, invite(&format!("z9hG4bK-q{i}")), to);
+        }
+        let mut now = t0;
+        let mut most = 0;
+        while let Some(at) = layer.poll_timeout() {
+            now = at;
+            layer.handle_timeout(now);
+            while layer.poll_output().is_some() {}
+            assert!(layer.wakeups.len() <= layer.txs.len());
+            most = most.max(layer.wakeups.len());
+        }
+        assert_eq!(most, 50);
+        // Timer A retransmitted until Timer B ended every transaction.
+        assert!(layer.stats().retransmissions_sent >= 50 * 6);
+        assert!(now >= t0 + 64 * Timers::default().t1);
+        assert!(layer.is_empty() && layer.wakeups.is_empty());
+    }
+
+    #[test]
+    fn keys_differ_by_every_field_and_hash_alike_when_equal() {
+        let k = |b: &str, m: Method, s: &str, server| TxKey::new(b.into(), m, s.into(), server);
+        let a = k("z9hG4bK1", Method::Invite, "h:1", true);
+        assert_eq!(a, k("z9hG4bK1", Method::Invite, "h:1", true));
+        assert_eq!(a.hash, k("z9hG4bK1", Method::Invite, "h:1", true).hash);
+        assert_ne!(a, k("z9hG4bK2", Method::Invite, "h:1", true));
+        assert_ne!(a, k("z9hG4bK1", Method::Bye, "h:1", true));
+        assert_ne!(a, k("z9hG4bK1", Method::Invite, "h:2", true));
+        assert_ne!(a, k("z9hG4bK1", Method::Invite, "h:1", false));
+        assert_eq!(a.with_method(Method::Cancel).with_method(Method::Invite), a);
+    }
+}
