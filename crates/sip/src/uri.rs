@@ -54,11 +54,10 @@ impl Params {
         let mut out = String::with_capacity(self.0.len() + name.len() + 16);
         let mut done = false;
         for (n, v) in self.iter() {
-            if n.eq_ignore_ascii_case(name) {
-                if !done {
-                    push_param(&mut out, n, value.as_deref());
-                    done = true;
-                }
+            // The first of that name takes the value; any later one stays as it was.
+            if !done && n.eq_ignore_ascii_case(name) {
+                push_param(&mut out, n, value.as_deref());
+                done = true;
             } else {
                 push_param(&mut out, n, v);
             }
@@ -1002,6 +1001,9 @@ mod tests {
         );
         assert!(Params::parse("").unwrap().is_empty());
         assert!(Params::parse(";a b").is_err());
+        let mut dup = Params::parse(";tag=a;tag=b").unwrap();
+        dup.set("tag", Some("x".into()));
+        assert_eq!(dup.to_string(), ";tag=x;tag=b");
     }
 
     #[test]
