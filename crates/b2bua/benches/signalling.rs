@@ -115,6 +115,9 @@ struct Bench {
     /// Allocations made inside the core.
     allocs: u64,
     messages: u64,
+    /// Single steps (one message or one timer round) that took over 1 ms, with the number of
+    /// the call: growing tables stop the core for one step, which the per-call means hide.
+    stalls: Vec<(Duration, u64)>,
     /// Requests and responses tapir sent, by destination, since the last `take`.
     out: Vec<(SocketAddr, Vec<u8>)>,
 }
@@ -126,9 +129,16 @@ impl Bench {
         let t = Instant::now();
         self.core.handle_message(self.now, data, from);
         self.drain();
-        self.busy += t.elapsed();
+        self.step(t.elapsed());
         self.allocs += ALLOCS.load(Ordering::Relaxed) - a;
         self.messages += 1;
+    }
+
+    fn step(&mut self, d: Duration) {
+        self.busy += d;
+        if d > Duration::from_millis(1) {
+            self.stalls.push((d, self.messages / 7));
+        }
     }
 
     fn drain(&mut self) {
@@ -147,7 +157,7 @@ impl Bench {
             self.core.handle_timeout(self.now);
             self.drain();
         }
-        self.busy += t.elapsed();
+        self.step(t.elapsed());
         self.allocs += ALLOCS.load(Ordering::Relaxed) - a;
     }
 
@@ -204,6 +214,11 @@ fn one_call(b: &mut Bench, n: u64) {
 }
 
 fn main() {
+    // As the binary does (`no_huge_pages` in crates/tapir/src/main.rs).
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory of this process.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
     // `cargo test --all-targets` runs this file too, unoptimized and without `--bench`: a
     // short run then checks that the scenario still completes, and measures nothing.
     let measuring = std::env::args().any(|a| a == "--bench");
@@ -238,6 +253,7 @@ fn main() {
         busy: Duration::ZERO,
         allocs: 0,
         messages: 0,
+        stalls: Vec::new(),
         out: Vec::new(),
     };
     // The first 40 s of virtual time fill the tables to their steady size (transactions
@@ -276,5 +292,18 @@ fn main() {
         blocks.len(),
         best / messages as f64,
         (b.allocs - allocs) as f64 / measured as f64,
+    );
+    // Over the whole run, warm-up included: that is when the tables grow.
+    b.stalls.sort_by(|a, b| b.cmp(a));
+    let longest: Vec<String> = b
+        .stalls
+        .iter()
+        .take(5)
+        .map(|(d, call)| format!("{:.1} ms (call {call})", d.as_secs_f64() * 1e3))
+        .collect();
+    println!(
+        "steps over 1 ms in all {calls} calls: {}; longest: {}",
+        b.stalls.len(),
+        longest.join(", ")
     );
 }

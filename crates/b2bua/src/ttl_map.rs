@@ -3,14 +3,18 @@
 //!
 //! Entries expire in insertion order (one TTL for the whole map), so expiry is a walk from the
 //! front of a queue, never a scan; at the bound the oldest entry makes room. Time is passed in.
+//! The map grows with the call rate (every ended call is remembered for minutes), so it is a
+//! `griddle` map, which moves its entries to a larger allocation a few per insert instead of
+//! all at once on the signalling thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub(crate) struct TtlMap<K, V> {
-    map: HashMap<K, (Instant, V)>,
+    map: griddle::HashMap<K, (Instant, V), RandomState>,
     order: VecDeque<(Instant, K)>,
     ttl: Duration,
     max: usize,
@@ -19,7 +23,7 @@ pub(crate) struct TtlMap<K, V> {
 impl<K: Clone + Eq + Hash, V> TtlMap<K, V> {
     pub fn new(ttl: Duration, max: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: griddle::HashMap::with_hasher(Default::default()),
             order: VecDeque::new(),
             ttl,
             max,

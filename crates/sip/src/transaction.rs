@@ -18,7 +18,8 @@
 //! [`handle_timeout`]: TransactionLayer::handle_timeout
 //! [`poll_timeout`]: TransactionLayer::poll_timeout
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -58,8 +59,8 @@ impl Default for Timers {
 /// The key carries a keyed hash of its fields, computed once when it is made. At 1,000 calls
 /// per second the table holds ~100,000 lingering transactions; growing it rehashed every key
 /// (SipHash over each branch) in one go, a stall of several milliseconds on the signalling
-/// thread. With the hash kept, growth only moves entries. The hash is keyed per process, so a
-/// peer cannot choose branches that collide.
+/// thread. With the hash kept, growth only moves entries (and those a few at a time: see
+/// [`TxMap`]). The hash is keyed per process, so a peer cannot choose branches that collide.
 #[derive(Debug, Clone)]
 pub struct TxKey {
     branch: String,
@@ -149,7 +150,12 @@ impl Hasher for KeptHash {
     }
 }
 
-type TxMap<V> = HashMap<TxKey, V, BuildHasherDefault<KeptHash>>;
+/// The tables that grow with the call rate (transactions linger 32 s after they end) are
+/// `griddle` maps: when one outgrows its allocation it moves its entries to the new one a few
+/// per insert rather than all in one insert. A standard map of ~100,000 lingering transactions
+/// stopped the signalling thread for milliseconds each time it doubled, and every call set up
+/// in that moment waited (`cargo bench -p b2bua --bench signalling` prints the longest steps).
+type TxMap<V> = griddle::HashMap<TxKey, V, BuildHasherDefault<KeptHash>>;
 
 /// What the transaction layer tells its user.
 #[derive(Debug)]
@@ -284,9 +290,8 @@ pub struct TransactionLayer {
     timers: Timers,
     timer_c: Duration,
     /// Boxed: at 1,000 calls per second the table grows to ~100,000 lingering transactions,
-    /// and each rehash on the way moves every entry; with the transactions inline (their
-    /// request and last message) that stalled the signalling task for tens of milliseconds.
-    /// Boxed, an entry is a key and a pointer. (A B-tree avoids the rehash but shifts whole
+    /// and growing it moves every entry; with the transactions inline (their request and last
+    /// message) the moves were tens of megabytes. Boxed, an entry is a key and a pointer. (A B-tree avoids the rehash but shifts whole
     /// transactions within its nodes on every insert and removal, and compares keys that share
     /// long prefixes: measurably slower on every call.)
     txs: TxMap<Box<Tx>>,
@@ -297,7 +302,8 @@ pub struct TransactionLayer {
     wakeups: BTreeMap<(Instant, u64), TxKey>,
     /// INVITE server transactions in Accepted, by (Call-ID, CSeq number), so a 2xx ACK (which
     /// has its own branch) can stop the 2xx retransmissions.
-    accepted: HashMap<(String, u32), TxKey>,
+    /// One per call for 32 s, so it grows with the call rate as `txs` does.
+    accepted: griddle::HashMap<(String, u32), TxKey, RandomState>,
     out: VecDeque<Output>,
     next_generation: u64,
     stats: Stats,
@@ -310,7 +316,7 @@ impl TransactionLayer {
             timer_c: TIMER_C,
             txs: TxMap::with_capacity_and_hasher(1024, Default::default()),
             wakeups: BTreeMap::new(),
-            accepted: HashMap::new(),
+            accepted: griddle::HashMap::with_hasher(Default::default()),
             out: VecDeque::new(),
             next_generation: 0,
             stats: Stats::default(),

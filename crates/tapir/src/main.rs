@@ -97,6 +97,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&cfg);
+    no_huge_pages();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,6 +109,23 @@ fn main() -> std::process::ExitCode {
             eprintln!("tapir: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` is set (then
+/// the allocator's own setting stands). mimalloc asks the kernel for huge pages, and the kernel
+/// zeroes each 2 MiB page whole on its first touch: while the transaction tables grew to their
+/// plateau (the first 32 s at a steady call rate) that stopped the signalling thread for up to
+/// tens of milliseconds at a time, and every call set up in that moment waited. With 4 KiB
+/// pages the same zeroing is spread over the inserts (docs/benchmarks.md, "Huge pages").
+fn no_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "transparent huge pages left on");
     }
 }
 
