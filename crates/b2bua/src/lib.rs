@@ -672,8 +672,7 @@ impl B2bua {
 
     fn via(&mut self, peer: Peer) -> String {
         let id = self.ids.next();
-        let local = self.local_addr(peer);
-        // A socket address prints as host:port with IPv6 in brackets, as a Via's sent-by.
+        let local = HostPort(self.local_addr(peer));
         format!(
             "SIP/2.0/{} {local};branch={BRANCH_PREFIX}{id};rport",
             peer.transport.as_str(),
@@ -681,7 +680,7 @@ impl B2bua {
     }
 
     fn contact(&self, peer: Peer) -> String {
-        let local = self.local_addr(peer);
+        let local = HostPort(self.local_addr(peer));
         let t = if peer.transport == Transport::Udp {
             String::new()
         } else {
@@ -1916,16 +1915,45 @@ fn strip_tag(na: &NameAddr) -> NameAddr {
     n
 }
 
+/// An address as a Via sent-by or a URI's host and port: IPv6 in brackets and without the
+/// scope id that `SocketAddr` prints as `%n` (SIP has no syntax for it, and tapir's own parser
+/// would refuse the Via it wrote).
+struct HostPort(SocketAddr);
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            SocketAddr::V4(a) => write!(f, "{a}"),
+            SocketAddr::V6(a) => write!(f, "[{}]:{}", a.ip(), a.port()),
+        }
+    }
+}
+
 fn set_to_tag(r: &mut Response, tag: &str) {
-    // The To value was checked when the request was parsed; without a tag parameter, one
-    // appended to it is a header parameter in either form (`<uri>;p` or `uri;p`).
     if r.to_tag().is_some() {
         return;
     }
-    if let Some(to) = r.headers.0.iter_mut().find(|(n, _)| n == "To") {
-        to.1.push_str(";tag=");
-        to.1.push_str(tag);
+    let Some(to) = r
+        .headers
+        .0
+        .iter_mut()
+        .find(|(n, _)| n.eq_ignore_ascii_case("To"))
+    else {
+        return;
+    };
+    // A `tag` without a value is replaced rather than kept beside ours: peers read the
+    // first tag parameter, and a bare one would leave the dialog without a To tag.
+    if sip::uri::NameAddrRef::parse(&to.1).is_ok_and(|v| sip::uri::Params::has(v.params, "tag")) {
+        if let Ok(mut a) = NameAddr::parse(&to.1) {
+            a.params.set("tag", Some(tag.to_string()));
+            to.1 = a.to_string();
+        }
+        return;
     }
+    // The To value was checked when the request was parsed; without a tag parameter, one
+    // appended to it is a header parameter in either form (`<uri>;p` or `uri;p`).
+    to.1.push_str(";tag=");
+    to.1.push_str(tag);
 }
 
 /// Copies headers that mean something end to end (identity, auth, custom X- headers,
@@ -1960,4 +1988,19 @@ pub fn default_timers() -> Timers {
 /// Tells whether `uri` names tapir itself (used by tests for loop checks).
 pub fn is_tapir_branch(via: &Via) -> bool {
     via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_by_has_ipv6_in_brackets_and_no_scope_id() {
+        let v6: SocketAddr = "[fe80::1%2]:5060".parse().unwrap();
+        assert_eq!(HostPort(v6).to_string(), "[fe80::1]:5060");
+        let v4: SocketAddr = "192.0.2.1:5080".parse().unwrap();
+        assert_eq!(HostPort(v4).to_string(), "192.0.2.1:5080");
+        let via = format!("SIP/2.0/UDP {};branch=z9hG4bK1", HostPort(v6));
+        assert!(sip::ViaRef::parse(&via).is_ok(), "{via}");
+    }
 }

@@ -181,3 +181,25 @@ fn options_outside_a_dialog_is_answered_by_tapir() {
     assert_eq!(w.started(), 0);
     w.assert_clean();
 }
+
+#[test]
+fn a_bare_tag_in_the_callers_to_is_replaced_by_tapirs_and_the_call_ends_normally() {
+    let mut w = World::new(Setup::default());
+    w.caller.invite_with(w.now, "1000", true, |r| {
+        let to = r.headers.get("To").unwrap().to_string();
+        r.headers.set("To", format!("{to};tag"));
+    });
+    w.establish();
+    for r in w.caller.responses(Method::Invite).iter().skip(1) {
+        let to = r.headers.get("To").unwrap();
+        assert_eq!(to.matches("tag").count(), 1, "{to}");
+        assert!(r.to_tag().is_some_and(|t| !t.is_empty()), "{to}");
+    }
+    w.run_for(Duration::from_secs(1));
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.statuses(Method::Bye), vec![200]);
+    assert_eq!(w.outcomes(), vec![Outcome::Completed]);
+    w.settle();
+    w.assert_clean();
+}

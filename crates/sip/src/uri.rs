@@ -177,11 +177,14 @@ pub fn is_token_char(b: u8) -> bool {
 /// An iterator rather than a `Vec`: it runs for every list header and parameter list of
 /// every message, and callers mostly want the first part or walk the parts once.
 pub fn split_unquoted(s: &str, sep: u8) -> SplitUnquoted<'_> {
+    // Cuts must fall on char boundaries; only an ASCII byte guarantees that.
+    debug_assert!(sep.is_ascii());
     SplitUnquoted {
         s,
         start: 0,
         sep: Some(sep),
         done: false,
+        special: None,
     }
 }
 
@@ -192,6 +195,7 @@ pub(crate) fn unsplit(s: &str) -> SplitUnquoted<'_> {
         start: 0,
         sep: None,
         done: false,
+        special: None,
     }
 }
 
@@ -202,6 +206,10 @@ pub struct SplitUnquoted<'a> {
     start: usize,
     sep: Option<u8>,
     done: bool,
+    /// Where the first `"` or `<` at or after `start` is (`s.len()` if none), once looked
+    /// for. Kept so that each byte is searched once over the whole walk: looking again for
+    /// every part made a long list cost its length squared, and a peer chooses the list.
+    special: Option<usize>,
 }
 
 impl<'a> SplitUnquoted<'a> {
@@ -229,26 +237,32 @@ impl<'a> Iterator for SplitUnquoted<'a> {
         // Bytes, not chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
         // sequence is ASCII, so each cut falls on a char boundary.
         let bytes = self.s.as_bytes();
-        // Most values have neither quotes nor brackets (Via, parameter lists): then the next
-        // separator is the cut, found by a plain byte search.
-        let rest = &bytes[self.start..];
-        if !rest.iter().any(|&c| c == b'"' || c == b'<') {
-            return Some(match rest.iter().position(|&c| c == sep) {
-                Some(i) => {
-                    let part = &self.s[self.start..self.start + i];
-                    self.start += i + 1;
-                    part
-                }
-                None => {
-                    self.done = true;
-                    &self.s[self.start..]
-                }
-            });
+        let special = match self.special {
+            Some(at) if at >= self.start => at,
+            _ => {
+                let at = bytes[self.start..]
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'<')
+                    .map_or(bytes.len(), |i| self.start + i);
+                self.special = Some(at);
+                at
+            }
+        };
+        // Most values have neither quotes nor brackets (Via, parameter lists): a separator
+        // before the next quote or bracket is the cut, found by a plain byte search.
+        if let Some(i) = bytes[self.start..special].iter().position(|&c| c == sep) {
+            let part = &self.s[self.start..self.start + i];
+            self.start += i + 1;
+            return Some(part);
+        }
+        if special == bytes.len() {
+            self.done = true;
+            return Some(&self.s[self.start..]);
         }
         let mut in_quote = false;
         let mut escaped = false;
         let mut angle = 0u32;
-        for (i, &c) in bytes.iter().enumerate().skip(self.start) {
+        for (i, &c) in bytes.iter().enumerate().skip(special) {
             if in_quote {
                 if escaped {
                     escaped = false;
