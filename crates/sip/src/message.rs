@@ -245,21 +245,25 @@ impl Headers {
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
 
-    /// Removes the first entry of a list header (the top Via), keeping the rest.
+    /// Removes the first entry of a list header (the top Via), keeping the rest. The first
+    /// entry is the one [`Headers::get_all`] gives first: empty list elements (`Via: ,a`) are
+    /// skipped there, so they are here, or the top Via would stay and be sent on twice.
     pub fn remove_first_value(&mut self, name: &str) {
-        if let Some(pos) = self
-            .0
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        for pos in 0..self.0.len() {
+            if !self.0[pos].0.eq_ignore_ascii_case(name) {
+                continue;
+            }
             let mut parts = split_unquoted(&self.0[pos].1, b',');
-            parts.next();
+            if !parts.by_ref().any(|p| !p.trim().is_empty()) {
+                continue;
+            }
             let rest = parts.rest().trim();
             if rest.is_empty() {
                 self.0.remove(pos);
             } else {
                 self.0[pos].1 = rest.to_string();
             }
+            return;
         }
     }
 }
@@ -644,6 +648,14 @@ mod framer_tests {
         assert_eq!(r.headers.get("Via"), Some("SIP/2.0/UDP g"));
         r.headers.remove_first_value("Via");
         assert_eq!(r.headers.get("Via"), None);
+        r.headers.push("Via", " , ");
+        r.headers
+            .push("Via", ", SIP/2.0/UDP h;branch=z9hG4bK1 ,SIP/2.0/UDP g");
+        r.headers.remove_first_value("Via");
+        assert_eq!(
+            r.headers.get_all("Via").collect::<Vec<_>>(),
+            ["SIP/2.0/UDP g"]
+        );
     }
 
     fn msg(body: &str) -> String {
