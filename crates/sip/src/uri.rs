@@ -12,9 +12,9 @@ use crate::ParseError;
 /// Generic `;name[=value]` parameters, order kept for faithful printing.
 ///
 /// Held as one normalized string (`;a=b;c`, no whitespace around `;` and `=`; a quoted value
-/// keeps its own) rather than a list of owned pairs: every
-/// Via, From, To and Contact of every message has parameters, and a pair list cost two
-/// allocations per parameter where this costs one per list. Lookups scan the string; lists
+/// keeps its own) rather than a list of owned pairs: every Via, From, To and Contact of every
+/// message has parameters, and a pair list cost two allocations per parameter where this
+/// costs one per list. Lookups scan the string; lists
 /// are a handful of entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params(String);
