@@ -22,7 +22,8 @@
 #
 # PCAP=1 (tapir or kamailio; needs tcpdump) also captures the proxy's SIP port on `lo` and
 # prints an `added:` line from bench/added_latency.py: the setup latency the proxy adds, per
-# call, from kernel timestamps rather than SIPp's 4 ms clock. The caller then runs SIPp's
+# call, from kernel timestamps rather than SIPp's 4 ms clock, with the same figures per 10 s
+# window and over the seconds in which the hypervisor took (almost) nothing. The caller then runs SIPp's
 # built-in uac scenario with one header more (X-Seq, to match the two legs of a call).
 #
 # Prints one `result:` line: SIPp's successful/failed counts, achieved rate, setup time
@@ -116,6 +117,14 @@ fi
     sleep 1
   done >"$work/drops.txt"
 ) &
+# The hypervisor's steal time, second by second, so that the latency of each call can be set
+# against how much of the machine the host took while it was set up.
+(
+  while [ -e "$work/sampling" ]; do
+    echo "$(date +%s.%N) $(awk '/^cpu /{print $9}' /proc/stat)"
+    sleep 1
+  done >"$work/steal.txt"
+) &
 
 lim=$((rate * 10)); [ "$hold" -gt 0 ] && lim=$calls
 "${LOAD_PIN[@]}" sipp "$target" "${scenario[@]}" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" -l "$lim" \
@@ -199,7 +208,7 @@ PY
 if [ -n "${tcpdump_pid:-}" ]; then
   kill -INT "$tcpdump_pid"; wait "$tcpdump_pid" 2>/dev/null; tcpdump_pid=""
   grep -h "dropped by kernel" "$work/tcpdump.err" | sed 's/^/tcpdump: /'
-  python3 "$bench_dir/added_latency.py" "$work/sip.pcap" "${target##*:}"
+  python3 "$bench_dir/added_latency.py" "$work/sip.pcap" "${target##*:}" "$work/steal.txt"
   [ "${KEEP_PCAP:-0}" = 1 ] || rm -f "$work/sip.pcap"
 fi
 echo "work dir: $work"

@@ -370,7 +370,9 @@ pub struct B2bua {
     tx: TransactionLayer,
     ids: IdGen,
     ports: PortPool,
-    calls: HashMap<CallId, Call>,
+    /// Boxed: a call is over 2 KB, and a map of inline calls moved all of them each time it
+    /// doubled (16 MB in one insert at 7,000 calls up) and kept 2 KB in every empty slot.
+    calls: HashMap<CallId, Box<Call>>,
     /// (Call-ID, our tag) of each leg's dialog → call and leg.
     dialogs: HashMap<(String, String), (CallId, Leg)>,
     /// Client transactions and what they were for.
@@ -1067,7 +1069,7 @@ impl B2bua {
         };
         self.calls.insert(
             call,
-            Call {
+            Box::new(Call {
                 id: call,
                 state: CallState::Proceeding,
                 a: LegState {
@@ -1091,7 +1093,7 @@ impl B2bua {
                 media_open: true,
                 x,
                 ann,
-            },
+            }),
         );
     }
 
