@@ -1945,7 +1945,14 @@ fn set_to_tag(r: &mut Response, tag: &str) {
     };
     // A `tag` without a value is replaced rather than kept beside ours: peers read the
     // first tag parameter, and a bare one would leave the dialog without a To tag.
-    if sip::uri::NameAddrRef::parse(&to.1).is_ok_and(|v| sip::uri::Params::has(v.params, "tag")) {
+    // Looked for by a byte search first: this runs for every response tapir sends its caller.
+    let may_have_tag =
+        to.1.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"tag"));
+    if may_have_tag
+        && sip::uri::NameAddrRef::parse(&to.1).is_ok_and(|v| sip::uri::Params::has(v.params, "tag"))
+    {
         if let Ok(mut a) = NameAddr::parse(&to.1) {
             a.params.set("tag", Some(tag.to_string()));
             to.1 = a.to_string();

@@ -72,7 +72,7 @@ pub struct TxKey {
 
 impl TxKey {
     pub fn new(branch: String, method: Method, sent_by: String, server: bool) -> Self {
-        static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        static KEYS: OnceLock<RandomState> = OnceLock::new();
         let hash = KEYS
             .get_or_init(Default::default)
             .hash_one((&branch, &method, &sent_by, server));
