@@ -295,3 +295,30 @@ fn a_config_file_change_reloads_routes_by_itself() {
     );
     tapir_tests::expect_success(&t, &mut [&mut caller, &mut callee], Duration::from_secs(20));
 }
+
+fn thp_enabled(pid: &str) -> Option<u8> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Huge pages stalled the signalling thread while its tables grew (docs/benchmarks.md), so
+/// tapir turns them off for itself; `MIMALLOC_ALLOW_THP` leaves the allocator's setting.
+#[test]
+fn tapir_runs_without_transparent_huge_pages_unless_told_otherwise() {
+    let Some(ours) = thp_enabled("self") else {
+        eprintln!("kernel without THP_enabled in /proc/<pid>/status: nothing to check");
+        return;
+    };
+    let routes = route(free_port("127.0.0.1"), "never");
+    let t = Tapir::start(BIN, &routes, TapirOptions::default());
+    assert_eq!(thp_enabled(&t.pid().to_string()), Some(0), "{}", t.log());
+    if ours == 1 {
+        let opts = TapirOptions {
+            env: vec![("MIMALLOC_ALLOW_THP".into(), "1".into())],
+            ..TapirOptions::default()
+        };
+        let t = Tapir::start(BIN, &routes, opts);
+        assert_eq!(thp_enabled(&t.pid().to_string()), Some(1), "{}", t.log());
+    }
+}
