@@ -1919,7 +1919,8 @@ fn strip_tag(na: &NameAddr) -> NameAddr {
 
 /// An address as a Via sent-by or a URI's host and port: IPv6 in brackets and without the
 /// scope id that `SocketAddr` prints as `%n` (SIP has no syntax for it, and tapir's own parser
-/// would refuse the Via it wrote).
+/// would refuse the Via it wrote). `sip::Host::from(ip)` prints the same host but builds a
+/// `String`; this is written into every request and Contact tapir sends.
 struct HostPort(SocketAddr);
 
 impl std::fmt::Display for HostPort {
