@@ -291,9 +291,10 @@ pub struct TransactionLayer {
     timer_c: Duration,
     /// Boxed: at 1,000 calls per second the table grows to ~100,000 lingering transactions,
     /// and growing it moves every entry; with the transactions inline (their request and last
-    /// message) the moves were tens of megabytes. Boxed, an entry is a key and a pointer. (A B-tree avoids the rehash but shifts whole
-    /// transactions within its nodes on every insert and removal, and compares keys that share
-    /// long prefixes: measurably slower on every call.)
+    /// message) the moves were tens of megabytes. Boxed, an entry is a key and a pointer. (A
+    /// B-tree avoids the growth but shifts whole transactions within its nodes on every insert
+    /// and removal, and compares keys that share long prefixes: measurably slower on every
+    /// call.)
     txs: TxMap<Box<Tx>>,
     /// Timer queue: one entry per transaction with a deadline, keyed by (deadline, the
     /// transaction's generation). An ordered map rather than a binary heap: a rescheduled
