@@ -666,6 +666,19 @@ impl CallPolicy {
         self.matcher.holding()
     }
 
+    /// Whether nothing can ever be recorded on this call (a `never` station or route).
+    pub fn is_never(&self) -> bool {
+        self.never.is_some()
+    }
+
+    /// Adds a note to the decision log that is no event of the policy's own (a header that
+    /// did not parse, a transfer being requested), so the log tells the whole story.
+    pub fn note(&mut self, event: &str, note: String) {
+        self.seq += 1;
+        let at = self.queue.len();
+        self.push_log(event.to_owned(), at, vec![note]);
+    }
+
     /// The open recorded statement, if any.
     pub fn open_statement(&self) -> Option<&str> {
         self.statement.as_deref()
