@@ -237,6 +237,7 @@ fn main() {
         direction: Some("inbound".into()),
         record: None,
         format: None,
+        external: false,
     };
     let routes = Routes::compile(&[route], &HashMap::new()).expect("route");
     let config = Config {

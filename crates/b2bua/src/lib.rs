@@ -169,6 +169,9 @@ pub enum CallEvent {
         x_headers: Vec<(String, String)>,
         /// Where the caller's INVITE came from (for zone-based classification).
         source: SocketAddr,
+        /// The registered account the call goes to, when leg B is a phone registered through
+        /// tapir (whichever of its URIs the PBX dialled): the station.
+        station: Option<String>,
     },
     Answered {
         call: CallId,
@@ -188,6 +191,17 @@ pub enum CallEvent {
         call: CallId,
         outcome: Outcome,
     },
+    /// A REFER crossed `call` and was pointed at tapir: the transferee's INVITE will continue
+    /// the contact (see [`CallEvent::Transferred`]).
+    TransferRequested {
+        call: CallId,
+        /// The Refer-To carries Replaces: the referrer consulted the target first (attended).
+        attended: bool,
+        /// A route marked `external` would carry the target's user.
+        external: bool,
+        /// The Refer-To's user part (a number, for the emergency list).
+        target: String,
+    },
     /// The new call `call` continues the contact of call `previous`: the transferee's INVITE
     /// after a REFER tapir relayed, or an INVITE with Replaces naming a dialog of a call
     /// through tapir (see the `transfer` module). Emitted just before `call`'s `Started`.
@@ -203,6 +217,9 @@ pub enum CallEvent {
     },
 }
 
+// Call events are a few per call against many transmits, but they pass through a queue that
+// is drained at once: the size costs a little memory in that queue, a box an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     Transmit { to: Peer, data: Vec<u8> },
@@ -998,6 +1015,7 @@ impl B2bua {
             format: route.format.clone(),
             x_headers: x_tapir_headers(&req),
             source: from.addr,
+            station: route.station.clone(),
         }));
         self.out.push_back(Output::Media(MediaCommand::Open {
             call,

@@ -163,6 +163,7 @@ impl RegistrarConfig {
             direction: self.direction.clone(),
             record: self.record.clone(),
             format: self.format.clone(),
+            external: false,
         };
         let routes = Routes::compile(&[rc], &HashMap::new())
             .map_err(|e| ctx(e.to_string().replace("route 'registrar': ", "")))?;
@@ -568,6 +569,7 @@ impl B2bua {
         }
         route.target = b.peer.addr;
         route.transport = b.peer.transport;
+        route.station = Some(b.user.clone());
         Some(route)
     }
 

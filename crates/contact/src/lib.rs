@@ -210,7 +210,10 @@ pub enum Output {
         meta: Option<Box<RecordingMetadata>>,
     },
     /// An input was not applied, for the log (never a digit or a number).
-    Ignored { call: CallId, why: String },
+    Ignored {
+        call: CallId,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -385,7 +388,11 @@ impl Contacts {
                         format!(
                             "{} transfer to {} target{}",
                             if attended { "attended" } else { "blind" },
-                            if external { "an external" } else { "an internal" },
+                            if external {
+                                "an external"
+                            } else {
+                                "an internal"
+                            },
                             if emergency { " (emergency number)" } else { "" }
                         ),
                     );
@@ -574,10 +581,7 @@ impl Contacts {
         meta.format = s.format;
         let mut policy = CallPolicy::new(&rules, facts);
         if let Some(m) = s.route_mode {
-            policy.note(
-                "call set up",
-                format!("route {} records {m}", s.route),
-            );
+            policy.note("call set up", format!("route {} records {m}", s.route));
         }
         for n in notes {
             policy.note("INVITE headers", n);

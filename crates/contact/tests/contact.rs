@@ -31,7 +31,10 @@ fn start(call: u64, contact: &str, mode: Option<Mode>, rules: &Rules) -> Input {
 fn with_headers(i: Input, h: &[(&str, &str)]) -> Input {
     match i {
         Input::Started(mut s) => {
-            s.x_headers = h.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            s.x_headers = h
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
             Input::Started(s)
         }
         other => other,
@@ -157,8 +160,12 @@ fn a_never_station_is_not_recorded_by_star_two_a_policy_or_a_flow() {
     c.handle_input(t0, Input::Answered { call: 1 });
     c.handle_input(t0, info_digit(1, Leg::B, '*'));
     c.handle_input(t0, info_digit(1, Leg::B, '2'));
-    c.handle_api(t0, 1, ApiCommand::Directive(policy::FlowDirective::StartCallRecording))
-        .unwrap();
+    c.handle_api(
+        t0,
+        1,
+        ApiCommand::Directive(policy::FlowDirective::StartCallRecording),
+    )
+    .unwrap();
     assert_eq!(c.route(1, Leg::A), None, "no track, so no packet is kept");
     c.handle_input(t0, Input::Ended { call: 1 });
     let out = drain(&mut c);
@@ -182,7 +189,10 @@ fn a_never_station_is_not_recorded_by_star_two_a_policy_or_a_flow() {
 
 #[test]
 fn on_demand_star_two_records_and_the_route_never_mode_blocks_it() {
-    for (mode, expected) in [(Mode::OnDemand, vec!["start", "stop"]), (Mode::Never, vec![])] {
+    for (mode, expected) in [
+        (Mode::OnDemand, vec!["start", "stop"]),
+        (Mode::Never, vec![]),
+    ] {
         let t0 = Instant::now();
         let mut c = Contacts::new(Config::default());
         c.handle_input(t0, start(1, "c1", Some(mode), &Rules::default()));
@@ -249,10 +259,16 @@ fn a_transfer_without_overlap_is_one_contact_within_the_grace_window() {
     c.handle_input(t0 + Duration::from_secs(4), continuing(2, "c1", &rules));
     c.handle_input(t0 + Duration::from_secs(4), Input::Answered { call: 2 });
     let out = drain(&mut c);
-    assert!(!out.iter().any(|o| matches!(o, Output::Open { .. })), "no second file");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Open { .. })),
+        "no second file"
+    );
     assert!(c.route(2, Leg::A).is_some());
     c.handle_timeout(t0 + Duration::from_secs(20));
-    assert!(finish(&drain(&mut c)).is_none(), "the grace window ended with the join");
+    assert!(
+        finish(&drain(&mut c)).is_none(),
+        "the grace window ended with the join"
+    );
     c.handle_input(t0 + Duration::from_secs(30), Input::Ended { call: 2 });
     let (recorded, _, calls) = finish(&drain(&mut c)).unwrap();
     assert!(recorded);
@@ -283,8 +299,13 @@ fn a_transfer_that_never_arrives_finishes_at_the_end_of_the_grace_window() {
     c.handle_timeout(t0 + Duration::from_secs(10));
     assert!(finish(&drain(&mut c)).is_some());
     // A call continuing it later is a contact of its own again.
-    c.handle_input(t0 + Duration::from_secs(11), continuing(2, "c1", &Rules::default()));
-    assert!(drain(&mut c).iter().any(|o| matches!(o, Output::Open { .. })));
+    c.handle_input(
+        t0 + Duration::from_secs(11),
+        continuing(2, "c1", &Rules::default()),
+    );
+    assert!(drain(&mut c)
+        .iter()
+        .any(|o| matches!(o, Output::Open { .. })));
 }
 
 #[test]
@@ -313,13 +334,15 @@ fn the_options_decide_what_a_transfer_or_the_agent_leaving_does() {
         Kind::Internal,
     ] {
         for keep in [false, true] {
-            let mut rules = Rules::default();
-            rules.emergency_numbers = vec!["112".into()];
-            rules.options = RecordingOptions {
-                keep_after_external_transfer: keep,
-                keep_after_agent_leaves_third_party: keep,
-                keep_after_agent_leaves_emergency: keep,
-                keep_after_disposition: true,
+            let rules = Rules {
+                emergency_numbers: vec!["112".into()],
+                options: RecordingOptions {
+                    keep_after_external_transfer: keep,
+                    keep_after_agent_leaves_third_party: keep,
+                    keep_after_agent_leaves_emergency: keep,
+                    keep_after_disposition: true,
+                },
+                ..Rules::default()
             };
             let (external, attended, target) = match kind {
                 Kind::BlindExternal => (true, false, "5550000"),
@@ -344,7 +367,11 @@ fn the_options_decide_what_a_transfer_or_the_agent_leaving_does() {
             c.handle_input(t0, Input::Ended { call: 1 });
             let got = commands(&drain(&mut c));
             let stops = matches!(kind, Kind::Internal) || keep;
-            let expected: &[&str] = if stops { &["start"] } else { &["start", "stop"] };
+            let expected: &[&str] = if stops {
+                &["start"]
+            } else {
+                &["start", "stop"]
+            };
             assert_eq!(got, expected, "{kind:?} keep={keep}");
         }
     }
@@ -453,5 +480,8 @@ fn the_decision_log_is_journaled_as_it_grows() {
     assert!(first.iter().any(|o| matches!(o, Output::Journal { .. })));
     c.handle_input(t0, Input::Answered { call: 1 });
     let out = drain(&mut c);
-    assert!(matches!(out.last(), Some(Output::Journal { .. })), "{out:#?}");
+    assert!(
+        matches!(out.last(), Some(Output::Journal { .. })),
+        "{out:#?}"
+    );
 }

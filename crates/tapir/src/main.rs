@@ -166,12 +166,8 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
 
     let node = format!("{:08x}", random_seed() as u32);
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
-    let (tap, rec_ctl) = recording::start(
-        cfg.recording.clone(),
-        cfg.media.tap_queue,
-        metrics.clone(),
-        policy.clone(),
-    )?;
+    let (tap, rec_ctl) =
+        recording::start(cfg.recording.clone(), cfg.media.tap_queue, metrics.clone())?;
     let mut zones = Vec::new();
     for (name, nets) in &cfg.zones {
         let nets = nets
