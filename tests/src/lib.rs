@@ -453,10 +453,16 @@ pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
 
 /// Writes a pcap of RFC 4733 telephone-events (payload type 101) keying `digits` the way a
 /// desk phone does: 100 ms per key with updates every 20 ms, the end packet sent three times,
-/// 100 ms between keys; one SSRC and increasing timestamps throughout.
+/// 100 ms between keys; one SSRC and increasing timestamps throughout. Pcaps of different
+/// digits start at different timestamps and sequence numbers, as one phone's later key
+/// presses do: a detector must not take `*5` after `*4` for a repeat of the same `*`.
 pub fn write_dtmf_pcap(path: &Path, digits: &str) {
     let mut list = Vec::new();
-    let (mut t_us, mut ts, mut seq) = (0u64, 16000u32, 1000u16);
+    let base = digits
+        .bytes()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 1000;
+    let (mut t_us, mut ts, mut seq) = (0u64, 16000 + base * 8000, 1000 + base as u16 * 20);
     for d in digits.chars() {
         let code = media::dtmf::digit_to_event_code(d).expect("DTMF digit");
         for i in 0..8u16 {
@@ -475,6 +481,80 @@ pub fn write_dtmf_pcap(path: &Path, digits: &str) {
         }
         t_us += 100_000;
         ts = ts.wrapping_add(160 * 5 + 800);
+    }
+    write_pcap(path, &list);
+}
+
+/// The two frequencies (Hz) of a DTMF key (ITU-T Q.23).
+fn dtmf_freqs(d: char) -> (f64, f64) {
+    let row = |r| [697.0, 770.0, 852.0, 941.0][r];
+    let col = |c| [1209.0, 1336.0, 1477.0, 1633.0][c];
+    let (r, c) = match d {
+        '1' => (0, 0),
+        '2' => (0, 1),
+        '3' => (0, 2),
+        'A' => (0, 3),
+        '4' => (1, 0),
+        '5' => (1, 1),
+        '6' => (1, 2),
+        'B' => (1, 3),
+        '7' => (2, 0),
+        '8' => (2, 1),
+        '9' => (2, 2),
+        'C' => (2, 3),
+        '*' => (3, 0),
+        '0' => (3, 1),
+        '#' => (3, 2),
+        _ => (3, 3),
+    };
+    (row(r), col(c))
+}
+
+/// One span of [`write_pcma_pcap`]'s audio.
+#[derive(Clone, Copy, Debug)]
+pub enum Audio {
+    /// A sine at this frequency, for this many seconds.
+    Tone(f64, f64),
+    /// In-band DTMF keys (100 ms each, 100 ms apart), as a phone without telephone-event
+    /// sends them.
+    Keys(&'static str),
+}
+
+/// Writes one PCMA stream (payload type 8, 20 ms packets, one SSRC) of the spans in order.
+pub fn write_pcma_pcap(path: &Path, spans: &[Audio]) {
+    let mut samples: Vec<f64> = Vec::new();
+    for s in spans {
+        match *s {
+            Audio::Tone(f, secs) => {
+                let n = (secs * 8000.0) as usize;
+                samples.extend(
+                    (0..n).map(|i| {
+                        8000.0 * (2.0 * std::f64::consts::PI * f * i as f64 / 8000.0).sin()
+                    }),
+                );
+            }
+            Audio::Keys(keys) => {
+                for d in keys.chars() {
+                    let (lo, hi) = dtmf_freqs(d);
+                    samples.extend((0..800).map(|i| {
+                        let t = i as f64 / 8000.0;
+                        6000.0 * (2.0 * std::f64::consts::PI * lo * t).sin()
+                            + 6000.0 * (2.0 * std::f64::consts::PI * hi * t).sin()
+                    }));
+                    samples.extend(std::iter::repeat_n(0.0, 800));
+                }
+            }
+        }
+    }
+    let mut list = Vec::new();
+    for (i, chunk) in samples.chunks(160).enumerate() {
+        let mut rtp = vec![0u8; 12 + chunk.len()];
+        let i = i as u32;
+        media::rtp::write_header(&mut rtp, i == 0, 8, i as u16, i * 160, 0x1234_5678);
+        for (b, x) in rtp[12..].iter_mut().zip(chunk) {
+            *b = media::codec::encode_pcma(*x as i16);
+        }
+        list.push((u64::from(i) * 20_000, rtp));
     }
     write_pcap(path, &list);
 }
@@ -552,14 +632,27 @@ pub fn read_stereo_wav(path: &Path) -> (Vec<i16>, Vec<i16>) {
 
 impl Sipp {
     /// Like [`Sipp::spawn`], with the test media in its working directory: `tone.pcap` (a
-    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `digit1.pcap`, `digit2.pcap`
-    /// (RFC 4733 key presses).
+    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `star4.pcap`, `star5.pcap`,
+    /// `digit1.pcap`, `digit2.pcap` (RFC 4733 key presses), and `inband_star2.pcap` (the tone
+    /// with `*2` keyed in-band after 1 s).
     pub fn spawn_with_tone(name: &str, args: &[String], freq: f64, secs: f64) -> Sipp {
         let dir = tempfile::tempdir().unwrap();
         write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
         write_dtmf_pcap(&dir.path().join("star2.pcap"), "*2");
         write_dtmf_pcap(&dir.path().join("digit1.pcap"), "1");
         write_dtmf_pcap(&dir.path().join("digit2.pcap"), "2");
+        write_dtmf_pcap(&dir.path().join("star4.pcap"), "*4");
+        write_dtmf_pcap(&dir.path().join("star5.pcap"), "*5");
+        // The agent's audio of a phone without telephone-event: its tone, then *2 keyed
+        // in-band 1 s in, then its tone again.
+        write_pcma_pcap(
+            &dir.path().join("inband_star2.pcap"),
+            &[
+                Audio::Tone(freq, 1.0),
+                Audio::Keys("*2"),
+                Audio::Tone(freq, secs),
+            ],
+        );
         Self::spawn_in(name, args, dir)
     }
 

@@ -638,7 +638,7 @@ impl Contacts {
         };
         c.members += 1;
         c.calls.push(s.call);
-        c.grace_until = None;
+        let waited = c.grace_until.take().is_some();
         let t = c.transfer.take();
         self.calls.insert(
             s.call,
@@ -657,8 +657,63 @@ impl Contacts {
             },
             None => PEvent::Transfer { external: false },
         };
+        let from = self.out.len();
         self.event(key, now, e);
+        if waited {
+            self.resume_after_wait(key, from);
+        }
         self.apply_headers(key, now, &s.x_headers, true);
+    }
+
+    /// The wait for a transferred call stopped the recording on the contact's own account,
+    /// not the policy's: once the transfer's consequences are decided (outputs from `from`
+    /// on), a stop the policy sends is already done, and what the policy still has in force
+    /// starts again as a segment of its own.
+    fn resume_after_wait(&mut self, key: ContactKey, from: usize) {
+        let Some(c) = self.contacts.get(&key) else {
+            return;
+        };
+        let d = c.policy.decision();
+        if !c.opened {
+            return;
+        }
+        let mut i = from;
+        let mut started = false;
+        while i < self.out.len() {
+            match &self.out[i] {
+                Output::Command {
+                    contact,
+                    command: Command::Stop { .. },
+                } if *contact == key => {
+                    self.out.remove(i);
+                    continue;
+                }
+                Output::Command {
+                    contact,
+                    command: Command::Start { .. },
+                } if *contact == key => started = true,
+                _ => {}
+            }
+            i += 1;
+        }
+        if d.recording && !started {
+            let reason = "the transferred call joined".to_owned();
+            let mut resume = vec![Output::Command {
+                contact: key,
+                command: Command::Start {
+                    reason: reason.clone(),
+                },
+            }];
+            if d.paused {
+                resume.push(Output::Command {
+                    contact: key,
+                    command: Command::Pause { reason },
+                });
+            }
+            for (n, o) in resume.into_iter().enumerate() {
+                self.out.insert(from + n, o);
+            }
+        }
     }
 
     fn end_call(&mut self, now: Instant, call: CallId) {
@@ -682,6 +737,16 @@ impl Contacts {
                     self.cfg.transfer_grace.as_secs()
                 ),
             );
+            // Nothing is said while no call is up: the file leaves the wait out, and the
+            // transferred call is a segment of its own.
+            if c.opened && c.policy.decision().recording {
+                self.out.push_back(Output::Command {
+                    contact: key,
+                    command: Command::Stop {
+                        reason: "the transferor left; waiting for the transferred call".into(),
+                    },
+                });
+            }
             self.journal(key);
             return;
         }

@@ -255,13 +255,24 @@ fn a_transfer_without_overlap_is_one_contact_within_the_grace_window() {
     );
     c.handle_input(t0 + Duration::from_secs(1), Input::Ended { call: 1 });
     c.handle_timeout(t0 + Duration::from_secs(3));
-    assert!(finish(&drain(&mut c)).is_none(), "waits for the transferee");
+    let waiting = drain(&mut c);
+    assert!(finish(&waiting).is_none(), "waits for the transferee");
+    assert_eq!(
+        commands(&waiting),
+        ["start", "stop"],
+        "the wait is left out"
+    );
     c.handle_input(t0 + Duration::from_secs(4), continuing(2, "c1", &rules));
     c.handle_input(t0 + Duration::from_secs(4), Input::Answered { call: 2 });
     let out = drain(&mut c);
     assert!(
         !out.iter().any(|o| matches!(o, Output::Open { .. })),
         "no second file"
+    );
+    assert_eq!(
+        commands(&out),
+        ["start"],
+        "the transferred call is a segment of its own"
     );
     assert!(c.route(2, Leg::A).is_some());
     c.handle_timeout(t0 + Duration::from_secs(20));
