@@ -213,7 +213,7 @@ pub fn start(
     let (tap_tx, tap_rx) = std::sync::mpsc::sync_channel(tap_queue);
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel();
     let (fin_tx, fin_rx) = std::sync::mpsc::channel();
-    repair_on_start(&cfg, &metrics, &fin_tx);
+    repair_on_start(&cfg, &fin_tx);
     let dir = cfg.recordings_dir.clone();
     let m2 = metrics.clone();
     std::thread::Builder::new()
@@ -242,7 +242,6 @@ pub fn start(
 /// them to the recordings directory like any other.
 fn repair_on_start(
     cfg: &RecordingConfig,
-    metrics: &Metrics,
     finisher: &std::sync::mpsc::Sender<Finished>,
 ) {
     match recorder::repair_spool(&cfg.spool_dir) {
@@ -254,10 +253,6 @@ fn repair_on_start(
                     segments = f.metadata.segments.len(),
                     "repaired a recording interrupted by a crash"
                 );
-                metrics
-                    .recordings_total
-                    .with_label_values(&["interrupted"])
-                    .inc();
                 let target = f.metadata.format;
                 let mut meta = f.metadata;
                 meta.format = f.format;
@@ -295,7 +290,7 @@ struct Finished {
     meta: RecordingMetadata,
     /// The format the route asked for.
     format: Format,
-    /// Repaired after a crash (already counted).
+    /// Repaired after a crash.
     interrupted: bool,
 }
 
@@ -339,10 +334,9 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
         if let Some(dest) = move_to(&audio, &dir) {
             tracing::info!(file = %dest.display(), duration_ms = f.meta.duration_ms, "recording finished");
         }
-        if f.interrupted {
-            continue;
-        }
-        let result = if f.meta.error.is_some() {
+        let result = if f.interrupted {
+            "interrupted"
+        } else if f.meta.error.is_some() {
             "error"
         } else {
             "ok"
