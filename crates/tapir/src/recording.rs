@@ -309,10 +309,14 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
             if let Err(e) = f.meta.write_to(&side) {
                 tracing::error!(error = %e, "cannot write the decision record");
             }
-            metrics
-                .recordings_total
-                .with_label_values(&["not_recorded"])
-                .inc();
+            // Recorded but silent: asked for, yet no audio ever came (no RTP, or a call that
+            // ended before the jitter delay).
+            let label = if f.meta.recorded == Some(true) {
+                "no_audio"
+            } else {
+                "not_recorded"
+            };
+            metrics.recordings_total.with_label_values(&[label]).inc();
             continue;
         };
         let mut audio = path.clone();
