@@ -1727,6 +1727,19 @@ impl B2bua {
                     self.respond(now, &key, r);
                     return;
                 }
+                if req.method == Method::Info {
+                    if let Some(why) = bad_flow_info(&req) {
+                        // A flow's command that does not parse must not change a recording
+                        // silently, nor reach the other party as if it had been obeyed.
+                        tracing::info!(call, leg = ?leg, "INFO refused: {why}");
+                        let mut r = req.response(400, &format!("Bad Request: {why}"));
+                        if let Some(c) = self.calls.get(&call) {
+                            set_to_tag(&mut r, &c.leg(leg).dialog.local_tag);
+                        }
+                        self.respond(now, &key, r);
+                        return;
+                    }
+                }
                 self.out.push_back(Output::Call(CallEvent::InDialog {
                     call,
                     leg,
@@ -1920,6 +1933,32 @@ fn same_family<T: Copy>(peer: Peer, items: &[T], is_v4: fn(&T) -> bool) -> Optio
 }
 
 /// The `X-Tapir-*` headers of a request (flow directives, consent, policy facts).
+/// Why an in-dialog INFO cannot be obeyed: an `X-Tapir-Record` or `X-Tapir-Consent` that does
+/// not parse, or a DTMF body (`application/dtmf-relay`, `application/dtmf`) that is not one
+/// digit. `None` for anything else, which is relayed as it is.
+fn bad_flow_info(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers.get("X-Tapir-Record") {
+        if let Err(e) = policy::parse_record_header(v) {
+            return Some(format!("X-Tapir-Record: {e}"));
+        }
+    }
+    if let Some(v) = req.headers.get("X-Tapir-Consent") {
+        if let Err(e) = v.trim().parse::<policy::Consent>() {
+            return Some(format!("X-Tapir-Consent: {e}"));
+        }
+    }
+    let ct = req.content_type().unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let dtmf = media.eq_ignore_ascii_case("application/dtmf-relay")
+        || media.eq_ignore_ascii_case("application/dtmf");
+    if dtmf {
+        if let Err(e) = media::dtmf::parse_info_body(ct, &req.body) {
+            return Some(format!("DTMF body: {e}"));
+        }
+    }
+    None
+}
+
 fn x_tapir_headers(req: &Request) -> Vec<(String, String)> {
     req.headers
         .0

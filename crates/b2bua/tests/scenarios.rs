@@ -367,6 +367,27 @@ fn info_and_options_in_dialog_are_relayed_end_to_end() {
 }
 
 #[test]
+fn a_dtmf_info_that_is_no_digit_is_refused_and_not_relayed() {
+    let mut w = World::new(Setup::default());
+    w.call();
+    w.caller.request(
+        w.now,
+        Method::Info,
+        Some(("application/dtmf-relay", b"Signal=hello\r\n".to_vec())),
+    );
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.statuses(Method::Info), vec![400]);
+    assert!(w.callee.requests(Method::Info).is_empty());
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, b2bua::CallEvent::InDialog { .. })));
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    w.assert_clean();
+}
+
+#[test]
 fn requests_in_flight_when_the_call_ends_are_answered() {
     let mut w = World::new(Setup::default());
     w.call();
