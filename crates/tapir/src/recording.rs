@@ -240,10 +240,7 @@ pub fn start(
 /// Repairs what a crash left in the spool and hands it to the finisher, which transcodes the
 /// recordings of MP3 routes (their sidecar names the format they were meant for) and moves
 /// them to the recordings directory like any other.
-fn repair_on_start(
-    cfg: &RecordingConfig,
-    finisher: &std::sync::mpsc::Sender<Finished>,
-) {
+fn repair_on_start(cfg: &RecordingConfig, finisher: &std::sync::mpsc::Sender<Finished>) {
     match recorder::repair_spool(&cfg.spool_dir) {
         Ok(files) => {
             for f in files {
