@@ -559,8 +559,88 @@ pub fn write_pcma_pcap(path: &Path, spans: &[Audio]) {
     write_pcap(path, &list);
 }
 
+/// SSRC of the stream [`phone_keying`] builds.
+pub const PHONE_SSRC: u32 = 0x5eed_f00d;
+
+/// First sequence number of [`phone_keying`]'s stream: close below 2^16, so the numbers wrap
+/// during the call.
+pub const PHONE_FIRST_SEQ: u16 = 65_500;
+
+/// What a desk phone sends while its user keys `digits` mid-call, as one RTP stream (one SSRC,
+/// consecutive sequence numbers, timestamps following the clock): `before_s` seconds of PCMA
+/// tone at `freq` Hz, the digits as RFC 4733 events (PT 101, as [`write_dtmf_pcap`] keys them;
+/// no audio meanwhile), one RTCP sender report counting everything sent so far, then `after_s`
+/// seconds of tone. Items are (time in µs, UDP destination port, bytes): RTP to 6000, RTCP to
+/// 6001, which SIPp's `play_pcap_audio` sends to the media port and the one above it.
+pub fn phone_keying(
+    freq: f64,
+    before_s: f64,
+    digits: &str,
+    after_s: f64,
+) -> Vec<(u64, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let (mut t_us, mut ts, mut seq) = (0u64, 0u32, PHONE_FIRST_SEQ);
+    let (mut packets, mut octets) = (0u32, 0u32);
+    let mut phase = 0.0f64;
+    let mut audio = |out: &mut Vec<_>, t_us: &mut u64, ts: &mut u32, seq: &mut u16, secs: f64| {
+        for i in 0..(secs / 0.02) as u32 {
+            let mut rtp = vec![0u8; 172];
+            media::rtp::write_header(&mut rtp, i == 0, 8, *seq, *ts, PHONE_SSRC);
+            for b in rtp[12..].iter_mut() {
+                *b = media::codec::encode_pcma((8000.0 * phase.sin()) as i16);
+                phase += 2.0 * std::f64::consts::PI * freq / 8000.0;
+            }
+            out.push((*t_us, 6000, rtp));
+            *seq = seq.wrapping_add(1);
+            *ts = ts.wrapping_add(160);
+            *t_us += 20_000;
+        }
+    };
+    audio(&mut out, &mut t_us, &mut ts, &mut seq, before_s);
+    for d in digits.chars() {
+        let code = media::dtmf::digit_to_event_code(d).expect("DTMF digit");
+        for i in 0..8u16 {
+            let end = i >= 5;
+            let dur = 160 * (i.min(4) + 1);
+            let mut rtp = vec![0u8; 16];
+            media::rtp::write_header(&mut rtp, i == 0, 101, seq, ts, PHONE_SSRC);
+            rtp[12] = code;
+            rtp[13] = if end { 0x80 | 10 } else { 10 };
+            rtp[14..16].copy_from_slice(&dur.to_be_bytes());
+            out.push((t_us, 6000, rtp));
+            seq = seq.wrapping_add(1);
+            if i < 5 {
+                t_us += 20_000;
+            }
+        }
+        // 100 ms of the key's events and 100 ms between keys, in RTP time too.
+        t_us += 100_000;
+        ts = ts.wrapping_add(1600);
+    }
+    for (_, _, p) in &out {
+        packets += 1;
+        octets += p.len() as u32 - 12;
+    }
+    let mut sr = vec![0x80, 200, 0, 6];
+    sr.extend(PHONE_SSRC.to_be_bytes());
+    sr.extend([0u8; 8]);
+    sr.extend(ts.to_be_bytes());
+    sr.extend(packets.to_be_bytes());
+    sr.extend(octets.to_be_bytes());
+    out.push((t_us, 6001, sr));
+    audio(&mut out, &mut t_us, &mut ts, &mut seq, after_s);
+    out
+}
+
 /// Writes RTP packets (time in µs, RTP bytes) as an Ethernet/IPv4/UDP pcap.
 pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
+    let with_ports: Vec<(u64, u16, Vec<u8>)> =
+        packets.iter().map(|(t, p)| (*t, 6000, p.clone())).collect();
+    write_pcap_to(path, &with_ports);
+}
+
+/// Writes UDP datagrams (time in µs, destination port, bytes) as an Ethernet/IPv4/UDP pcap.
+pub fn write_pcap_to(path: &Path, packets: &[(u64, u16, Vec<u8>)]) {
     let mut out = Vec::new();
     // Global header: magic, v2.4, thiszone, sigfigs, snaplen, Ethernet.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -570,7 +650,7 @@ pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&65535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
-    for (t_us, rtp) in packets {
+    for (t_us, port, rtp) in packets {
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
         let mut frame = Vec::with_capacity(14 + ip_len);
@@ -591,8 +671,8 @@ pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
             0,
         ]);
         frame.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
-        frame.extend_from_slice(&6000u16.to_be_bytes());
-        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&port.to_be_bytes());
+        frame.extend_from_slice(&port.to_be_bytes());
         frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
         frame.extend_from_slice(rtp);
@@ -633,11 +713,16 @@ pub fn read_stereo_wav(path: &Path) -> (Vec<i16>, Vec<i16>) {
 impl Sipp {
     /// Like [`Sipp::spawn`], with the test media in its working directory: `tone.pcap` (a
     /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `star4.pcap`, `star5.pcap`,
-    /// `digit1.pcap`, `digit2.pcap` (RFC 4733 key presses), and `inband_star2.pcap` (the tone
-    /// with `*2` keyed in-band after 1 s).
+    /// `digit1.pcap`, `digit2.pcap` (RFC 4733 key presses), `inband_star2.pcap` (the tone
+    /// with `*2` keyed in-band after 1 s), and `phone_star2.pcap` ([`phone_keying`] of `*2`
+    /// after 1 s of the tone, 1.5 s of it after).
     pub fn spawn_with_tone(name: &str, args: &[String], freq: f64, secs: f64) -> Sipp {
         let dir = tempfile::tempdir().unwrap();
         write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
+        write_pcap_to(
+            &dir.path().join("phone_star2.pcap"),
+            &phone_keying(freq, 1.0, "*2", 1.5),
+        );
         write_dtmf_pcap(&dir.path().join("star2.pcap"), "*2");
         write_dtmf_pcap(&dir.path().join("digit1.pcap"), "1");
         write_dtmf_pcap(&dir.path().join("digit2.pcap"), "2");

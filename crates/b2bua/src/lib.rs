@@ -233,6 +233,8 @@ pub struct Stats {
     pub messages_in: u64,
     pub messages_out: u64,
     pub parse_errors: u64,
+    /// CRLF keep-alives received (RFC 5626): not SIP messages, not parse errors.
+    pub keepalives: u64,
     pub bad_requests_answered: u64,
     /// Requests refused or dropped by the per-source rate limit.
     pub flood_limited: u64,
@@ -522,6 +524,19 @@ impl B2bua {
 
     /// Feeds one datagram (or one framed stream message) received from `from`.
     pub fn handle_message(&mut self, now: Instant, data: &[u8], from: Peer) {
+        if let Some(k) = sip::message::keepalive(data) {
+            // RFC 5626 §3.5.1: a double CRLF on a connection is answered with one CRLF. Over
+            // UDP a CRLF is a NAT keep-alive (RFC 5626's UDP keep-alive is STUN) that wants no
+            // answer, and answering a datagram whose source may be forged helps no one.
+            self.stats.keepalives += 1;
+            if k == sip::message::KeepAlive::Ping && from.transport.is_reliable() {
+                self.out.push_back(Output::Transmit {
+                    to: from,
+                    data: sip::message::PONG.to_vec(),
+                });
+            }
+            return;
+        }
         self.stats.messages_in += 1;
         self.clock = Some(now);
         // Responses belong to our own transactions and are never rate limited; requests are
@@ -602,8 +617,11 @@ impl B2bua {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         let o = self.out.pop_front();
-        if let Some(Output::Transmit { .. }) = &o {
-            self.stats.messages_out += 1;
+        if let Some(Output::Transmit { data, .. }) = &o {
+            // A keep-alive pong is no SIP message.
+            if data != sip::message::PONG {
+                self.stats.messages_out += 1;
+            }
         }
         o
     }
@@ -2060,6 +2078,56 @@ pub fn is_tapir_branch(via: &Via) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn core() -> B2bua {
+        let cfg = Config {
+            sip_addrs: vec!["192.0.2.1:5060".parse().unwrap()],
+            media_ips: vec!["192.0.2.1".parse().unwrap()],
+            timers: sip::transaction::Timers::default(),
+            rtp_ports: (40000, 40099),
+            id_seed: 1,
+            user_agent: "tapir-test".into(),
+        };
+        B2bua::new(cfg, routing::Routes::default())
+    }
+
+    fn outputs(b: &mut B2bua) -> Vec<(Peer, Vec<u8>)> {
+        std::iter::from_fn(|| b.poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit { to, data } => Some((to, data)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ping_on_a_connection_gets_a_pong_and_udp_crlfs_get_nothing() {
+        let mut b = core();
+        let now = Instant::now();
+        let tcp = Peer {
+            addr: "192.0.2.10:40123".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        let udp = Peer {
+            addr: "192.0.2.10:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        b.handle_message(now, b"\r\n\r\n", tcp);
+        assert_eq!(outputs(&mut b), [(tcp, b"\r\n".to_vec())]);
+        // A pong or stray CRLF on a connection, and any CRLFs over UDP, are not answered.
+        b.handle_message(now, b"\r\n", tcp);
+        b.handle_message(now, b"\r\n\r\n", udp);
+        b.handle_message(now, b"\r\n", udp);
+        assert!(outputs(&mut b).is_empty());
+        let s = b.stats();
+        assert_eq!(s.keepalives, 4);
+        assert_eq!(s.parse_errors, 0, "keep-alives are no parse errors");
+        assert_eq!((s.messages_in, s.messages_out), (0, 0), "nor SIP messages");
+        // Junk is still junk.
+        b.handle_message(now, b"\r\nX\r\n\r\n", udp);
+        assert_eq!(b.stats().parse_errors, 1);
+        assert_eq!(b.stats().keepalives, 4);
+    }
 
     #[test]
     fn sent_by_has_ipv6_in_brackets_and_no_scope_id() {

@@ -81,7 +81,7 @@ pub struct Engine {
     dtmf_filters: HashMap<CallId, crate::relay::DtmfFilter>,
     show_numbers: bool,
     tcp_idle: Duration,
-    last_stats: (u64, u64, u64, u64, u64),
+    last_stats: (u64, u64, u64, u64, u64, u64),
     /// Tells `main` how many calls remain (for drain on shutdown).
     calls_watch: watch::Sender<usize>,
     /// Contact ids a transferred call continues, from its `Transferred` until its `Started`.
@@ -214,7 +214,7 @@ impl Engine {
             announce_done,
             show_numbers,
             tcp_idle,
-            last_stats: (0, 0, 0, 0, 0),
+            last_stats: (0, 0, 0, 0, 0, 0),
             calls_watch,
             continued_contacts: HashMap::new(),
             media_seen: HashMap::new(),
@@ -375,6 +375,7 @@ impl Engine {
             s.parse_errors,
             t.retransmissions_sent,
             s.flood_limited,
+            s.keepalives,
         );
         let last = self.last_stats;
         self.metrics.sip_in.inc_by(now.0 - last.0);
@@ -382,6 +383,7 @@ impl Engine {
         self.metrics.sip_parse_errors.inc_by(now.2 - last.2);
         self.metrics.sip_retransmissions.inc_by(now.3 - last.3);
         self.metrics.sip_rate_limited.inc_by(now.4 - last.4);
+        self.metrics.sip_keepalives.inc_by(now.5 - last.5);
         self.last_stats = now;
         self.metrics
             .calls_active
@@ -706,10 +708,7 @@ async fn udp_reader(sock: Arc<UdpSocket>, inputs: mpsc::Sender<Input>) {
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                // Keep-alive CRLFs and tiny junk are not SIP; drop them here.
-                if n < 4 {
-                    continue;
-                }
+                // Keep-alive CRLFs go to the core too: it tells them from SIP and counts them.
                 let input = Input::Sip {
                     data: buf[..n].to_vec(),
                     from: Peer {

@@ -371,3 +371,35 @@ fn tapir_runs_without_transparent_huge_pages_unless_told_otherwise() {
         assert_eq!(thp_enabled(&t.pid().to_string()), Some(1), "{}", t.log());
     }
 }
+
+#[test]
+fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    // An empty NO_COLOR leaves colour to tapir (the harness sets it to 1 otherwise); stderr is a
+    // pipe here, as it is under systemd, docker or `2> file`.
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "always"),
+        TapirOptions {
+            env: vec![("NO_COLOR".into(), String::new())],
+            ..Default::default()
+        },
+    );
+    // A call, for log lines with spans and fields, not only the start-up lines.
+    let mut callee = spawn(&t, "uas_answer.xml", callee_port, &[], None);
+    let mut caller = spawn(
+        &t,
+        "uac_tone.xml",
+        free_port("127.0.0.1"),
+        &["-d", "200"],
+        Some(400.0),
+    );
+    tapir_tests::expect_success(&t, &mut [&mut caller, &mut callee], Duration::from_secs(30));
+    let log = t.log();
+    assert!(log.contains("tapir ready"), "{log}");
+    assert!(log.lines().count() > 3, "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape codes in piped logs:\n{log:?}"
+    );
+}
