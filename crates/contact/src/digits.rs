@@ -9,12 +9,18 @@ use media::dtmf::{InbandConfig, InbandDetector, Rfc4733Config, Rfc4733Detector};
 
 /// The detector for one contact's agent channel. Starts in-band until the agent's SDP says
 /// otherwise, as a phone that negotiated nothing sends tones.
+///
+/// The in-band detector and its decode buffer are made on the first G.711 packet that needs
+/// them: most phones negotiate telephone-event before sending anything, and a recorded call
+/// should not carry kilobytes it never uses.
 pub struct DigitTap {
     rfc4733: Option<Rfc4733Detector>,
-    inband: Option<InbandDetector>,
+    /// Tones are looked for in the audio (no telephone-event negotiated).
+    inband_wanted: bool,
+    inband: Option<Box<InbandDetector>>,
     codecs: PayloadMap,
     decoder: Decoder,
-    pcm: Box<[i16; 2048]>,
+    pcm: Vec<i16>,
 }
 
 impl Default for DigitTap {
@@ -27,10 +33,11 @@ impl DigitTap {
     pub fn new() -> Self {
         Self {
             rfc4733: None,
-            inband: Some(InbandDetector::new(InbandConfig::default())),
+            inband_wanted: true,
+            inband: None,
             codecs: PayloadMap::with_static(),
             decoder: Decoder::new(),
-            pcm: Box::new([0; 2048]),
+            pcm: Vec::new(),
         }
     }
 
@@ -52,18 +59,21 @@ impl DigitTap {
                     clock_rate: rate,
                     ..Default::default()
                 }));
+                self.inband_wanted = false;
                 self.inband = None;
+                self.pcm = Vec::new();
             }
             None => {
                 self.rfc4733 = None;
-                self.inband = Some(InbandDetector::new(InbandConfig::default()));
+                self.inband_wanted = true;
+                self.inband = None;
             }
         }
     }
 
     /// Whether tones are looked for in the audio (no telephone-event negotiated).
     pub fn is_inband(&self) -> bool {
-        self.inband.is_some()
+        self.inband_wanted
     }
 
     /// One RTP datagram from the agent's leg; detected digits go to `out`.
@@ -73,9 +83,15 @@ impl DigitTap {
         };
         if let Some(d) = self.rfc4733.as_mut() {
             let _ = d.handle_rtp(at, &v);
-        } else if let Some(d) = self.inband.as_mut() {
+        } else if self.inband_wanted {
             let codec = self.codecs.get(v.payload_type());
             if matches!(codec, Codec::Pcmu | Codec::Pcma) {
+                if self.pcm.is_empty() {
+                    self.pcm = vec![0; 2048];
+                }
+                let d = self
+                    .inband
+                    .get_or_insert_with(|| Box::new(InbandDetector::new(InbandConfig::default())));
                 if let Ok(n) = self.decoder.decode(codec, v.payload(), &mut self.pcm[..]) {
                     d.push_samples(&self.pcm[..n]);
                 }
