@@ -313,9 +313,11 @@ mod files {
         let delay = c[0].0 as i64 - 500;
         assert!((0..=200).contains(&delay), "{delay}");
         let shifted = |(s, e): (u64, u64)| ((s as i64 - delay) as u64, (e as i64 - delay) as u64);
-        // The lossy codec smears each burst's edges by a few tens of milliseconds.
-        assert_spans_near(&[shifted(c[0])], &[(500, 2000)], 50);
-        assert_spans_near(&[shifted(a[0])], &[(2600, 5000)], 50);
+        // A loud tone that stops dead is the worst case for MP3: its quantization noise
+        // rings on for up to two 576-sample granules (72 ms each at 8 kHz) above −50 dBFS.
+        // Speech fades out and stays within 50 ms (tests/espeak.rs).
+        assert_spans_near(&[shifted(c[0])], &[(500, 2000)], 150);
+        assert_spans_near(&[shifted(a[0])], &[(2600, 5000)], 150);
         // The decoded length covers the recording (plus the codec's padding).
         assert!(analysis.peaks.frames >= 48_000, "{}", analysis.peaks.frames);
     }
