@@ -25,16 +25,16 @@
 //! - [`NOISE_MARGIN_DB`] 12 dB above the floor: frame energies of stationary noise spread a few
 //!   dB around their mean; 12 dB keeps them below the threshold while speech stays 15–30 dB
 //!   above a noisy floor.
-//! - [`THRESHOLD_MAX_DBFS`] −35 dBFS: however loud the floor becomes (a noisy call centre, or the
-//!   floor creeping up during a long monologue), speech at normal level still clears it.
+//! - [`THRESHOLD_MAX_DBFS`] −35 dBFS: however loud the floor becomes (a noisy call centre, or
+//!   more than 5 s of speech without a quiet frame), speech at normal level still clears it.
 //!
 //! The noise floor is the lowest frame energy of the last [`NOISE_WINDOW_MS`] (5 s, kept as
 //! the minima of five 1 s blocks), the minimum-statistics idea: speech has quiet frames
 //! between words and sentences, noise has no frames much quieter than itself. So a line that
 //! is noisy from the start is known as noisy from its first frame, a noise that gets louder
 //! is learned within 5–6 s, and a floor never creeps up during ordinary speech, which keeps
-//! the threshold low enough for the weak ends of words (an earlier design that let the floor
-//! rise during speech cut 100 ms off "service" by the end of a 2 s sentence). The floor never
+//! the threshold low enough for the weak ends of words (a floor that rose by 3 dB/s during
+//! speech cut 100 ms off the end of "service" at the end of a 2 s sentence). The floor never
 //! goes below `THRESHOLD_MIN_DBFS − NOISE_MARGIN_DB`, below which it could not change the
 //! threshold anyway.
 //!
