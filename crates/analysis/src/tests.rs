@@ -399,3 +399,12 @@ mod files {
         ));
     }
 }
+
+#[test]
+fn the_analyzer_moves_between_threads() {
+    // The binary feeds it from the recorder thread or a blocking task.
+    fn is_send<T: Send + Sync + 'static>() {}
+    is_send::<Analyzer>();
+    is_send::<Analysis>();
+    is_send::<AnalysisError>();
+}
