@@ -70,6 +70,10 @@ pub struct RecordingMetadata {
     pub statement_id: Option<String>,
     /// The policy engine's decision log for the call: which rule fired and why.
     pub decisions: Option<serde_json::Value>,
+    /// Conversation metrics computed when the recording was finished (talk time per channel,
+    /// talk-to-listen ratio, pauses, overtalk, monologues, silences; see the `analysis`
+    /// crate). Its waveform peaks are in `<name>.peaks.json` beside the audio.
+    pub metrics: Option<serde_json::Value>,
 }
 
 impl RecordingMetadata {

@@ -78,6 +78,33 @@ fn check_channels(customer: &str) {
     let meta = std::fs::read_to_string(files[0].with_extension("json")).unwrap();
     assert!(meta.contains("\"complete\": true"), "{meta}");
     assert!(meta.contains("\"route\": \"rec\""), "{meta}");
+    // Conversation metrics and waveform peaks are computed when the recording is finished:
+    // both parties play a tone the whole call, so both talk about the whole file, at once.
+    let v: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    let m = &v["metrics"];
+    let file_ms = secs * 1000.0;
+    for talk in ["customer_talk_ms", "agent_talk_ms"] {
+        let ms = m[talk].as_f64().unwrap_or(0.0);
+        assert!(
+            ms > 0.8 * file_ms && ms <= file_ms + 20.0,
+            "{talk} {ms} of {file_ms}: {m:#}"
+        );
+    }
+    assert!(
+        m["overtalk_ms"].as_f64().unwrap_or(0.0) > 0.8 * file_ms,
+        "{m:#}"
+    );
+    let peaks: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(files[0].with_extension("peaks.json")).expect("peaks"),
+    )
+    .unwrap();
+    // `[min, max]` per 20 ms bucket, interleaved.
+    let buckets = peaks["customer"].as_array().expect("customer peaks").len() / 2;
+    assert!(
+        (buckets as f64 - secs * 50.0).abs() <= 2.0,
+        "{buckets} buckets for {secs} s"
+    );
+    assert_eq!(peaks["agent"].as_array().unwrap().len(), 2 * buckets);
 }
 
 #[test]
