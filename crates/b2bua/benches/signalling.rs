@@ -237,6 +237,7 @@ fn main() {
         direction: Some("inbound".into()),
         record: None,
         format: None,
+        srtp: Default::default(),
     };
     let routes = Routes::compile(&[route], &HashMap::new()).expect("route");
     let config = Config {

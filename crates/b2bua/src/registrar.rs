@@ -163,6 +163,7 @@ impl RegistrarConfig {
             direction: self.direction.clone(),
             record: self.record.clone(),
             format: self.format.clone(),
+            srtp: Default::default(),
         };
         let routes = Routes::compile(&[rc], &HashMap::new())
             .map_err(|e| ctx(e.to_string().replace("route 'registrar': ", "")))?;

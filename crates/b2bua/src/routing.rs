@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use sip::{Host, Transport, Uri};
 
+use crate::secure::RouteSrtp;
 use crate::B2buaError;
 
 /// Which party of a call a route calls the customer; the other is the agent.
@@ -102,6 +103,9 @@ pub struct RouteConfig {
     /// Recording file format for this route (`wav`, `mp3`); recorder default when absent.
     #[serde(default)]
     pub format: Option<String>,
+    /// SRTP on each leg and what to do with streams tapir cannot decrypt.
+    #[serde(default)]
+    pub srtp: RouteSrtp,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +121,7 @@ pub struct Route {
     pub direction: Option<String>,
     pub record: Option<String>,
     pub format: Option<String>,
+    pub srtp: RouteSrtp,
 }
 
 /// The compiled routing table; first match wins.
@@ -179,6 +184,7 @@ impl Routes {
                 direction: r.direction.clone(),
                 record: r.record.clone(),
                 format: r.format.clone(),
+                srtp: r.srtp,
             });
         }
         Ok(Self { routes: out })
@@ -223,6 +229,7 @@ mod tests {
             direction: None,
             record: None,
             format: None,
+            srtp: Default::default(),
         }
     }
 

@@ -174,6 +174,7 @@ fn direct_route(meta: &CallMeta, target_uri: Uri, peer: Peer, customer: Side) ->
         direction: meta.direction.clone(),
         record: meta.record.clone(),
         format: meta.format.clone(),
+        srtp: meta.srtp,
     };
     let routes = Routes::compile(&[cfg], &HashMap::new()).ok()?;
     let mut r = routes.find(peer.addr.ip(), "")?.clone();

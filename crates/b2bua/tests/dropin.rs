@@ -75,6 +75,7 @@ impl H {
             direction: Some("inbound".into()),
             record: None,
             format: None,
+            srtp: Default::default(),
         };
         // The transfer target is a next hop tapir knows (a route of its own): a Refer-To may
         // only steer calls to such hosts.

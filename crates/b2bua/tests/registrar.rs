@@ -53,6 +53,7 @@ impl World {
                 direction: Some("outbound".into()),
                 record: None,
                 format: None,
+                srtp: Default::default(),
             }],
             &HashMap::new(),
         )
