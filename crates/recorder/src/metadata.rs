@@ -60,6 +60,11 @@ pub struct RecordingMetadata {
     pub statement_id: Option<String>,
     /// The policy engine's decision log for the call: which rule fired and why.
     pub decisions: Option<serde_json::Value>,
+    /// `"not recorded"` when the call's media was encrypted with keys tapir does not have
+    /// (DTLS-SRTP, ZRTP, an unknown SRTP suite) and was relayed without being recorded.
+    pub encrypted: Option<String>,
+    /// Why it could not be decrypted.
+    pub encrypted_reason: Option<String>,
 }
 
 impl RecordingMetadata {

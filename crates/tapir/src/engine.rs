@@ -86,6 +86,8 @@ pub struct Engine {
     calls_watch: watch::Sender<usize>,
     /// Contact ids a transferred call continues, from its `Transferred` until its `Started`.
     continued_contacts: HashMap<CallId, String>,
+    /// Calls announced as encrypted and unrecordable, until their `Started`.
+    encrypted: HashMap<CallId, String>,
     /// RTP counter of each call and when it last moved (media supervision).
     media_seen: HashMap<CallId, (u64, Instant)>,
 }
@@ -217,6 +219,7 @@ impl Engine {
             last_stats: (0, 0, 0, 0, 0),
             calls_watch,
             continued_contacts: HashMap::new(),
+            encrypted: HashMap::new(),
             media_seen: HashMap::new(),
         };
         Ok((
@@ -412,6 +415,15 @@ impl Engine {
                 }
             }
             CallEvent::Answered { call } => tracing::info!(call, "call answered"),
+            CallEvent::Encrypted { call, reason } => {
+                tracing::warn!(
+                    call,
+                    reason,
+                    "media encrypted with keys tapir does not have: relayed, not recorded"
+                );
+                self.metrics.calls_encrypted.inc();
+                self.encrypted.insert(*call, reason.clone());
+            }
             CallEvent::Ended { call, outcome } => {
                 tracing::info!(call, outcome = ?outcome, "call ended");
                 self.metrics
@@ -463,7 +475,10 @@ impl Engine {
                         .remove(&call)
                         .unwrap_or_else(|| format!("{start}-{}-{call}", r.node));
                     self.core.set_contact_label(call, contact_id.clone());
+                    let encrypted = self.encrypted.remove(&call);
                     let meta = recorder::RecordingMetadata {
+                        encrypted: encrypted.as_ref().map(|_| "not recorded".to_string()),
+                        encrypted_reason: encrypted.clone(),
                         contact_id,
                         call_id_customer: Some(cust_id),
                         call_id_agent: Some(agent_id),
@@ -481,7 +496,8 @@ impl Engine {
                         None if r.policy.is_active() => None,
                         None => Some(r.default_mode),
                     };
-                    if mode != Some(Mode::Never) {
+                    // Ciphertext is never recorded: it would be a file of noise.
+                    if mode != Some(Mode::Never) && encrypted.is_none() {
                         self.tapped.insert(call);
                     }
                     if mode.is_none() {
@@ -527,6 +543,7 @@ impl Engine {
                     None
                 }
                 CallEvent::Answered { call } => Some(RecCtl::Answered { call }),
+                CallEvent::Encrypted { .. } => None,
                 CallEvent::Ended { call, .. } => {
                     self.tapped.remove(&call);
                     Some(RecCtl::Ended { call })

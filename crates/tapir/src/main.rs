@@ -21,6 +21,7 @@ mod metrics;
 mod policy_link;
 mod recording;
 mod relay;
+mod relay_srtp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -158,6 +159,7 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         user_agent: cfg.sip.user_agent.clone(),
     };
     let mut core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
+    core.set_key_source(Box::new(OsKeys));
     core.set_registrar(cfg.compile_registrar()?);
     core.set_flood_limit(cfg.flood()?);
     let (announcements, prompts) = cfg.announcements()?;
@@ -298,6 +300,16 @@ fn config_stamp(path: &Option<PathBuf>) -> Option<SystemTime> {
 }
 
 /// Seed for Call-IDs and tags: distinct per process and per node without a RNG dependency.
+/// SRTP master keys from the operating system's random number generator.
+struct OsKeys;
+
+impl b2bua::KeySource for OsKeys {
+    fn fill(&mut self, buf: &mut [u8]) {
+        // Without the OS generator no key could be trusted: stopping is the only safe answer.
+        getrandom::fill(buf).expect("the operating system's random number generator");
+    }
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub announcements: IntCounterVec,
     pub announcement_packets: IntCounter,
+    pub srtp_dropped: IntCounterVec,
+    pub calls_encrypted: IntCounter,
 }
 
 impl Metrics {
@@ -97,8 +99,23 @@ impl Metrics {
             "RTP packets of announcements sent",
         )
         .unwrap();
+        let srtp_dropped = IntCounterVec::new(
+            Opts::new(
+                "tapir_srtp_packets_dropped_total",
+                "SRTP/SRTCP packets dropped, by reason (auth_failed, replayed, too_old, key_expired, bad_mki, no_key, malformed, protect_failed)",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let calls_encrypted = IntCounter::new(
+            "tapir_calls_encrypted_unrecorded_total",
+            "Calls relayed with media tapir cannot decrypt, and so not recorded",
+        )
+        .unwrap();
         for c in [
-            Box::new(policy_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(srtp_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(calls_encrypted.clone()),
+            Box::new(policy_reloads.clone()),
             Box::new(announcements.clone()),
             Box::new(announcement_packets.clone()),
             Box::new(calls_active.clone()),
@@ -133,6 +150,8 @@ impl Metrics {
             policy_reloads,
             announcements,
             announcement_packets,
+            srtp_dropped,
+            calls_encrypted,
         }
     }
 

@@ -547,6 +547,22 @@ impl RecorderThread {
                 return;
             }
         }
+        if meta.encrypted.is_some() && mode != Some(Mode::Never) {
+            // Media tapir cannot decrypt is not recorded; a sidecar without audio says that
+            // the call happened and why there is no file.
+            let path = self.unique_path(&meta.contact_id);
+            let name = recorder::metadata::sidecar_path(&path);
+            let side = self
+                .cfg
+                .recordings_dir
+                .join(name.file_name().unwrap_or_default());
+            let mut meta = meta;
+            meta.complete = true;
+            if let Err(e) = meta.write_to(&side) {
+                tracing::error!(call, error = %e, "cannot write the sidecar of an encrypted call");
+            }
+            return;
+        }
         let rules = match mode {
             Some(Mode::Never) => return,
             Some(_) => None,
