@@ -80,6 +80,11 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
 /// its attributes; `{port}` is replaced by the caller's RTP port). `key` is the caller's own
 /// key, used to protect what it sends when tapir answers with SRTP.
 pub fn invite(tapir_port: u16, media: &str, key: Option<Keying>) -> Outcome {
+    invite_user(tapir_port, "1000", media, key)
+}
+
+/// [`invite`] for the Request-URI user `user`.
+pub fn invite_user(tapir_port: u16, user: &str, media: &str, key: Option<Keying>) -> Outcome {
     let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let tapir: SocketAddr = format!("127.0.0.1:{tapir_port}").parse().unwrap();
@@ -93,8 +98,8 @@ pub fn invite(tapir_port: u16, media: &str, key: Option<Keying>) -> Outcome {
     );
     let branch = format!("z9hG4bK-sdes-{sport}-1");
     let invite = format!(
-        "INVITE sip:1000@127.0.0.1:{tapir_port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sport};branch={branch}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag={from_tag}\r\nTo: <sip:1000@127.0.0.1>\r\n\
+        "INVITE sip:{user}@127.0.0.1:{tapir_port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sport};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag={from_tag}\r\nTo: <sip:{user}@127.0.0.1>\r\n\
          Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{sport}>\r\n\
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -119,7 +124,7 @@ pub fn invite(tapir_port: u16, media: &str, key: Option<Keying>) -> Outcome {
     let to_tag = to.split("tag=").nth(1).unwrap_or("").to_string();
     if status >= 300 {
         let ack = format!(
-            "ACK sip:1000@127.0.0.1:{tapir_port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sport};branch={branch}\r\n\
+            "ACK sip:{user}@127.0.0.1:{tapir_port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sport};branch={branch}\r\n\
              Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag={from_tag}\r\nTo: {to}\r\n\
              Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
         );

@@ -238,6 +238,7 @@ fn main() {
         record: None,
         format: None,
         srtp: Default::default(),
+        tls: None,
     };
     let routes = Routes::compile(&[route], &HashMap::new()).expect("route");
     let config = Config {

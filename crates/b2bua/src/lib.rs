@@ -42,7 +42,7 @@ use thiserror::Error;
 
 pub use ports::PortPool;
 pub use registrar::{Binding, Bindings, Registrar, RegistrarConfig};
-pub use routing::{Route, RouteConfig, Routes, Side};
+pub use routing::{Route, RouteConfig, RouteTls, Routes, Side};
 pub use secure::{KeySource, LegCrypto, RouteSrtp, SrtpMode, Undecryptable};
 
 #[derive(Debug, Error)]
@@ -418,6 +418,8 @@ pub struct B2bua {
     forgotten: Forgotten,
     /// Random bytes for SRTP keys; without it, SRTP offers are refused.
     keys: Option<Box<dyn KeySource>>,
+    /// Addresses written in Via and Contact toward TLS peers (the TLS listeners).
+    tls_addrs: Vec<SocketAddr>,
 }
 
 enum Purpose {
@@ -457,7 +459,15 @@ impl B2bua {
             clock: None,
             forgotten: Forgotten::default(),
             keys: None,
+            tls_addrs: Vec::new(),
         }
+    }
+
+    /// The TLS listeners' addresses, for Via and Contact toward TLS peers (RFC 3261 §26: a
+    /// TLS peer sends its requests back to the TLS port). Without them, the UDP/TCP
+    /// addresses are written.
+    pub fn set_tls_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.tls_addrs = addrs;
     }
 
     /// Where SRTP master keys come from: the binary passes its random number generator.
@@ -689,6 +699,11 @@ impl B2bua {
 
     /// Our SIP address in the family of `peer`.
     fn local_addr(&self, peer: Peer) -> SocketAddr {
+        if peer.transport == Transport::Tls {
+            if let Some(a) = same_family(peer, &self.tls_addrs, SocketAddr::is_ipv4) {
+                return a;
+            }
+        }
         same_family(peer, &self.config.sip_addrs, SocketAddr::is_ipv4)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
     }

@@ -164,6 +164,7 @@ impl RegistrarConfig {
             record: self.record.clone(),
             format: self.format.clone(),
             srtp: Default::default(),
+            tls: None,
         };
         let routes = Routes::compile(&[rc], &HashMap::new())
             .map_err(|e| ctx(e.to_string().replace("route 'registrar': ", "")))?;

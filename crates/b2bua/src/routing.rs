@@ -106,6 +106,21 @@ pub struct RouteConfig {
     /// SRTP on each leg and what to do with streams tapir cannot decrypt.
     #[serde(default)]
     pub srtp: RouteSrtp,
+    /// How the target is verified when `target` says `;transport=tls`.
+    #[serde(default)]
+    pub tls: Option<RouteTls>,
+}
+
+/// TLS verification of a route's target (read by the binary, which makes the connections).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTls {
+    /// PEM file of the CAs the target's certificate must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the target's own certificate: only that one is accepted (pinning).
+    pub pinned_cert: Option<std::path::PathBuf>,
+    /// Name the certificate must carry; the target's IP address when absent.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,7 +183,7 @@ impl Routes {
             };
             let transport = match sip.params.value("transport") {
                 Some(t) => Transport::parse(t)
-                    .filter(|t| matches!(t, Transport::Udp | Transport::Tcp))
+                    .filter(|t| matches!(t, Transport::Udp | Transport::Tcp | Transport::Tls))
                     .ok_or_else(|| ctx(format!("unsupported transport '{t}'")))?,
                 None => Transport::Udp,
             };
@@ -188,6 +203,11 @@ impl Routes {
             });
         }
         Ok(Self { routes: out })
+    }
+
+    /// The route named `name`.
+    pub fn get(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 
     pub fn find(&self, source: IpAddr, user: &str) -> Option<&Route> {
@@ -230,6 +250,7 @@ mod tests {
             record: None,
             format: None,
             srtp: Default::default(),
+            tls: None,
         }
     }
 

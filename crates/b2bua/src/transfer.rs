@@ -161,6 +161,7 @@ fn direct_route(meta: &CallMeta, target_uri: Uri, peer: Peer, customer: Side) ->
     let t = match peer.transport {
         Transport::Udp => "",
         Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
         _ => return None,
     };
     let cfg = RouteConfig {
@@ -175,6 +176,7 @@ fn direct_route(meta: &CallMeta, target_uri: Uri, peer: Peer, customer: Side) ->
         record: meta.record.clone(),
         format: meta.format.clone(),
         srtp: meta.srtp,
+        tls: None,
     };
     let routes = Routes::compile(&[cfg], &HashMap::new()).ok()?;
     let mut r = routes.find(peer.addr.ip(), "")?.clone();

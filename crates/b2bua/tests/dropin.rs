@@ -76,6 +76,7 @@ impl H {
             record: None,
             format: None,
             srtp: Default::default(),
+            tls: None,
         };
         // The transfer target is a next hop tapir knows (a route of its own): a Refer-To may
         // only steer calls to such hosts.

@@ -54,6 +54,7 @@ impl World {
                 record: None,
                 format: None,
                 srtp: Default::default(),
+                tls: None,
             }],
             &HashMap::new(),
         )

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub announcement_packets: IntCounter,
     pub srtp_dropped: IntCounterVec,
     pub calls_encrypted: IntCounter,
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,8 +113,17 @@ impl Metrics {
             "Calls relayed with media tapir cannot decrypt, and so not recorded",
         )
         .unwrap();
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tapir_tls_handshake_failures_total",
+                "SIP/TLS handshakes that failed, by side (in: a peer connecting to tapir, out: tapir connecting to a target)",
+            ),
+            &["side"],
+        )
+        .unwrap();
         for c in [
-            Box::new(srtp_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshake_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(srtp_dropped.clone()),
             Box::new(calls_encrypted.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(announcements.clone()),
@@ -152,6 +162,7 @@ impl Metrics {
             announcement_packets,
             srtp_dropped,
             calls_encrypted,
+            tls_handshake_failures,
         }
     }
 

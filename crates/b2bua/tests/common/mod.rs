@@ -997,6 +997,7 @@ pub fn route(name: &str, target: &str) -> RouteConfig {
         record: None,
         format: None,
         srtp: Default::default(),
+        tls: None,
     }
 }
 
