@@ -265,3 +265,125 @@ impl SdesCall {
         false
     }
 }
+
+/// The callee side: takes the INVITE tapir sends to the UDP socket `sip`, answers 200 with
+/// `answer_media` (`{port}` is the callee's RTP port; `{crypto}` becomes `key` written as an
+/// `a=crypto` line with the tag tapir offered), and returns the call once tapir's ACK is in.
+pub fn answer(sip: UdpSocket, answer_media: &str, key: Option<Keying>) -> (SdesCall, Sdp) {
+    let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rport = rtp.local_addr().unwrap().port();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (invite, from) = loop {
+        let mut buf = [0u8; 8192];
+        sip.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let (n, from) = sip.recv_from(&mut buf).expect("tapir's INVITE");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.starts_with("INVITE ") {
+            break (m, from);
+        }
+        assert!(Instant::now() < deadline, "no INVITE");
+    };
+    let body_at = invite.find("\r\n\r\n").expect("a body") + 4;
+    let offer = Sdp::parse(&invite.as_bytes()[body_at..]).expect("tapir's offer is SDP");
+    let i = offer.audio_index().expect("audio");
+    let remote_rtp = SocketAddr::new(offer.connection(i).unwrap(), offer.media[i].port);
+    let offered = offer.security(i).first_usable().cloned();
+    let crypto = match (&key, &offered) {
+        (Some(k), Some(o)) => sdp::Crypto {
+            tag: o.tag,
+            keying: k.clone(),
+        }
+        .to_value(),
+        _ => String::new(),
+    };
+    let media = answer_media
+        .replace("{port}", &rport.to_string())
+        .replace("{crypto}", &crypto);
+    let body = format!(
+        "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n{media}"
+    );
+    let to_tag = "calleetag".to_string();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{}\r\nContact: <sip:bob@{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        echo_headers(&invite, Some(&to_tag)),
+        sip.local_addr().unwrap(),
+        body.len()
+    );
+    sip.send_to(ok.as_bytes(), from).unwrap();
+    let (tx, rx) = match (key, offered) {
+        (Some(k), Some(o)) => (
+            Some(Context::new(&k).unwrap()),
+            Some(Context::new(&o.keying).unwrap()),
+        ),
+        _ => (None, None),
+    };
+    let call = SdesCall {
+        call_id: header(&invite, "Call-ID").unwrap_or("").to_string(),
+        from_tag: String::new(),
+        to_tag,
+        sip,
+        rtp,
+        tapir: from,
+        answer: offer.clone(),
+        remote_rtp,
+        tx,
+        rx,
+        seq: 1,
+        ts: 0,
+        phase: 0.0,
+        received: 0,
+        undecryptable: 0,
+        samples: Vec::new(),
+    };
+    (call, offer)
+}
+
+/// Via, From, To (with `to_tag` added when given), Call-ID and CSeq of a request, for its
+/// response.
+fn echo_headers(req: &str, to_tag: Option<&str>) -> String {
+    let mut out = Vec::new();
+    for l in req.lines().take_while(|l| !l.trim().is_empty()).skip(1) {
+        let name = l.split(':').next().unwrap_or("").trim();
+        if ["Via", "From", "Call-ID", "CSeq"]
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        {
+            out.push(l.to_string());
+        } else if name.eq_ignore_ascii_case("To") {
+            match to_tag {
+                Some(t) if !l.contains("tag=") => out.push(format!("{l};tag={t}")),
+                _ => out.push(l.to_string()),
+            }
+        }
+    }
+    out.join("\r\n")
+}
+
+impl SdesCall {
+    /// Sends a `freq` Hz tone and takes in media until tapir's BYE, which is answered.
+    /// Gives up after `max`; returns whether the BYE came.
+    pub fn talk_until_bye(&mut self, freq: f64, max: Duration) -> bool {
+        let start = Instant::now();
+        let mut i = 0u64;
+        self.sip.set_nonblocking(true).unwrap();
+        while start.elapsed() < max {
+            let mut buf = [0u8; 8192];
+            if let Ok((n, from)) = self.sip.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if m.starts_with("BYE ") {
+                    let ok = format!(
+                        "SIP/2.0 200 OK\r\n{}\r\nContent-Length: 0\r\n\r\n",
+                        echo_headers(&m, None)
+                    );
+                    self.sip.send_to(ok.as_bytes(), from).unwrap();
+                    return true;
+                }
+            }
+            let p = self.packet(freq, false);
+            self.rtp.send_to(&p, self.remote_rtp).unwrap();
+            i += 1;
+            self.take_in(start + Duration::from_millis(20 * i));
+        }
+        false
+    }
+}

@@ -210,3 +210,82 @@ fn undecryptable_media_is_relayed_and_never_recorded() {
     assert_eq!(meta["encrypted_reason"], "ZRTP is not supported");
     assert_eq!(meta["duration_ms"], 0);
 }
+
+/// RTP on leg A (a SIPp caller), SRTP on leg B (an SDES callee): tapir offers leg B its own
+/// key, decrypts the callee's packets with the callee's key, and records both in the clear.
+#[test]
+fn plain_caller_srtp_callee_recorded_in_the_clear() {
+    let sip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee_port = sip.local_addr().unwrap().port();
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "{ caller = \"off\", callee = \"require\" }"),
+        TapirOptions::default(),
+    );
+    let k = key(srtp::Suite::AesCm128HmacSha1_80);
+    let callee = std::thread::spawn(move || {
+        let (mut call, offer) = sdes::answer(
+            sip,
+            "m=audio {port} RTP/SAVP 8\r\na=rtpmap:8 PCMA/8000\r\na=crypto:{crypto}\r\n",
+            Some(k),
+        );
+        let bye = call.talk_until_bye(CALLEE_HZ, Duration::from_secs(20));
+        (call, offer, bye)
+    });
+    let mut a = Sipp::party(
+        "caller",
+        "uac_tone.xml",
+        "127.0.0.1",
+        free_port("127.0.0.1"),
+        Some(&t),
+        Some(CALLER_HZ),
+        &["-d", "3000"],
+    );
+    assert_eq!(
+        a.wait(Duration::from_secs(30)),
+        0,
+        "{}\n{}",
+        a.logs(),
+        t.log()
+    );
+    let (call, offer, bye) = callee.join().unwrap();
+    assert!(bye, "tapir's BYE reached the callee");
+    // tapir offered leg B SRTP with a key of its own.
+    let i = offer.audio_index().unwrap();
+    assert_eq!(offer.proto(i), Some("RTP/SAVP"));
+    assert!(offer.security(i).first_usable().is_some());
+    assert!(call.received > 50, "decrypted {} packets", call.received);
+    assert_eq!(call.undecryptable, 0);
+    let e = (
+        tone_energy(&call.samples, CALLER_HZ),
+        tone_energy(&call.samples, CALLEE_HZ),
+    );
+    assert!(
+        e.0 > 10.0 * e.1,
+        "the caller's tone reached the callee encrypted: {e:?}"
+    );
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let wav = files(&t, "wav");
+    let (customer, agent) = read_stereo_wav(&wav[0]);
+    let c = (
+        tone_energy(&customer, CALLER_HZ),
+        tone_energy(&customer, CALLEE_HZ),
+    );
+    let a = (
+        tone_energy(&agent, CALLEE_HZ),
+        tone_energy(&agent, CALLER_HZ),
+    );
+    assert!(c.0 > 10.0 * c.1, "caller's tone on channel 1: {c:?}");
+    assert!(
+        a.0 > 10.0 * a.1,
+        "callee's tone on channel 2, decrypted: {a:?}"
+    );
+    assert_eq!(
+        t.metric("tapir_srtp_packets_dropped_total{reason=\"auth_failed\"}"),
+        0.0
+    );
+}
