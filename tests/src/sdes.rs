@@ -220,6 +220,19 @@ impl SdesCall {
         }
     }
 
+    /// Sends an RTCP sender report on the RTP port (RFC 5761 multiplexing), protected as
+    /// SRTCP when the call is SRTP.
+    pub fn send_muxed_rtcp(&mut self) {
+        let mut b = vec![0u8; 28 + srtp::MAX_RTCP_TRAILER];
+        b[..4].copy_from_slice(&[0x80, 200, 0, 6]);
+        b[4..8].copy_from_slice(&SSRC.to_be_bytes());
+        let n = match self.tx.as_mut() {
+            Some(tx) => tx.protect_rtcp(&mut b, 28).unwrap(),
+            None => 28,
+        };
+        self.rtp.send_to(&b[..n], self.remote_rtp).unwrap();
+    }
+
     /// Receives media until `until`.
     fn take_in(&mut self, until: Instant) {
         let mut buf = [0u8; 2048];

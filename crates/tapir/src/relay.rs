@@ -588,7 +588,9 @@ async fn relay_loop(
         };
         // An SRTP leg's packets are authenticated and decrypted first; a forged, replayed or
         // damaged one is dropped and counted here, before it can move the latch.
-        let n = match this.srtp.receive(&mut buf[..n], rtcp, &srtp_drops) {
+        // RTCP multiplexed on the RTP port (RFC 5761) is SRTCP on an SRTP leg.
+        let srtcp = rtcp || media::rtp::is_rtcp(&buf[..n]);
+        let n = match this.srtp.receive(&mut buf[..n], srtcp, &srtp_drops) {
             Ok(n) => n,
             Err(counter) => {
                 counter.inc();
@@ -656,7 +658,7 @@ async fn relay_loop(
             no_destination.inc();
             continue;
         };
-        let packet = match other.srtp.send(data, &mut out_buf, rtcp) {
+        let packet = match other.srtp.send(data, &mut out_buf, srtcp) {
             Ok(p) => p,
             Err(_) => {
                 srtp_drops.protect_failed.inc();

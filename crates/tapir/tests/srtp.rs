@@ -87,7 +87,10 @@ fn srtp_caller_plain_callee(suite: srtp::Suite) {
     assert_eq!(ours.suite(), suite);
     assert_ne!(ours.keying.master, k.master);
 
-    call.talk(CALLER_HZ, 150, Some(75));
+    call.talk(CALLER_HZ, 75, Some(40));
+    // SRTCP multiplexed on the RTP port is unprotected as SRTCP, not refused as bad SRTP.
+    call.send_muxed_rtcp();
+    call.talk(CALLER_HZ, 75, None);
     assert!(call.bye(), "BYE answered");
     assert_eq!(b.wait(Duration::from_secs(20)), 0, "{}", b.logs());
 
