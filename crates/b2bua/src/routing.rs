@@ -121,6 +121,10 @@ pub struct RouteTls {
     pub pinned_cert: Option<std::path::PathBuf>,
     /// Name the certificate must carry; the target's IP address when absent.
     pub server_name: Option<String>,
+    /// PEM certificate chain tapir presents when the target asks for one (mutual TLS).
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -96,6 +96,13 @@ pub struct SipConfig {
     /// PEM private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CAs that client certificates of TLS peers are verified against; without it no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// With `tls_client_ca`: refuse peers that present no client certificate.
+    #[serde(default)]
+    pub tls_require_client_cert: bool,
     #[serde(default)]
     pub advertise: Vec<SocketAddr>,
     pub t1_ms: u64,
@@ -339,8 +346,13 @@ impl Config {
     pub fn tls(&self) -> Result<Option<crate::tls::Tls>> {
         let server = match (&self.sip.tls_cert, &self.sip.tls_key) {
             (Some(c), Some(k)) => Some(
-                crate::tls::TlsServer::load(c, k)
-                    .map_err(|e| anyhow::anyhow!("sip.tls_cert: {e:#}"))?,
+                crate::tls::TlsServer::load(crate::tls::ServerFiles {
+                    cert: c.clone(),
+                    key: k.clone(),
+                    client_ca: self.sip.tls_client_ca.clone(),
+                    require_client_cert: self.sip.tls_require_client_cert,
+                })
+                .map_err(|e| anyhow::anyhow!("sip.tls_cert: {e:#}"))?,
             ),
             (None, None) => None,
             _ => bail!("sip: tls_cert and tls_key go together"),

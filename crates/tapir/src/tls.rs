@@ -32,38 +32,75 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The listener side: certificate chain and key, reloadable.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("cannot read a private key from {}", path.display()))
+}
+
+fn roots(path: &Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots
+            .add(c)
+            .with_context(|| format!("{}: bad CA certificate", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Where the listener's certificate, key and client CAs are read from.
+#[derive(Debug, Clone)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are verified against these CAs; a client without one is still
+    /// accepted unless `require_client_cert`.
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: bool,
+}
+
+/// The listener side, reloadable.
 pub struct TlsServer {
-    cert: PathBuf,
-    key: PathBuf,
+    files: ServerFiles,
     config: RwLock<Arc<ServerConfig>>,
 }
 
 impl TlsServer {
-    pub fn load(cert: &Path, key: &Path) -> Result<Self> {
-        let config = Self::build(cert, key)?;
+    pub fn load(files: ServerFiles) -> Result<Self> {
+        let config = Self::build(&files)?;
         Ok(Self {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            files,
             config: RwLock::new(Arc::new(config)),
         })
     }
 
-    fn build(cert: &Path, key: &Path) -> Result<ServerConfig> {
-        let chain = read_certs(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .with_context(|| format!("cannot read a private key from {}", key.display()))?;
-        let cfg = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+    fn build(f: &ServerFiles) -> Result<ServerConfig> {
+        let chain = read_certs(&f.cert)?;
+        let key = read_key(&f.key)?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &f.client_ca {
+            Some(ca) => {
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(ca)?),
+                    provider(),
+                );
+                let v = if f.require_client_cert {
+                    v
+                } else {
+                    v.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(v.build().context("sip.tls_client_ca")?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        builder
             .with_single_cert(chain, key)
-            .context("certificate and key do not match")?;
-        Ok(cfg)
+            .context("certificate and key do not match")
     }
 
     /// Reads the files again (SIGHUP). On error the previous certificate stays in force.
     pub fn reload(&self) -> Result<()> {
-        let cfg = Self::build(&self.cert, &self.key)?;
+        let cfg = Self::build(&self.files)?;
         *self.config.write().unwrap() = Arc::new(cfg);
         Ok(())
     }
@@ -150,16 +187,8 @@ impl TlsClients {
         for (addr, t) in targets {
             let builder = ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()?;
-            let cfg = match (&t.ca_file, &t.pinned_cert) {
-                (Some(ca), None) => {
-                    let mut roots = RootCertStore::empty();
-                    for c in read_certs(ca)? {
-                        roots
-                            .add(c)
-                            .with_context(|| format!("{}: bad CA certificate", ca.display()))?;
-                    }
-                    builder.with_root_certificates(roots).with_no_client_auth()
-                }
+            let builder = match (&t.ca_file, &t.pinned_cert) {
+                (Some(ca), None) => builder.with_root_certificates(roots(ca)?),
                 (None, Some(pin)) => {
                     let cert = read_certs(pin)?.remove(0);
                     builder
@@ -168,12 +197,18 @@ impl TlsClients {
                             cert,
                             provider: provider(),
                         }))
-                        .with_no_client_auth()
                 }
                 (Some(_), Some(_)) => bail!("target {addr}: tls has both ca_file and pinned_cert"),
                 (None, None) => {
                     bail!("target {addr} uses TLS: its route needs tls.ca_file or tls.pinned_cert")
                 }
+            };
+            let cfg = match (&t.client_cert, &t.client_key) {
+                (Some(c), Some(k)) => builder
+                    .with_client_auth_cert(read_certs(c)?, read_key(k)?)
+                    .with_context(|| format!("target {addr}: client certificate and key"))?,
+                (None, None) => builder.with_no_client_auth(),
+                _ => bail!("target {addr}: tls.client_cert and tls.client_key go together"),
             };
             let name = match &t.server_name {
                 Some(n) => ServerName::try_from(n.clone())

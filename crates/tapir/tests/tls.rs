@@ -53,6 +53,11 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    connector_with(ca_pem, None)
+}
+
+/// A connector trusting `ca_pem`, presenting `client` (a certificate and key) when given.
+fn connector_with(ca_pem: &str, client: Option<&Pki>) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -62,8 +67,18 @@ fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let cfg = match client {
+        Some(p) => cfg
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(p.cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => cfg.with_no_client_auth(),
+    };
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
@@ -240,18 +255,39 @@ fn tempfile_dir() -> tapir_tests::tempfile::TempDir {
 /// A TLS server standing in for a target, presenting `p`'s certificate; it notes the first
 /// line of the first message it is sent, and answers nothing.
 async fn fake_target(p: &Pki) -> (u16, Arc<std::sync::Mutex<String>>) {
+    fake_target_with(p, None).await
+}
+
+/// [`fake_target`] that demands a client certificate signed by `client_ca` when given.
+async fn fake_target_with(
+    p: &Pki,
+    client_ca: Option<&str>,
+) -> (u16, Arc<std::sync::Mutex<String>>) {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(p.cert.as_bytes())
         .map(|c| c.unwrap())
         .collect();
     let key = PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(v)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let cfg = builder.with_single_cert(certs, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -347,4 +383,100 @@ async fn a_target_with_a_certificate_the_route_does_not_trust_is_refused() {
             "{log}"
         );
     }
+}
+
+/// OPTIONS over a TLS connection made by `connector`; whether tapir answered it.
+async fn options_answered(port: u16, c: tokio_rustls::TlsConnector) -> bool {
+    let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let Ok(mut s) = c.connect(name, tcp).await else {
+        return false;
+    };
+    let local = s.get_ref().0.local_addr().unwrap();
+    if s.write_all(request("OPTIONS", port, local, 1, "", "").as_bytes())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = vec![0u8; 4096];
+    // TLS 1.3 reports a refused client certificate on the first read, not in the handshake.
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 200"),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_verified_both_ways() {
+    let dir = tempfile_dir();
+    let server = pki("server");
+    let clients = pki("clients");
+    let strangers = pki("strangers");
+    // Toward a target that demands a client certificate of the `clients` CA.
+    let (target, seen) = fake_target_with(&server, Some(&clients.ca)).await;
+    let ca = write(dir.path(), "server-ca.pem", &server.ca);
+    let ccert = write(dir.path(), "client.crt", &clients.cert);
+    let ckey = write(dir.path(), "client.key", &clients.key);
+    let routes = format!(
+        "[[routes]]\nname = \"mtls-trunk\"\ntarget = \"sip:127.0.0.1:{target};transport=tls\"\ncustomer = \"caller\"\n\
+         record = \"never\"\ntls = {{ ca_file = \"{ca}\", client_cert = \"{ccert}\", client_key = \"{ckey}\" }}\n"
+    );
+    let tls_port = free_port("127.0.0.1");
+    let opts = TapirOptions {
+        t1_ms: 50,
+        env: vec![
+            (
+                "TAPIR_SIP__LISTEN_TLS".into(),
+                format!("[\"127.0.0.1:{tls_port}\"]"),
+            ),
+            (
+                "TAPIR_SIP__TLS_CERT".into(),
+                write(dir.path(), "t.crt", &server.cert),
+            ),
+            (
+                "TAPIR_SIP__TLS_KEY".into(),
+                write(dir.path(), "t.key", &server.key),
+            ),
+            (
+                "TAPIR_SIP__TLS_CLIENT_CA".into(),
+                write(dir.path(), "cca.pem", &clients.ca),
+            ),
+        ],
+        ..TapirOptions::default()
+    };
+    let t = Tapir::start(BIN, &routes, opts);
+
+    // Listener: a client certificate of the configured CA, or none (optional), is accepted;
+    // one of another CA is refused and counted.
+    assert!(options_answered(tls_port, connector_with(&server.ca, Some(&clients))).await);
+    assert!(options_answered(tls_port, connector_with(&server.ca, None)).await);
+    assert!(!options_answered(tls_port, connector_with(&server.ca, Some(&strangers))).await);
+    t.wait_metric(
+        "tapir_tls_handshake_failures_total{side=\"in\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+
+    // Target: tapir presents its client certificate and the INVITE gets through.
+    let port = t.sip_port;
+    let _ = tokio::task::spawn_blocking(move || {
+        tapir_tests::sdes::invite_user(port, "1000", "m=audio {port} RTP/AVP 8\r\n", None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        seen.lock()
+            .unwrap()
+            .starts_with("INVITE sip:1000@127.0.0.1"),
+        "{:?}\n{}",
+        seen.lock().unwrap(),
+        t.log()
+    );
+    assert_eq!(
+        t.metric("tapir_tls_handshake_failures_total{side=\"out\"}"),
+        0.0
+    );
 }
