@@ -455,10 +455,16 @@ pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
 
 /// Writes a pcap of RFC 4733 telephone-events (payload type 101) keying `digits` the way a
 /// desk phone does: 100 ms per key with updates every 20 ms, the end packet sent three times,
-/// 100 ms between keys; one SSRC and increasing timestamps throughout.
+/// 100 ms between keys; one SSRC and increasing timestamps throughout. Pcaps of different
+/// digits start at different timestamps and sequence numbers, as one phone's later key
+/// presses do: a detector must not take `*5` after `*4` for a repeat of the same `*`.
 pub fn write_dtmf_pcap(path: &Path, digits: &str) {
     let mut list = Vec::new();
-    let (mut t_us, mut ts, mut seq) = (0u64, 16000u32, 1000u16);
+    let base = digits
+        .bytes()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 1000;
+    let (mut t_us, mut ts, mut seq) = (0u64, 16000 + base * 8000, 1000 + base as u16 * 20);
     for d in digits.chars() {
         let code = media::dtmf::digit_to_event_code(d).expect("DTMF digit");
         for i in 0..8u16 {
@@ -481,8 +487,162 @@ pub fn write_dtmf_pcap(path: &Path, digits: &str) {
     write_pcap(path, &list);
 }
 
+/// The two frequencies (Hz) of a DTMF key (ITU-T Q.23).
+fn dtmf_freqs(d: char) -> (f64, f64) {
+    let row = |r| [697.0, 770.0, 852.0, 941.0][r];
+    let col = |c| [1209.0, 1336.0, 1477.0, 1633.0][c];
+    let (r, c) = match d {
+        '1' => (0, 0),
+        '2' => (0, 1),
+        '3' => (0, 2),
+        'A' => (0, 3),
+        '4' => (1, 0),
+        '5' => (1, 1),
+        '6' => (1, 2),
+        'B' => (1, 3),
+        '7' => (2, 0),
+        '8' => (2, 1),
+        '9' => (2, 2),
+        'C' => (2, 3),
+        '*' => (3, 0),
+        '0' => (3, 1),
+        '#' => (3, 2),
+        _ => (3, 3),
+    };
+    (row(r), col(c))
+}
+
+/// One span of [`write_pcma_pcap`]'s audio.
+#[derive(Clone, Copy, Debug)]
+pub enum Audio {
+    /// A sine at this frequency, for this many seconds.
+    Tone(f64, f64),
+    /// In-band DTMF keys (100 ms each, 100 ms apart), as a phone without telephone-event
+    /// sends them.
+    Keys(&'static str),
+}
+
+/// Writes one PCMA stream (payload type 8, 20 ms packets, one SSRC) of the spans in order.
+pub fn write_pcma_pcap(path: &Path, spans: &[Audio]) {
+    let mut samples: Vec<f64> = Vec::new();
+    for s in spans {
+        match *s {
+            Audio::Tone(f, secs) => {
+                let n = (secs * 8000.0) as usize;
+                samples.extend(
+                    (0..n).map(|i| {
+                        8000.0 * (2.0 * std::f64::consts::PI * f * i as f64 / 8000.0).sin()
+                    }),
+                );
+            }
+            Audio::Keys(keys) => {
+                for d in keys.chars() {
+                    let (lo, hi) = dtmf_freqs(d);
+                    samples.extend((0..800).map(|i| {
+                        let t = i as f64 / 8000.0;
+                        6000.0 * (2.0 * std::f64::consts::PI * lo * t).sin()
+                            + 6000.0 * (2.0 * std::f64::consts::PI * hi * t).sin()
+                    }));
+                    samples.extend(std::iter::repeat_n(0.0, 800));
+                }
+            }
+        }
+    }
+    let mut list = Vec::new();
+    for (i, chunk) in samples.chunks(160).enumerate() {
+        let mut rtp = vec![0u8; 12 + chunk.len()];
+        let i = i as u32;
+        media::rtp::write_header(&mut rtp, i == 0, 8, i as u16, i * 160, 0x1234_5678);
+        for (b, x) in rtp[12..].iter_mut().zip(chunk) {
+            *b = media::codec::encode_pcma(*x as i16);
+        }
+        list.push((u64::from(i) * 20_000, rtp));
+    }
+    write_pcap(path, &list);
+}
+
+/// SSRC of the stream [`phone_keying`] builds.
+pub const PHONE_SSRC: u32 = 0x5eed_f00d;
+
+/// First sequence number of [`phone_keying`]'s stream: close below 2^16, so the numbers wrap
+/// during the call.
+pub const PHONE_FIRST_SEQ: u16 = 65_500;
+
+/// What a desk phone sends while its user keys `digits` mid-call, as one RTP stream (one SSRC,
+/// consecutive sequence numbers, timestamps following the clock): `before_s` seconds of PCMA
+/// tone at `freq` Hz, the digits as RFC 4733 events (PT 101, as [`write_dtmf_pcap`] keys them;
+/// no audio meanwhile), one RTCP sender report counting everything sent so far, then `after_s`
+/// seconds of tone. Items are (time in µs, UDP destination port, bytes): RTP to 6000, RTCP to
+/// 6001, which SIPp's `play_pcap_audio` sends to the media port and the one above it.
+pub fn phone_keying(
+    freq: f64,
+    before_s: f64,
+    digits: &str,
+    after_s: f64,
+) -> Vec<(u64, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let (mut t_us, mut ts, mut seq) = (0u64, 0u32, PHONE_FIRST_SEQ);
+    let (mut packets, mut octets) = (0u32, 0u32);
+    let mut phase = 0.0f64;
+    let mut audio = |out: &mut Vec<_>, t_us: &mut u64, ts: &mut u32, seq: &mut u16, secs: f64| {
+        for i in 0..(secs / 0.02) as u32 {
+            let mut rtp = vec![0u8; 172];
+            media::rtp::write_header(&mut rtp, i == 0, 8, *seq, *ts, PHONE_SSRC);
+            for b in rtp[12..].iter_mut() {
+                *b = media::codec::encode_pcma((8000.0 * phase.sin()) as i16);
+                phase += 2.0 * std::f64::consts::PI * freq / 8000.0;
+            }
+            out.push((*t_us, 6000, rtp));
+            *seq = seq.wrapping_add(1);
+            *ts = ts.wrapping_add(160);
+            *t_us += 20_000;
+        }
+    };
+    audio(&mut out, &mut t_us, &mut ts, &mut seq, before_s);
+    for d in digits.chars() {
+        let code = media::dtmf::digit_to_event_code(d).expect("DTMF digit");
+        for i in 0..8u16 {
+            let end = i >= 5;
+            let dur = 160 * (i.min(4) + 1);
+            let mut rtp = vec![0u8; 16];
+            media::rtp::write_header(&mut rtp, i == 0, 101, seq, ts, PHONE_SSRC);
+            rtp[12] = code;
+            rtp[13] = if end { 0x80 | 10 } else { 10 };
+            rtp[14..16].copy_from_slice(&dur.to_be_bytes());
+            out.push((t_us, 6000, rtp));
+            seq = seq.wrapping_add(1);
+            if i < 5 {
+                t_us += 20_000;
+            }
+        }
+        // 100 ms of the key's events and 100 ms between keys, in RTP time too.
+        t_us += 100_000;
+        ts = ts.wrapping_add(1600);
+    }
+    for (_, _, p) in &out {
+        packets += 1;
+        octets += p.len() as u32 - 12;
+    }
+    let mut sr = vec![0x80, 200, 0, 6];
+    sr.extend(PHONE_SSRC.to_be_bytes());
+    sr.extend([0u8; 8]);
+    sr.extend(ts.to_be_bytes());
+    sr.extend(packets.to_be_bytes());
+    sr.extend(octets.to_be_bytes());
+    out.push((t_us, 6001, sr));
+    audio(&mut out, &mut t_us, &mut ts, &mut seq, after_s);
+    out
+}
+
 /// Writes RTP packets (time in µs, RTP bytes) as an Ethernet/IPv4/UDP pcap.
 pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
+    let with_ports: Vec<(u64, u16, Vec<u8>)> =
+        packets.iter().map(|(t, p)| (*t, 6000, p.clone())).collect();
+    write_pcap_to(path, &with_ports);
+}
+
+/// Writes UDP datagrams (time in µs, destination port, bytes) as an Ethernet/IPv4/UDP pcap.
+pub fn write_pcap_to(path: &Path, packets: &[(u64, u16, Vec<u8>)]) {
     let mut out = Vec::new();
     // Global header: magic, v2.4, thiszone, sigfigs, snaplen, Ethernet.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -492,7 +652,7 @@ pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&65535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
-    for (t_us, rtp) in packets {
+    for (t_us, port, rtp) in packets {
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
         let mut frame = Vec::with_capacity(14 + ip_len);
@@ -513,8 +673,8 @@ pub fn write_pcap(path: &Path, packets: &[(u64, Vec<u8>)]) {
             0,
         ]);
         frame.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
-        frame.extend_from_slice(&6000u16.to_be_bytes());
-        frame.extend_from_slice(&6000u16.to_be_bytes());
+        frame.extend_from_slice(&port.to_be_bytes());
+        frame.extend_from_slice(&port.to_be_bytes());
         frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
         frame.extend_from_slice(&[0, 0]);
         frame.extend_from_slice(rtp);
@@ -554,14 +714,32 @@ pub fn read_stereo_wav(path: &Path) -> (Vec<i16>, Vec<i16>) {
 
 impl Sipp {
     /// Like [`Sipp::spawn`], with the test media in its working directory: `tone.pcap` (a
-    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `digit1.pcap`, `digit2.pcap`
-    /// (RFC 4733 key presses).
+    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `star4.pcap`, `star5.pcap`,
+    /// `digit1.pcap`, `digit2.pcap` (RFC 4733 key presses), `inband_star2.pcap` (the tone
+    /// with `*2` keyed in-band after 1 s), and `phone_star2.pcap` ([`phone_keying`] of `*2`
+    /// after 1 s of the tone, 1.5 s of it after).
     pub fn spawn_with_tone(name: &str, args: &[String], freq: f64, secs: f64) -> Sipp {
         let dir = tempfile::tempdir().unwrap();
         write_tone_pcap(&dir.path().join("tone.pcap"), freq, secs);
+        write_pcap_to(
+            &dir.path().join("phone_star2.pcap"),
+            &phone_keying(freq, 1.0, "*2", 1.5),
+        );
         write_dtmf_pcap(&dir.path().join("star2.pcap"), "*2");
         write_dtmf_pcap(&dir.path().join("digit1.pcap"), "1");
         write_dtmf_pcap(&dir.path().join("digit2.pcap"), "2");
+        write_dtmf_pcap(&dir.path().join("star4.pcap"), "*4");
+        write_dtmf_pcap(&dir.path().join("star5.pcap"), "*5");
+        // The agent's audio of a phone without telephone-event: its tone, then *2 keyed
+        // in-band 1 s in, then its tone again.
+        write_pcma_pcap(
+            &dir.path().join("inband_star2.pcap"),
+            &[
+                Audio::Tone(freq, 1.0),
+                Audio::Keys("*2"),
+                Audio::Tone(freq, secs),
+            ],
+        );
         Self::spawn_in(name, args, dir)
     }
 

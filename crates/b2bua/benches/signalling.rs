@@ -239,6 +239,7 @@ fn main() {
         format: None,
         srtp: Default::default(),
         tls: None,
+        external: false,
     };
     let routes = Routes::compile(&[route], &HashMap::new()).expect("route");
     let config = Config {

@@ -179,6 +179,9 @@ pub enum CallEvent {
         x_headers: Vec<(String, String)>,
         /// Where the caller's INVITE came from (for zone-based classification).
         source: SocketAddr,
+        /// The registered account the call goes to, when leg B is a phone registered through
+        /// tapir (whichever of its URIs the PBX dialled): the station.
+        station: Option<String>,
     },
     Answered {
         call: CallId,
@@ -204,6 +207,17 @@ pub enum CallEvent {
         call: CallId,
         outcome: Outcome,
     },
+    /// A REFER crossed `call` and was pointed at tapir: the transferee's INVITE will continue
+    /// the contact (see [`CallEvent::Transferred`]).
+    TransferRequested {
+        call: CallId,
+        /// The Refer-To carries Replaces: the referrer consulted the target first (attended).
+        attended: bool,
+        /// A route marked `external` would carry the target's user.
+        external: bool,
+        /// The Refer-To's user part (a number, for the emergency list).
+        target: String,
+    },
     /// The new call `call` continues the contact of call `previous`: the transferee's INVITE
     /// after a REFER tapir relayed, or an INVITE with Replaces naming a dialog of a call
     /// through tapir (see the `transfer` module). Emitted just before `call`'s `Started`.
@@ -219,6 +233,9 @@ pub enum CallEvent {
     },
 }
 
+// Call events are a few per call against many transmits, but they pass through a queue that
+// is drained at once: the size costs a little memory in that queue, a box an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     Transmit { to: Peer, data: Vec<u8> },
@@ -232,6 +249,8 @@ pub struct Stats {
     pub messages_in: u64,
     pub messages_out: u64,
     pub parse_errors: u64,
+    /// CRLF keep-alives received (RFC 5626): not SIP messages, not parse errors.
+    pub keepalives: u64,
     pub bad_requests_answered: u64,
     /// Requests refused or dropped by the per-source rate limit.
     pub flood_limited: u64,
@@ -542,6 +561,19 @@ impl B2bua {
 
     /// Feeds one datagram (or one framed stream message) received from `from`.
     pub fn handle_message(&mut self, now: Instant, data: &[u8], from: Peer) {
+        if let Some(k) = sip::message::keepalive(data) {
+            // RFC 5626 §3.5.1: a double CRLF on a connection is answered with one CRLF. Over
+            // UDP a CRLF is a NAT keep-alive (RFC 5626's UDP keep-alive is STUN) that wants no
+            // answer, and answering a datagram whose source may be forged helps no one.
+            self.stats.keepalives += 1;
+            if k == sip::message::KeepAlive::Ping && from.transport.is_reliable() {
+                self.out.push_back(Output::Transmit {
+                    to: from,
+                    data: sip::message::PONG.to_vec(),
+                });
+            }
+            return;
+        }
         self.stats.messages_in += 1;
         self.clock = Some(now);
         // Responses belong to our own transactions and are never rate limited; requests are
@@ -622,8 +654,11 @@ impl B2bua {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         let o = self.out.pop_front();
-        if let Some(Output::Transmit { .. }) = &o {
-            self.stats.messages_out += 1;
+        if let Some(Output::Transmit { data, .. }) = &o {
+            // A keep-alive pong is no SIP message.
+            if data != sip::message::PONG {
+                self.stats.messages_out += 1;
+            }
         }
         o
     }
@@ -1066,6 +1101,7 @@ impl B2bua {
             format: route.format.clone(),
             x_headers: x_tapir_headers(&req),
             source: from.addr,
+            station: route.station.clone(),
         }));
         self.out.push_back(Output::Media(MediaCommand::Open {
             call,
@@ -1865,6 +1901,19 @@ impl B2bua {
                     self.respond(now, &key, r);
                     return;
                 }
+                if req.method == Method::Info {
+                    if let Some(why) = bad_flow_info(&req) {
+                        // A flow's command that does not parse must not change a recording
+                        // silently, nor reach the other party as if it had been obeyed.
+                        tracing::info!(call, leg = ?leg, "INFO refused: {why}");
+                        let mut r = req.response(400, &format!("Bad Request: {why}"));
+                        if let Some(c) = self.calls.get(&call) {
+                            set_to_tag(&mut r, &c.leg(leg).dialog.local_tag);
+                        }
+                        self.respond(now, &key, r);
+                        return;
+                    }
+                }
                 self.out.push_back(Output::Call(CallEvent::InDialog {
                     call,
                     leg,
@@ -2073,6 +2122,32 @@ fn same_family<T: Copy>(peer: Peer, items: &[T], is_v4: fn(&T) -> bool) -> Optio
 }
 
 /// The `X-Tapir-*` headers of a request (flow directives, consent, policy facts).
+/// Why an in-dialog INFO cannot be obeyed: an `X-Tapir-Record` or `X-Tapir-Consent` that does
+/// not parse, or a DTMF body (`application/dtmf-relay`, `application/dtmf`) that is not one
+/// digit. `None` for anything else, which is relayed as it is.
+fn bad_flow_info(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers.get("X-Tapir-Record") {
+        if let Err(e) = policy::parse_record_header(v) {
+            return Some(format!("X-Tapir-Record: {e}"));
+        }
+    }
+    if let Some(v) = req.headers.get("X-Tapir-Consent") {
+        if let Err(e) = v.trim().parse::<policy::Consent>() {
+            return Some(format!("X-Tapir-Consent: {e}"));
+        }
+    }
+    let ct = req.content_type().unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let dtmf = media.eq_ignore_ascii_case("application/dtmf-relay")
+        || media.eq_ignore_ascii_case("application/dtmf");
+    if dtmf {
+        if let Err(e) = media::dtmf::parse_info_body(ct, &req.body) {
+            return Some(format!("DTMF body: {e}"));
+        }
+    }
+    None
+}
+
 fn x_tapir_headers(req: &Request) -> Vec<(String, String)> {
     req.headers
         .0
@@ -2174,6 +2249,56 @@ pub fn is_tapir_branch(via: &Via) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn core() -> B2bua {
+        let cfg = Config {
+            sip_addrs: vec!["192.0.2.1:5060".parse().unwrap()],
+            media_ips: vec!["192.0.2.1".parse().unwrap()],
+            timers: sip::transaction::Timers::default(),
+            rtp_ports: (40000, 40099),
+            id_seed: 1,
+            user_agent: "tapir-test".into(),
+        };
+        B2bua::new(cfg, routing::Routes::default())
+    }
+
+    fn outputs(b: &mut B2bua) -> Vec<(Peer, Vec<u8>)> {
+        std::iter::from_fn(|| b.poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit { to, data } => Some((to, data)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ping_on_a_connection_gets_a_pong_and_udp_crlfs_get_nothing() {
+        let mut b = core();
+        let now = Instant::now();
+        let tcp = Peer {
+            addr: "192.0.2.10:40123".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        let udp = Peer {
+            addr: "192.0.2.10:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        b.handle_message(now, b"\r\n\r\n", tcp);
+        assert_eq!(outputs(&mut b), [(tcp, b"\r\n".to_vec())]);
+        // A pong or stray CRLF on a connection, and any CRLFs over UDP, are not answered.
+        b.handle_message(now, b"\r\n", tcp);
+        b.handle_message(now, b"\r\n\r\n", udp);
+        b.handle_message(now, b"\r\n", udp);
+        assert!(outputs(&mut b).is_empty());
+        let s = b.stats();
+        assert_eq!(s.keepalives, 4);
+        assert_eq!(s.parse_errors, 0, "keep-alives are no parse errors");
+        assert_eq!((s.messages_in, s.messages_out), (0, 0), "nor SIP messages");
+        // Junk is still junk.
+        b.handle_message(now, b"\r\nX\r\n\r\n", udp);
+        assert_eq!(b.stats().parse_errors, 1);
+        assert_eq!(b.stats().keepalives, 4);
+    }
 
     #[test]
     fn sent_by_has_ipv6_in_brackets_and_no_scope_id() {

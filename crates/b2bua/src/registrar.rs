@@ -165,6 +165,7 @@ impl RegistrarConfig {
             format: self.format.clone(),
             srtp: Default::default(),
             tls: None,
+            external: false,
         };
         let routes = Routes::compile(&[rc], &HashMap::new())
             .map_err(|e| ctx(e.to_string().replace("route 'registrar': ", "")))?;
@@ -570,6 +571,7 @@ impl B2bua {
         }
         route.target = b.peer.addr;
         route.transport = b.peer.transport;
+        route.station = Some(b.user.clone());
         Some(route)
     }
 

@@ -103,6 +103,10 @@ pub struct RouteConfig {
     /// Recording file format for this route (`wav`, `mp3`); recorder default when absent.
     #[serde(default)]
     pub format: Option<String>,
+    /// The route's numbers are outside the contact centre (a carrier trunk, an emergency
+    /// service): a transfer whose target this route would carry is an external transfer.
+    #[serde(default)]
+    pub external: bool,
     /// SRTP on each leg and what to do with streams tapir cannot decrypt.
     #[serde(default)]
     pub srtp: RouteSrtp,
@@ -140,6 +144,10 @@ pub struct Route {
     pub direction: Option<String>,
     pub record: Option<String>,
     pub format: Option<String>,
+    pub external: bool,
+    /// The registered account a call on this route goes to (calls to phones registered
+    /// through tapir): the station, whatever Contact the PBX dialled.
+    pub station: Option<String>,
     pub srtp: RouteSrtp,
 }
 
@@ -203,6 +211,8 @@ impl Routes {
                 direction: r.direction.clone(),
                 record: r.record.clone(),
                 format: r.format.clone(),
+                external: r.external,
+                station: None,
                 srtp: r.srtp,
             });
         }
@@ -220,6 +230,18 @@ impl Routes {
                 && r.user_prefix.as_deref().is_none_or(|p| user.starts_with(p))
                 && r.user_pattern.as_ref().is_none_or(|p| p.is_match(user))
         })
+    }
+
+    /// Whether a call to `user` would leave the contact centre: the first route (whatever its
+    /// source networks) whose user filters match it is marked `external`.
+    pub fn is_external(&self, user: &str) -> bool {
+        self.routes
+            .iter()
+            .find(|r| {
+                r.user_prefix.as_deref().is_none_or(|p| user.starts_with(p))
+                    && r.user_pattern.as_ref().is_none_or(|p| p.is_match(user))
+            })
+            .is_some_and(|r| r.external)
     }
 
     /// Whether some route sends calls to `addr`: the only addresses a request may steer
@@ -253,6 +275,7 @@ mod tests {
             direction: None,
             record: None,
             format: None,
+            external: false,
             srtp: Default::default(),
             tls: None,
         }

@@ -177,6 +177,7 @@ fn direct_route(meta: &CallMeta, target_uri: Uri, peer: Peer, customer: Side) ->
         format: meta.format.clone(),
         srtp: meta.srtp,
         tls: None,
+        external: false,
     };
     let routes = Routes::compile(&[cfg], &HashMap::new()).ok()?;
     let mut r = routes.find(peer.addr.ip(), "")?.clone();
@@ -229,10 +230,22 @@ impl B2bua {
         let to = from_leg.other();
         let transferee = c.leg(to).peer;
         let mut target = na.uri.clone();
+        let attended = target
+            .sip()
+            .and_then(|s| s.headers.as_deref())
+            .is_some_and(|h| h.to_ascii_lowercase().contains("replaces="));
         if let Some(s) = target.sip_mut() {
             s.headers = None;
             s.params.remove(XFER_PARAM);
         }
+        let target_user = target.user().unwrap_or("").to_owned();
+        self.out
+            .push_back(crate::Output::Call(crate::CallEvent::TransferRequested {
+                call,
+                attended,
+                external: self.routes.is_external(&target_user),
+                target: target_user,
+            }));
         let pending = Pending {
             call,
             contact: c.x.contact,

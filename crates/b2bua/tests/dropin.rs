@@ -77,6 +77,7 @@ impl H {
             format: None,
             srtp: Default::default(),
             tls: None,
+            external: false,
         };
         // The transfer target is a next hop tapir knows (a route of its own): a Refer-To may
         // only steer calls to such hosts.
@@ -86,7 +87,15 @@ impl H {
             target: format!("sip:{TARGET}"),
             ..route.clone()
         };
-        let routes = Routes::compile(&[to_target, route], &HashMap::new()).unwrap();
+        // Numbers outside the contact centre.
+        let carrier = RouteConfig {
+            name: "carrier".into(),
+            user_prefix: Some("00".into()),
+            target: format!("sip:{TARGET}"),
+            external: true,
+            ..route.clone()
+        };
+        let routes = Routes::compile(&[to_target, carrier, route], &HashMap::new()).unwrap();
         let b = B2bua::new(cfg, routes);
         let free_ports = b.free_ports();
         let t0 = Instant::now();
@@ -569,6 +578,38 @@ fn refer_to_an_unknown_host_is_sent_to_the_referrer() {
 }
 
 #[test]
+fn a_transfer_says_whether_it_is_attended_and_whether_its_target_is_external() {
+    for (refer_to, attended, external) in [
+        (format!("<sip:00441234@{TARGET}>"), false, true),
+        (
+            format!("<sip:00441234@{TARGET}?Replaces=abc%40x%3Bto-tag%3D1%3Bfrom-tag%3D2>"),
+            true,
+            true,
+        ),
+        (
+            format!("<sip:2000@{TARGET}?Replaces=abc%40x%3Bto-tag%3D1%3Bfrom-tag%3D2>"),
+            true,
+            false,
+        ),
+    ] {
+        let mut h = H::new();
+        let (_caller, mut callee, call) = establish(&mut h, "xfer-k", "", "");
+        let refer = callee_request(&mut callee, "REFER", &format!("Refer-To: {refer_to}\n"));
+        h.feed(CALLEE, msg(&refer, ""));
+        let got = h.events.iter().find_map(|e| match e {
+            CallEvent::TransferRequested {
+                call: c,
+                attended,
+                external,
+                ..
+            } if *c == call => Some((*attended, *external)),
+            _ => None,
+        });
+        assert_eq!(got, Some((attended, external)), "{refer_to}");
+    }
+}
+
+#[test]
 fn blind_transfer_by_the_callee_goes_through_tapir_and_keeps_the_contact() {
     let mut h = H::new();
     let (mut caller, mut callee, call) = establish(&mut h, "xfer-1", "", "");
@@ -594,6 +635,15 @@ fn blind_transfer_by_the_callee_goes_through_tapir_and_keeps_the_contact() {
     );
     assert!(param(&target, "tapir-xfer").is_some(), "{target}");
     assert_eq!(h.b.pending_transfers(), 1);
+    assert!(
+        h.events.iter().any(|e| matches!(
+            e,
+            CallEvent::TransferRequested { call: c, attended: false, external: false, target }
+                if *c == call && target == "2000"
+        )),
+        "{:?}",
+        h.events
+    );
 
     h.answer(CALLER, &a_refer, 202, "", "", "");
     let accepted = h.take_response(CALLEE, 202);

@@ -55,6 +55,7 @@ impl World {
                 format: None,
                 srtp: Default::default(),
                 tls: None,
+                external: false,
             }],
             &HashMap::new(),
         )

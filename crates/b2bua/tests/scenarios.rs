@@ -367,6 +367,27 @@ fn info_and_options_in_dialog_are_relayed_end_to_end() {
 }
 
 #[test]
+fn a_dtmf_info_that_is_no_digit_is_refused_and_not_relayed() {
+    let mut w = World::new(Setup::default());
+    w.call();
+    w.caller.request(
+        w.now,
+        Method::Info,
+        Some(("application/dtmf-relay", b"Signal=hello\r\n".to_vec())),
+    );
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.statuses(Method::Info), vec![400]);
+    assert!(w.callee.requests(Method::Info).is_empty());
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, b2bua::CallEvent::InDialog { .. })));
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    w.assert_clean();
+}
+
+#[test]
 fn requests_in_flight_when_the_call_ends_are_answered() {
     let mut w = World::new(Setup::default());
     w.call();
@@ -558,7 +579,6 @@ fn garbage_is_counted_and_dropped() {
     for junk in [
         &b"\x00\x01\x02garbage"[..],
         b"",
-        b"\r\n\r\n",
         b"HELLO WORLD\r\n\r\n",
         b"SIP/2.0 999 Nope\r\n\r\n",
         &[0xff; 300],
@@ -566,10 +586,25 @@ fn garbage_is_counted_and_dropped() {
         w.inject(CALLER, TAPIR, junk);
     }
     w.run_for(Duration::from_secs(1));
-    assert_eq!(w.tapir.stats().parse_errors, 6);
+    assert_eq!(w.tapir.stats().parse_errors, 5);
     assert_eq!(w.tapir.stats().bad_requests_answered, 0);
     assert!(w.net.messages(TAPIR, CALLER).is_empty(), "nothing answered");
     assert!(w.net.messages(TAPIR, CALLEE).is_empty());
+    w.assert_clean();
+}
+
+#[test]
+fn crlf_keepalives_over_udp_are_neither_answered_nor_parse_errors() {
+    let mut w = World::new(Setup::default());
+    for ka in [&b"\r\n\r\n"[..], b"\r\n", b"\r\n\r\n\r\n\r\n"] {
+        w.inject(CALLER, TAPIR, ka);
+    }
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.tapir.stats().keepalives, 3);
+    assert_eq!(w.tapir.stats().parse_errors, 0);
+    assert_eq!(w.tapir.stats().messages_in, 0);
+    // Nothing answered, not even a CRLF: the network carried the three keep-alives only.
+    assert_eq!(w.net.sent, 3);
     w.assert_clean();
 }
 

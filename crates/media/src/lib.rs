@@ -1,4 +1,4 @@
-//! Media for tapir: RTP/RTCP packet views, codecs (decode to 8 kHz PCM) and DTMF detection.
+//! Media for tapir: RTP/RTCP packet views and renumbering, codecs (decode to 8 kHz PCM) and DTMF detection.
 //!
 //! Everything here is sans-IO: functions and state machines take bytes and time as input and
 //! never touch sockets or clocks. The relay in the binary and the recorder build on it.

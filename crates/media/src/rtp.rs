@@ -5,8 +5,15 @@
 //! The webrtc-rs `rtp` crate parses into an owned `Packet` whose payload is a `Bytes` copy and
 //! whose CSRC list and extensions are `Vec`s; on the per-packet path that is an allocation we
 //! must not pay. This borrowed view validates the header and exposes the fields in place.
+//!
+//! The one field the relay rewrites is the sequence number, when it removes packets from a
+//! stream (feature-code digits): see [`renumber`].
 
 use thiserror::Error;
+
+pub mod renumber;
+
+pub use renumber::{Removed, Renumber};
 
 /// Why a datagram is not a usable RTP/RTCP packet.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]

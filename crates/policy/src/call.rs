@@ -76,8 +76,12 @@ pub enum Event {
     Transfer {
         external: bool,
     },
-    /// The agent left while the call goes on (third party, emergency service, IVR).
-    AgentLeft,
+    /// The agent left while the call goes on: a third party (or an emergency service) stays
+    /// with the customer. Either flag set here, or in the call's facts, picks the option.
+    AgentLeft {
+        emergency: bool,
+        third_party: bool,
+    },
     /// The agent applied a disposition (wrap-up).
     Disposition,
     HangUp,
@@ -98,7 +102,7 @@ impl fmt::Display for Event {
             Event::ApiResume => f.write_str("api resume"),
             Event::Transfer { external: true } => f.write_str("transfer to an external number"),
             Event::Transfer { external: false } => f.write_str("transfer to another agent"),
-            Event::AgentLeft => f.write_str("agent left"),
+            Event::AgentLeft { .. } => f.write_str("agent left"),
             Event::Disposition => f.write_str("disposition"),
             Event::HangUp => f.write_str("hang-up"),
         }
@@ -217,11 +221,14 @@ pub enum OnDemandCommand {
     Resume,
 }
 
-/// The five ranked sources of a start/stop decision, highest first.
+/// The six ranked sources of a start/stop decision, highest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Consent,
+    /// A station whose mode is `never` for the call's direction: absolute, below consent only
+    /// because both say "no".
+    StationNever,
     OnDemand,
     FlowDirective,
     DoNotRecord,
@@ -238,7 +245,7 @@ impl Reason {
             Reason::DoNotRecordPolicy { .. } => Some(Level::DoNotRecord),
             Reason::StationRule {
                 mode: Mode::Never, ..
-            } => Some(Level::DoNotRecord),
+            } => Some(Level::StationNever),
             Reason::RecordPolicy { .. } => Some(Level::Record),
             Reason::StationRule {
                 mode: Mode::Always, ..
@@ -368,6 +375,9 @@ struct Vote {
 #[derive(Clone, Debug)]
 pub struct CallPolicy {
     facts: CallFacts,
+    /// The station's mode is `never` for this call's direction: nothing is recorded, whatever
+    /// asks (see the module docs of the crate).
+    never: Option<Reason>,
     dnr: Option<Reason>,
     record: Option<Reason>,
     options: RecordingOptions,
@@ -417,13 +427,10 @@ impl CallPolicy {
             .do_not_record_policies
             .iter()
             .find(|p| p.filter.matches(&facts));
-        let dnr = match (dnr_policy, station_mode) {
-            (Some(p), _) => Some(Reason::DoNotRecordPolicy {
-                name: p.name.clone(),
-            }),
-            (None, Mode::Never) => Some(station_reason.clone()),
-            (None, _) => None,
-        };
+        let never = (station_mode == Mode::Never).then(|| station_reason.clone());
+        let dnr = dnr_policy.map(|p| Reason::DoNotRecordPolicy {
+            name: p.name.clone(),
+        });
 
         let mut selected = None;
         let mut first_match = None;
@@ -461,7 +468,7 @@ impl CallPolicy {
             Some(p) => notes.push(format!("options from record policy {:?}", p.name)),
             None => notes.push("options from the defaults".to_owned()),
         }
-        if let Some(r) = &dnr {
+        if let Some(r) = never.as_ref().or(dnr.as_ref()) {
             notes.push(format!("{r} applies"));
         }
         let consent_required = rules.consent.required_for.contains(&facts.direction);
@@ -471,6 +478,7 @@ impl CallPolicy {
 
         let mut me = Self {
             facts,
+            never,
             dnr,
             record,
             options,
@@ -578,13 +586,17 @@ impl CallPolicy {
                     }
                 }
             }
-            Event::AgentLeft => {
+            Event::AgentLeft {
+                emergency,
+                third_party,
+            } => {
+                let emergency = emergency || self.facts.is_emergency;
                 let reason = Reason::AgentLeft {
-                    emergency: self.facts.is_emergency,
-                    third_party: self.facts.is_third_party,
+                    emergency,
+                    third_party: third_party || self.facts.is_third_party,
                 };
                 self.stop_statement(reason.clone());
-                let (keep, option) = if self.facts.is_emergency {
+                let (keep, option) = if emergency {
                     (
                         self.options.keep_after_agent_leaves_emergency,
                         "keep_after_agent_leaves_emergency",
@@ -652,6 +664,19 @@ impl CallPolicy {
     /// Whether agent digits are being held back as a possible feature code.
     pub fn holding_digits(&self) -> bool {
         self.matcher.holding()
+    }
+
+    /// Whether nothing can ever be recorded on this call (a `never` station or route).
+    pub fn is_never(&self) -> bool {
+        self.never.is_some()
+    }
+
+    /// Adds a note to the decision log that is no event of the policy's own (a header that
+    /// did not parse, a transfer being requested), so the log tells the whole story.
+    pub fn note(&mut self, event: &str, note: String) {
+        self.seq += 1;
+        let at = self.queue.len();
+        self.push_log(event.to_owned(), at, vec![note]);
     }
 
     /// The open recorded statement, if any.
@@ -779,6 +804,7 @@ impl CallPolicy {
         let blocked = match self.consent {
             ConsentState::Denied => Some("the caller refused consent"),
             ConsentState::Unknown if self.consent_required => Some("consent is pending"),
+            _ if self.never.is_some() => Some("the station is never recorded"),
             _ => None,
         };
         if let Some(why) = blocked {
@@ -823,6 +849,9 @@ impl CallPolicy {
         }
         if self.consent_required && self.consent == ConsentState::Unknown {
             return (false, Reason::ConsentPending);
+        }
+        if let Some(r) = &self.never {
+            return (false, r.clone());
         }
         if self.phase == Phase::PreAnswer {
             return match &self.ivr {

@@ -15,18 +15,19 @@
 //! | rank | source | examples | beats | loses to |
 //! |---|---|---|---|---|
 //! | 1 | consent refusal | `X-Tapir-Consent: denied`; also *pending* consent where `consent.required_for` lists the call's direction | everything, for the rest of the call | nothing |
-//! | 2 | on-demand start/stop | the agent's `*2` (or configured stop code), control API start/stop | 3, 4, 5 | 1 |
-//! | 3 | flow directive | `X-Tapir-Record: start`, `stop`, `agent-only`, `do-not-record` | 4, 5 | 1, 2 |
-//! | 4 | do-not-record | a matching do-not-record policy; station mode `never` | 5 | 1, 2, 3 |
-//! | 5 | record | a matching record policy that samples the call in; station mode `always` | nothing | 1–4 |
+//! | 2 | `never` station | station mode `never` for the call's direction | 3–6, statements, the IVR segment | 1 |
+//! | 3 | on-demand start/stop | the agent's `*2` (or configured stop code), control API start/stop | 4, 5, 6 | 1, 2 |
+//! | 4 | flow directive | `X-Tapir-Record: start`, `stop`, `agent-only`, `do-not-record` | 5, 6 | 1–3 |
+//! | 5 | do-not-record | a matching do-not-record policy | 6 | 1–4 |
+//! | 6 | record | a matching record policy that samples the call in; station mode `always` | nothing | 1–5 |
 //! | – | none | station mode `on_demand` and no policy: not recorded | | |
 //!
-//! Within ranks 2 and 3 the latest command wins (a stop code after `*2` stops). Station modes
-//! sit inside the policy ranks: `always` is a record policy covering every call of that station
-//! and direction, `never` a do-not-record policy, and `on_demand` is neutral, so a record policy
-//! can still record such a call and `*2` works everywhere (also on a `never` station, since
-//! on-demand outranks do-not-record). Consent refusal is final; consent, like every decision
-//! here, lasts for the current call only.
+//! Within ranks 3 and 4 the latest command wins (a stop code after `*2` stops). Station modes:
+//! `always` is a record policy covering every call of that station and direction, `on_demand`
+//! is neutral (the mode where `*2` works), and `never` is absolute: such a call is wholly
+//! outside recording. A route's own mode is compiled into the rules
+//! ([`Rules::with_route_mode`]). Consent refusal is final; consent, like every decision here,
+//! lasts for the current call only.
 //!
 //! Around the ranked decision:
 //! - Before the answer, only an IVR-segment directive (`start;type=ivr`) records; the segment

@@ -103,6 +103,9 @@ pub struct Rules {
     pub record_policies: Vec<RecordPolicy>,
     /// Do-not-record policies, in priority order.
     pub do_not_record_policies: Vec<DoNotRecordPolicy>,
+    /// Emergency numbers (patterns, see [`pattern_matches`]): a call to one, or a transfer to
+    /// one, counts as an emergency call for `keep_after_agent_leaves_emergency`.
+    pub emergency_numbers: Vec<String>,
 }
 
 /// Configurable classification of calls into directions.
@@ -396,6 +399,63 @@ pub struct DoNotRecordPolicy {
 }
 
 impl Rules {
+    /// The rules for a call on a route whose own `record` setting is `mode`, so that a route's
+    /// setting is decided by the same engine and priority order as everything else (a caller's
+    /// consent refusal beats a route's `always`, as it beats any record policy):
+    ///
+    /// - `always`: a record policy covering every call of the route, ahead of the others;
+    /// - `never`: every station `never` for the route's calls, which nothing overrides;
+    /// - `on_demand`: no record policies and no `always` station: only the agent's feature
+    ///   code, the control API or a flow directive records (a `never` station stays `never`).
+    pub fn with_route_mode(&self, route: &str, mode: Mode) -> Rules {
+        let mut r = self.clone();
+        match mode {
+            Mode::Always => r.record_policies.insert(
+                0,
+                RecordPolicy {
+                    name: format!("route {route}"),
+                    percentage: 100,
+                    filter: Filter {
+                        routes: vec![route.to_owned()],
+                        ..Filter::default()
+                    },
+                    options: None,
+                },
+            ),
+            Mode::Never => {
+                r.stations.accounts.clear();
+                r.stations.default = StationModes {
+                    outbound: Mode::Never,
+                    inbound_direct: Mode::Never,
+                    inbound_ivr: Mode::Never,
+                };
+            }
+            Mode::OnDemand => {
+                r.record_policies.clear();
+                let neutral = |m: Mode| if m == Mode::Always { Mode::OnDemand } else { m };
+                let d = &mut r.stations.default;
+                d.outbound = neutral(d.outbound);
+                d.inbound_direct = neutral(d.inbound_direct);
+                d.inbound_ivr = neutral(d.inbound_ivr);
+                for o in r.stations.accounts.values_mut() {
+                    for m in [&mut o.outbound, &mut o.inbound_direct, &mut o.inbound_ivr] {
+                        *m = m.map(neutral);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// Whether `number` is one of the configured emergency numbers.
+    pub fn is_emergency_number(&self, number: &str) -> bool {
+        !number.is_empty()
+            && self
+                .emergency_numbers
+                .iter()
+                .any(|p| pattern_matches(p, number))
+    }
+
     /// Checks what the types cannot: ranges, feature-code syntax and clashes, empty or
     /// duplicate names and patterns. The error names the offending field.
     pub fn validate(&self) -> Result<(), PolicyError> {

@@ -29,7 +29,17 @@ pub struct RecordingMetadata {
     pub to: String,
     pub route: String,
     pub direction: String,
+    /// The agent-side SIP account the policy used (the registered account, not a Contact).
     pub station: Option<String>,
+    /// Agent, team, queue and skill as the flow named them (`X-Tapir-*` headers). (`agent`
+    /// names the agent channel's packet counters.)
+    pub agent_id: Option<String>,
+    pub team: Option<String>,
+    pub queue: Option<String>,
+    pub skill: Option<String>,
+    /// Whether anything of the contact was recorded, and by which rule or why not.
+    pub recorded: Option<bool>,
+    pub decision: Option<String>,
     /// Wall-clock start of the call (unix milliseconds), supplied by the driver.
     pub start_unix_ms: u64,
     /// Wall-clock end: start plus the call time covered, once known.

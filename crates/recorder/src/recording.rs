@@ -80,6 +80,10 @@ pub enum Command {
     AgentOnly { reason: String },
     /// Record both channels again (the default).
     BothChannels { reason: String },
+    /// Never write any audio from before this instant, whatever later commands say: the
+    /// audio held in the jitter window is dropped. Sent when the caller answers the consent
+    /// question, so nothing said before the answer reaches the file.
+    DiscardBuffered { reason: String },
 }
 
 impl Command {
@@ -91,6 +95,7 @@ impl Command {
             Command::Resume { .. } => CommandKind::Resume,
             Command::AgentOnly { .. } => CommandKind::AgentOnly,
             Command::BothChannels { .. } => CommandKind::BothChannels,
+            Command::DiscardBuffered { .. } => CommandKind::DiscardBuffered,
         }
     }
 
@@ -101,7 +106,8 @@ impl Command {
             | Command::Pause { reason }
             | Command::Resume { reason }
             | Command::AgentOnly { reason }
-            | Command::BothChannels { reason } => reason,
+            | Command::BothChannels { reason }
+            | Command::DiscardBuffered { reason } => reason,
         }
     }
 }
@@ -116,6 +122,7 @@ pub enum CommandKind {
     Resume,
     AgentOnly,
     BothChannels,
+    DiscardBuffered,
 }
 
 /// What a segment of the file holds.
@@ -230,6 +237,8 @@ pub struct Recording {
     dropped_events: u64,
     segments: Vec<Segment>,
     tap_drops: u64,
+    /// Audio before this position is never written ([`Command::DiscardBuffered`]).
+    discard_until: i64,
     finishing: bool,
     finished: bool,
 }
@@ -266,6 +275,7 @@ impl Recording {
             dropped_events: 0,
             segments: Vec::new(),
             tap_drops: 0,
+            discard_until: 0,
             finishing: false,
             finished: false,
         }
@@ -319,6 +329,10 @@ impl Recording {
             return;
         }
         let at = self.position(now).max(self.play);
+        if let Command::DiscardBuffered { .. } = command {
+            self.discard_until = self.discard_until.max(at);
+            return;
+        }
         let at = self.pending.back().map_or(at, |(p, _)| at.max(*p));
         self.pending.push_back((at, command));
     }
@@ -377,8 +391,12 @@ impl Recording {
                 if let Some((at, _)) = self.pending.front() {
                     end = end.min(*at);
                 }
+                let discarding = self.play < self.discard_until;
+                if discarding {
+                    end = end.min(self.discard_until);
+                }
                 let len = (end - self.play) as usize;
-                let kind = self.kind();
+                let kind = if discarding { None } else { self.kind() };
                 let from = self.play;
                 for ch in &mut self.channels {
                     ch.release(end, from, &mut self.scratch);
@@ -493,7 +511,7 @@ impl Recording {
             CommandKind::Resume if self.run == Run::Paused => self.run = Run::Recording,
             CommandKind::AgentOnly => self.agent_only = true,
             CommandKind::BothChannels => self.agent_only = false,
-            CommandKind::Pause | CommandKind::Resume => {}
+            CommandKind::Pause | CommandKind::Resume | CommandKind::DiscardBuffered => {}
         }
         let after = self.kind();
         if before == after {

@@ -493,3 +493,45 @@ fn telephone_events_stay_out_of_the_audio_and_do_not_change_the_stream() {
     let s = rec.stats(Channel::Agent);
     assert_eq!((s.received, s.lost), (100, 10));
 }
+
+#[test]
+fn discard_buffered_drops_the_held_audio_even_of_a_running_segment() {
+    let legs = vec![
+        Leg::new(
+            Channel::Customer,
+            Codec::Pcmu,
+            0,
+            vec![burst(0.0, 4.0, 400.0)],
+            4.0,
+        ),
+        Leg::new(
+            Channel::Agent,
+            Codec::Pcmu,
+            0,
+            vec![burst(0.0, 4.0, 1000.0)],
+            4.0,
+        ),
+    ];
+    let mut call = Call::new(legs, Network::clean(), 4.0);
+    let r = |s: &str| s.to_string();
+    // The start is effective at 1.0 s, but 100 ms later, while that audio is still inside the
+    // jitter window, the caller answers the consent question: nothing before 1.1 s is written.
+    call.commands = vec![
+        (1.0, Command::Start { reason: r("ivr") }),
+        (
+            1.1,
+            Command::DiscardBuffered {
+                reason: r("consent"),
+            },
+        ),
+    ];
+    let mut a = Analyzer::new();
+    let rec = call.run(&mut a);
+    // 2.9 s, give or take the harness's 20 ms tick (without the discard it would be 3.0 s).
+    assert!(
+        (23_040..=23_360).contains(&a.frames),
+        "{} frames written",
+        a.frames
+    );
+    assert_eq!(rec.segments().len(), 1);
+}

@@ -562,10 +562,43 @@ fn message_total(buf: &[u8], head_end: usize) -> Result<usize, ParseError> {
     Ok(head_end + 4 + len)
 }
 
+/// An RFC 5626 keep-alive: CR and LF bytes only, not a SIP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// A double CRLF: on a stream transport, the peer asks for a [`PONG`] (RFC 5626 §3.5.1,
+    /// §4.4.1).
+    Ping,
+    /// Any other run of CRs and LFs: a pong, or the stray CRLF RFC 3261 §7.5 allows before a
+    /// message; nothing answers it.
+    Crlf,
+}
+
+/// The double CRLF a client sends to check its flow (RFC 5626 §3.5.1).
+pub const PING: &[u8] = b"\r\n\r\n";
+
+/// The single CRLF that answers a [`PING`] on a stream transport.
+pub const PONG: &[u8] = b"\r\n";
+
+/// Whether `data` (a datagram, or a unit a [`StreamFramer`] returned) is a CRLF keep-alive
+/// rather than a message. Over UDP, RFC 5626 keeps flows alive with STUN, not CRLF; phones
+/// send CRLFs over UDP nonetheless, as NAT keep-alives that expect no answer.
+pub fn keepalive(data: &[u8]) -> Option<KeepAlive> {
+    if data.is_empty() || !data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+        return None;
+    }
+    Some(if data.windows(4).any(|w| w == PING) {
+        KeepAlive::Ping
+    } else {
+        KeepAlive::Crlf
+    })
+}
+
 /// Splits a stream transport's bytes into SIP messages (RFC 3261 §18.3), across partial reads
-/// and several messages per read, skipping keep-alive CRLFs (RFC 5626 §3.5.1) between
-/// messages. It remembers how far it has looked, so every byte is scanned once: a peer that
-/// trickles a message byte by byte costs linear, not quadratic, time.
+/// and several messages per read. CRLFs between messages are keep-alives: each double CRLF
+/// (RFC 5626 §3.5.1 "ping", also when split across reads) is returned as a unit of its own,
+/// [`PING`], for the receiver to answer with a [`PONG`]; other CRLFs are skipped. It remembers
+/// how far it has looked, so every byte is scanned once: a peer that trickles a message byte by
+/// byte costs linear, not quadratic, time.
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     buf: Vec<u8>,
@@ -573,6 +606,8 @@ pub struct StreamFramer {
     scanned: usize,
     /// Length of the message at the front, once its head is complete.
     total: Option<usize>,
+    /// How much of a [`PING`] the CRLFs skipped since the last message have matched.
+    ping: usize,
 }
 
 impl StreamFramer {
@@ -593,11 +628,27 @@ impl StreamFramer {
     /// which the stream cannot be framed any more and must be closed.
     pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, ParseError> {
         if self.total.is_none() && self.scanned == 0 {
-            let skip = self
-                .buf
-                .iter()
-                .take_while(|b| **b == b'\r' || **b == b'\n')
-                .count();
+            let mut skip = 0;
+            while let Some(&b) = self.buf.get(skip) {
+                if b != b'\r' && b != b'\n' {
+                    // A message starts: CRLFs before it were no ping.
+                    self.ping = 0;
+                    break;
+                }
+                skip += 1;
+                self.ping = if b == PING[self.ping] {
+                    self.ping + 1
+                } else if b == b'\r' {
+                    1
+                } else {
+                    0
+                };
+                if self.ping == PING.len() {
+                    self.ping = 0;
+                    self.buf.drain(..skip);
+                    return Ok(Some(PING.to_vec()));
+                }
+            }
             self.buf.drain(..skip);
         }
         if self.total.is_none() {
@@ -676,7 +727,8 @@ mod framer_tests {
                 got.push(String::from_utf8(m).unwrap());
             }
         }
-        assert_eq!(got, vec![msg("hello"), msg(""), msg("x")]);
+        let ping = "\r\n\r\n".to_string();
+        assert_eq!(got, vec![ping, msg("hello"), msg(""), msg("x")]);
         assert_eq!(f.pending(), 0);
         let mut f = StreamFramer::new();
         f.push(stream.as_bytes());
@@ -684,7 +736,59 @@ mod framer_tests {
         while f.next_message().unwrap().is_some() {
             n += 1;
         }
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
+    }
+
+    /// Everything a framer returns for `chunks` pushed one after the other.
+    fn frames(chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut f = StreamFramer::new();
+        let mut got = Vec::new();
+        for c in chunks {
+            f.push(c);
+            while let Some(m) = f.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn double_crlf_between_messages_is_a_ping() {
+        let m = msg("x");
+        let mb = m.as_bytes();
+        assert_eq!(frames(&[b"\r\n\r\n"]), [PING]);
+        // Split across reads, twice in a row, before a message.
+        let stream = [b"\r\n".as_slice(), b"\r", b"\n\r\n\r\n", mb].concat();
+        for split in 0..stream.len() {
+            let (a, b) = stream.split_at(split);
+            assert_eq!(
+                frames(&[a, b]),
+                [PING.to_vec(), PING.to_vec(), mb.to_vec()],
+                "split at {split}"
+            );
+        }
+        // A lone CRLF (a pong, or RFC 3261's leading CRLF) and a CRLF after a message are no
+        // ping; a ping after a message is.
+        assert_eq!(frames(&[b"\r\n", mb, b"\r\n"]), [mb.to_vec()]);
+        assert_eq!(frames(&[mb, b"\r\n\r\n"]), [mb.to_vec(), PING.to_vec()]);
+        // A CRLF, then a message, then a CRLF: the two halves are not one ping.
+        assert_eq!(
+            frames(&[b"\r\n", mb, b"\r\n", mb]),
+            [mb.to_vec(), mb.to_vec()]
+        );
+        // LF CR LF CR LF holds one ping.
+        assert_eq!(frames(&[b"\n\r\n\r\n"]), [PING]);
+    }
+
+    #[test]
+    fn keepalives_are_told_from_messages() {
+        assert_eq!(keepalive(b"\r\n\r\n"), Some(KeepAlive::Ping));
+        assert_eq!(keepalive(b"\r\n"), Some(KeepAlive::Crlf));
+        assert_eq!(keepalive(b"\r\n\r\n\r\n"), Some(KeepAlive::Ping));
+        assert_eq!(keepalive(b"\n"), Some(KeepAlive::Crlf));
+        assert_eq!(keepalive(b""), None);
+        assert_eq!(keepalive(b"\r\n\r\nX"), None);
+        assert_eq!(keepalive(msg("").as_bytes()), None);
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl Config {
         }
         for r in &self.routes {
             if let Some(m) = &r.record {
-                if crate::recording::Mode::parse(m).is_none() {
+                if crate::recording::parse_mode(m).is_none() {
                     bail!(
                         "route '{}': record = '{m}' is not never, always or on_demand",
                         r.name
@@ -267,7 +267,7 @@ impl Config {
         self.tls()?;
         if let Some(r) = &self.registrar {
             if let Some(m) = &r.record {
-                if crate::recording::Mode::parse(m).is_none() {
+                if crate::recording::parse_mode(m).is_none() {
                     bail!("registrar: record = '{m}' is not never, always or on_demand");
                 }
             }

@@ -86,7 +86,7 @@ pub struct Engine {
     dtmf_filters: HashMap<CallId, crate::relay::DtmfFilter>,
     show_numbers: bool,
     tcp_idle: Duration,
-    last_stats: (u64, u64, u64, u64, u64),
+    last_stats: (u64, u64, u64, u64, u64, u64),
     /// Tells `main` how many calls remain (for drain on shutdown).
     calls_watch: watch::Sender<usize>,
     /// Contact ids a transferred call continues, from its `Transferred` until its `Started`.
@@ -246,7 +246,7 @@ impl Engine {
             announce_done,
             show_numbers,
             tcp_idle,
-            last_stats: (0, 0, 0, 0, 0),
+            last_stats: (0, 0, 0, 0, 0, 0),
             calls_watch,
             continued_contacts: HashMap::new(),
             encrypted: HashMap::new(),
@@ -293,12 +293,12 @@ impl Engine {
                 Some((call, consent)) = self.announce_done.recv() => {
                     self.core.announcement_done(std::time::Instant::now(), call);
                     if let (Some(c), Some(r)) = (consent, &self.recorder) {
-                        let event = policy::Event::Consent(if c {
+                        let consent = if c {
                             policy::Consent::Granted
                         } else {
                             policy::Consent::Denied
-                        });
-                        let _ = r.tx.send(RecCtl::Policy { call, event, reply: None });
+                        };
+                        let _ = r.tx.send(RecCtl::Call(contact::Input::Consent { call, consent }));
                     }
                 }
                 _ = sleep_until_opt(deadline) => {
@@ -392,11 +392,11 @@ impl Engine {
                         },
                     ) = (&self.recorder, &cmd)
                     {
-                        let _ = r.tx.send(RecCtl::Codecs {
+                        let _ = r.tx.send(RecCtl::Call(contact::Input::Codecs {
                             call: *call,
                             leg: *leg,
                             codecs: codecs.clone(),
-                        });
+                        }));
                     }
                     let open = match &cmd {
                         b2bua::MediaCommand::Open { call, .. } => Some(*call),
@@ -420,6 +420,7 @@ impl Engine {
             s.parse_errors,
             t.retransmissions_sent,
             s.flood_limited,
+            s.keepalives,
         );
         let last = self.last_stats;
         self.metrics.sip_in.inc_by(now.0 - last.0);
@@ -427,6 +428,7 @@ impl Engine {
         self.metrics.sip_parse_errors.inc_by(now.2 - last.2);
         self.metrics.sip_retransmissions.inc_by(now.3 - last.3);
         self.metrics.sip_rate_limited.inc_by(now.4 - last.4);
+        self.metrics.sip_keepalives.inc_by(now.5 - last.5);
         self.last_stats = now;
         self.metrics
             .calls_active
@@ -489,6 +491,12 @@ impl Engine {
                 replaces,
                 "call continues a transfer"
             ),
+            CallEvent::TransferRequested {
+                call,
+                attended,
+                external,
+                ..
+            } => tracing::info!(call, attended, external, "transfer requested"),
         }
         if let Some(r) = &self.recorder {
             let msg = match ev {
@@ -505,6 +513,7 @@ impl Engine {
                     format,
                     x_headers,
                     source,
+                    station,
                 } => {
                     let start = crate::recording::unix_ms();
                     let (cust_id, agent_id) = match customer {
@@ -512,39 +521,41 @@ impl Engine {
                         b2bua::Leg::B => (b_call_id, a_call_id),
                     };
                     // A transferred call keeps the contact id of the call it continues.
-                    let contact_id = self
-                        .continued_contacts
-                        .remove(&call)
+                    let continues = self.continued_contacts.remove(&call);
+                    let contact_id = continues
+                        .clone()
                         .unwrap_or_else(|| format!("{start}-{}-{call}", r.node));
                     self.core.set_contact_label(call, contact_id.clone());
                     let encrypted = self.encrypted.remove(&call);
                     let meta = recorder::RecordingMetadata {
                         encrypted: encrypted.as_ref().map(|_| "not recorded".to_string()),
                         encrypted_reason: encrypted.clone(),
-                        contact_id,
                         call_id_customer: Some(cust_id),
                         call_id_agent: Some(agent_id),
-                        from,
-                        to,
-                        route,
                         direction: direction.unwrap_or_default(),
                         start_unix_ms: start,
                         ..Default::default()
                     };
-                    // An explicit route mode wins; otherwise the policy decides when one is
-                    // loaded, else the default mode.
-                    let mode = match record.as_deref().and_then(Mode::parse) {
+                    // A route's own mode is compiled into the policy (consent still wins);
+                    // without one, the policy file decides, else the default mode.
+                    let rules = r.policy.current();
+                    let route_mode = match record.as_deref().and_then(crate::recording::parse_mode)
+                    {
                         Some(m) => Some(m),
-                        None if r.policy.is_active() => None,
+                        None if rules.is_some() => None,
                         None => Some(r.default_mode),
                     };
-                    // Ciphertext is never recorded: it would be a file of noise.
-                    if mode != Some(Mode::Never) && encrypted.is_none() {
+                    let rules = rules.unwrap_or_default();
+                    // Ciphertext is never recorded: it would be a file of noise. The call
+                    // leaves its decision and metadata (marked encrypted) like a `never` one.
+                    let route_mode = if encrypted.is_some() {
+                        Some(Mode::Never)
+                    } else {
+                        route_mode
+                    };
+                    if route_mode != Some(Mode::Never) {
                         self.tapped.insert(call);
-                    }
-                    if mode.is_none() {
-                        if let Some(f) = r.policy.current().and_then(|rules| feature_filter(&rules))
-                        {
+                        if let Some(f) = feature_filter(&rules) {
                             self.dtmf_filters.insert(call, f);
                             self.core.set_feature_code_filter(call, Some(f));
                         }
@@ -554,41 +565,59 @@ impl Engine {
                         .iter()
                         .find(|(_, nets)| nets.iter().any(|n| n.contains(source.ip())))
                         .map(|(z, _)| z.clone());
-                    let (station, customer_number) = match customer {
-                        b2bua::Leg::A => (Some(meta.to.clone()), meta.from.clone()),
-                        b2bua::Leg::B => (Some(meta.from.clone()), meta.to.clone()),
+                    let (agent_user, customer_number) = match customer {
+                        b2bua::Leg::A => (to.clone(), from.clone()),
+                        b2bua::Leg::B => (from.clone(), to.clone()),
                     };
-                    let input = crate::policy_link::CallInput {
-                        source_zone: zone,
-                        route: meta.route.clone(),
-                        station,
-                        customer_number,
-                        dialled_number: meta.to.clone(),
-                        x_headers,
-                    };
-                    Some(RecCtl::Started(Box::new(crate::recording::CallStart {
-                        call,
-                        meta,
-                        customer,
-                        mode,
-                        input,
-                        format: format
-                            .as_deref()
-                            .and_then(crate::recording::parse_format)
-                            .unwrap_or(r.default_format),
-                    })))
+                    let mut meta = meta;
+                    meta.from = from;
+                    meta.to = to.clone();
+                    Some(RecCtl::Call(contact::Input::Started(Box::new(
+                        contact::CallStart {
+                            call,
+                            contact_id,
+                            continues: continues.is_some(),
+                            customer,
+                            route,
+                            route_mode,
+                            format: format
+                                .as_deref()
+                                .and_then(crate::recording::parse_format)
+                                .unwrap_or(r.default_format),
+                            rules,
+                            source_zone: zone,
+                            station: station.or(Some(agent_user)),
+                            customer_number,
+                            dialled_number: to,
+                            x_headers,
+                            meta,
+                        },
+                    ))))
                 }
+                CallEvent::TransferRequested {
+                    call,
+                    attended,
+                    external,
+                    target,
+                } => Some(RecCtl::Call(contact::Input::TransferStarted {
+                    call,
+                    external,
+                    attended,
+                    target,
+                })),
                 CallEvent::Transferred { call, label, .. } => {
                     if let Some(l) = label {
                         self.continued_contacts.insert(call, l);
                     }
                     None
                 }
-                CallEvent::Answered { call } => Some(RecCtl::Answered { call }),
+                CallEvent::Answered { call } => {
+                    Some(RecCtl::Call(contact::Input::Answered { call }))
+                }
                 CallEvent::Encrypted { .. } => None,
                 CallEvent::Ended { call, .. } => {
                     self.tapped.remove(&call);
-                    Some(RecCtl::Ended { call })
+                    Some(RecCtl::Call(contact::Input::Ended { call }))
                 }
                 CallEvent::InDialog {
                     call,
@@ -597,13 +626,13 @@ impl Engine {
                     content_type,
                     body,
                     ..
-                } => Some(RecCtl::InDialog {
+                } => Some(RecCtl::Call(contact::Input::InDialog {
                     call,
                     leg,
                     x_headers,
                     content_type,
                     body,
-                }),
+                })),
             };
             if let Some(m) = msg {
                 let _ = r.tx.send(m);
@@ -761,10 +790,7 @@ async fn udp_reader(sock: Arc<UdpSocket>, inputs: mpsc::Sender<Input>) {
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                // Keep-alive CRLFs and tiny junk are not SIP; drop them here.
-                if n < 4 {
-                    continue;
-                }
+                // Keep-alive CRLFs go to the core too: it tells them from SIP and counts them.
                 let input = Input::Sip {
                     data: buf[..n].to_vec(),
                     from: Peer {

@@ -35,6 +35,7 @@ pub async fn serve(
         .route("/calls/{id}/recording/{action}", post(recording_command))
         .route("/calls/{id}/consent/{answer}", post(consent))
         .route("/calls/{id}/directive/{value}", post(directive))
+        .route("/calls/{id}/disposition", post(disposition))
         .with_state(AppState {
             metrics,
             inputs,
@@ -102,37 +103,37 @@ async fn recording_command(
     State(s): State<AppState>,
     Path((id, action)): Path<(u64, String)>,
 ) -> StatusCode {
-    let reason = format!("api: {action}");
+    use contact::ApiCommand as C;
     let command = match action.as_str() {
-        "start" => recorder::Command::Start { reason },
-        "stop" => recorder::Command::Stop { reason },
-        "pause" => recorder::Command::Pause { reason },
-        "resume" => recorder::Command::Resume { reason },
-        "agent-only" => recorder::Command::AgentOnly { reason },
-        "both" => recorder::Command::BothChannels { reason },
+        "start" => C::Start,
+        "stop" => C::Stop,
+        "pause" => C::Pause,
+        "resume" => C::Resume,
+        "agent-only" => C::AgentOnly,
+        "both" => C::Both,
         _ => return StatusCode::BAD_REQUEST,
     };
-    ask_recorder(&s, |tx| RecCtl::Command {
-        call: id,
+    api(&s, id, command).await
+}
+
+async fn api(s: &AppState, call: u64, command: contact::ApiCommand) -> StatusCode {
+    ask_recorder(s, |tx| RecCtl::Api {
+        call,
         command,
         reply: Some(tx),
     })
     .await
 }
 
-async fn policy_event(s: &AppState, call: u64, event: policy::Event) -> StatusCode {
-    ask_recorder(s, |tx| RecCtl::Policy {
-        call,
-        event,
-        reply: Some(tx),
-    })
-    .await
+/// `POST /calls/{id}/disposition`: the agent applied a disposition (wrap-up).
+async fn disposition(State(s): State<AppState>, Path(id): Path<u64>) -> StatusCode {
+    api(&s, id, contact::ApiCommand::Disposition).await
 }
 
 /// `POST /calls/{id}/consent/{granted|denied}`: the caller's answer, from an IVR.
 async fn consent(State(s): State<AppState>, Path((id, answer)): Path<(u64, String)>) -> StatusCode {
     match answer.parse::<policy::Consent>() {
-        Ok(c) => policy_event(&s, id, policy::Event::Consent(c)).await,
+        Ok(c) => api(&s, id, contact::ApiCommand::Consent(c)).await,
         Err(_) => StatusCode::BAD_REQUEST,
     }
 }
@@ -148,7 +149,7 @@ async fn directive(
     };
     let mut code = StatusCode::BAD_REQUEST;
     for d in ds {
-        code = policy_event(&s, id, policy::Event::Directive(d)).await;
+        code = api(&s, id, contact::ApiCommand::Directive(d)).await;
     }
     code
 }

@@ -132,10 +132,16 @@ fn no_huge_pages() {
 }
 
 fn init_logging(cfg: &Config) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    // Colour only for a person at a terminal: a file, a pipe or journald would keep the escape
+    // codes in every line. NO_COLOR (https://no-color.org) turns it off there too.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
@@ -171,12 +177,8 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
 
     let node = format!("{:08x}", random_seed() as u32);
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
-    let (tap, rec_ctl) = recording::start(
-        cfg.recording.clone(),
-        cfg.media.tap_queue,
-        metrics.clone(),
-        policy.clone(),
-    )?;
+    let (tap, rec_ctl) =
+        recording::start(cfg.recording.clone(), cfg.media.tap_queue, metrics.clone())?;
     let mut zones = Vec::new();
     for (name, nets) in &cfg.zones {
         let nets = nets

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub sip_parse_errors: IntCounter,
     pub sip_retransmissions: IntCounter,
     pub sip_rate_limited: IntCounter,
+    pub sip_keepalives: IntCounter,
     pub rtp_relayed: IntCounterVec,
     pub rtp_dropped: IntCounterVec,
     pub tap_dropped: IntCounter,
@@ -49,6 +50,11 @@ impl Metrics {
         let sip_rate_limited = IntCounter::new(
             "tapir_sip_rate_limited_total",
             "SIP requests refused or dropped by the per-source rate limit",
+        )
+        .unwrap();
+        let sip_keepalives = IntCounter::new(
+            "tapir_sip_keepalives_total",
+            "CRLF keep-alives received (RFC 5626): pings on TCP, CRLF datagrams on UDP",
         )
         .unwrap();
         let rtp_relayed = IntCounterVec::new(
@@ -135,6 +141,7 @@ impl Metrics {
             Box::new(sip_parse_errors.clone()),
             Box::new(sip_retransmissions.clone()),
             Box::new(sip_rate_limited.clone()),
+            Box::new(sip_keepalives.clone()),
             Box::new(rtp_relayed.clone()),
             Box::new(rtp_dropped.clone()),
             Box::new(tap_dropped.clone()),
@@ -152,6 +159,7 @@ impl Metrics {
             sip_parse_errors,
             sip_retransmissions,
             sip_rate_limited,
+            sip_keepalives,
             rtp_relayed,
             rtp_dropped,
             tap_dropped,

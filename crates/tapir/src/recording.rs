@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use b2bua::{CallId, Leg};
+use b2bua::CallId;
+use contact::ContactKey;
 use media::codec::PayloadMap;
 use recorder::{
     create_sink, Channel, Command, Output, Recording, RecordingMetadata, Sink, SinkOptions,
@@ -27,7 +28,6 @@ use recorder::{
 use serde::Deserialize;
 
 use crate::metrics::Metrics;
-use crate::policy_link::{CallControl, CallInput, Instruction, PolicyStore};
 use crate::relay::TapPacket;
 
 pub use recorder::Format;
@@ -41,35 +41,25 @@ pub fn parse_format(s: &str) -> Option<Format> {
     }
 }
 
-/// When a call is recorded, until the policy engine decides per call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Never record.
-    #[default]
-    Never,
-    /// Record from answer to hang-up.
-    Always,
-    /// Record when asked (control API).
-    OnDemand,
-}
+/// A route's recording mode: the station modes of the policy engine, applied to every call
+/// of the route (see `policy::Rules::with_route_mode`).
+pub use policy::Mode;
 
-impl Mode {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "never" => Some(Self::Never),
-            "always" => Some(Self::Always),
-            "on_demand" => Some(Self::OnDemand),
-            _ => None,
-        }
+/// Reads a route's `record` value.
+pub fn parse_mode(s: &str) -> Option<Mode> {
+    match s {
+        "never" => Some(Mode::Never),
+        "always" => Some(Mode::Always),
+        "on_demand" => Some(Mode::OnDemand),
+        _ => None,
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingConfig {
-    /// Default mode for routes that do not set `record`.
-    #[serde(default)]
+    /// Default mode for routes that do not set `record`, when no policy file is set.
+    #[serde(default = "default_mode")]
     pub mode: Mode,
     /// Where recordings are written while the call lasts.
     #[serde(default = "default_spool")]
@@ -87,6 +77,18 @@ pub struct RecordingConfig {
     /// When set, the policy decides for every route that does not set `record` itself.
     #[serde(default)]
     pub policy_file: Option<PathBuf>,
+    /// How long a contact whose calls have all ended waits for the call of a transfer in
+    /// progress, so that a transfer whose transferor hung up first stays one recording.
+    #[serde(default = "default_transfer_grace_ms")]
+    pub transfer_grace_ms: u64,
+}
+
+fn default_transfer_grace_ms() -> u64 {
+    30_000
+}
+
+fn default_mode() -> Mode {
+    Mode::Never
 }
 
 fn default_spool() -> PathBuf {
@@ -110,6 +112,7 @@ impl Default for RecordingConfig {
             format: Format::Wav,
             jitter_ms: default_jitter_ms(),
             policy_file: None,
+            transfer_grace_ms: default_transfer_grace_ms(),
         }
     }
 }
@@ -122,19 +125,11 @@ impl RecordingConfig {
         if !(20..=500).contains(&self.jitter_ms) {
             bail!("recording.jitter_ms must be within 20..=500");
         }
+        if self.transfer_grace_ms > 600_000 {
+            bail!("recording.transfer_grace_ms must be at most 600000 (10 minutes)");
+        }
         Ok(())
     }
-}
-
-/// A new call, as the recorder needs it.
-pub struct CallStart {
-    pub call: CallId,
-    pub meta: RecordingMetadata,
-    pub customer: Leg,
-    /// `None`: the policy decides.
-    pub mode: Option<Mode>,
-    pub format: Format,
-    pub input: CallInput,
 }
 
 /// Period of the recorder thread: how often it takes the queued packets and writes audio.
@@ -157,36 +152,14 @@ impl RecTx {
 
 /// Messages from the signalling side to the recorder thread.
 pub enum RecCtl {
-    Started(Box<CallStart>),
-    /// `X-Tapir-*` headers and DTMF bodies of in-dialog requests.
-    InDialog {
+    /// What happened on a call, for its contact.
+    Call(contact::Input),
+    /// A command from the control API or the announcement; `reply` says whether the call is
+    /// known.
+    Api {
         call: CallId,
-        leg: Leg,
-        x_headers: Vec<(String, String)>,
-        content_type: String,
-        body: Vec<u8>,
-    },
-    /// Consent or a flow directive from the control API.
-    Policy {
-        call: CallId,
-        event: policy::Event,
+        command: contact::ApiCommand,
         reply: Option<tokio::sync::oneshot::Sender<bool>>,
-    },
-    Codecs {
-        call: CallId,
-        leg: Leg,
-        codecs: Vec<sdp::RtpMap>,
-    },
-    Answered {
-        call: CallId,
-    },
-    Command {
-        call: CallId,
-        command: Command,
-        reply: Option<tokio::sync::oneshot::Sender<bool>>,
-    },
-    Ended {
-        call: CallId,
     },
 }
 
@@ -200,45 +173,26 @@ struct Track {
     failed: bool,
 }
 
+/// The files of one contact.
 struct Active {
-    /// Other calls of the same contact (transfers) still feeding this recording.
-    members: usize,
-    /// The owning call has ended; the recording finishes when the last member ends.
-    owner_ended: bool,
     main: Track,
     statements: Vec<Track>,
-    customer: Leg,
-    mode: Option<Mode>,
     format: Format,
-    control: Option<CallControl>,
     /// Latest payload maps (customer, agent), for statements opened later.
     codecs: [Option<PayloadMap>; 2],
-}
-
-impl Active {
-    fn channel(&self, leg: Leg) -> Channel {
-        if leg == self.customer {
-            Channel::Customer
-        } else {
-            Channel::Agent
-        }
-    }
 }
 
 pub struct RecorderThread {
     cfg: RecordingConfig,
     tap: Receiver<TapPacket>,
     ctl: Receiver<(Instant, RecCtl)>,
-    calls: HashMap<CallId, Active>,
+    /// The recording decisions of every live contact (sans-IO).
+    contacts: contact::Contacts,
+    /// The files of the contacts that have a recording.
+    tracks: HashMap<ContactKey, Active>,
     metrics: Arc<Metrics>,
     finisher: std::sync::mpsc::Sender<Finished>,
     tap_drops_seen: u64,
-    policy: PolicyStore,
-    /// Which call owns the recording of each contact id.
-    contacts: HashMap<String, CallId>,
-    /// Calls that continue another call's contact (transfers), with the leg that flips
-    /// orientation relative to the owner: their packets go into the owner's recording.
-    aliases: HashMap<CallId, (CallId, bool)>,
 }
 
 /// Starts the recorder and finisher threads; returns the tap sender (for the relay) and the
@@ -247,7 +201,6 @@ pub fn start(
     cfg: RecordingConfig,
     tap_queue: usize,
     metrics: Arc<Metrics>,
-    policy: PolicyStore,
 ) -> Result<(SyncSender<TapPacket>, RecTx)> {
     std::fs::create_dir_all(&cfg.spool_dir)
         .map_err(|e| anyhow::anyhow!("cannot create spool dir {}: {e}", cfg.spool_dir.display()))?;
@@ -257,26 +210,26 @@ pub fn start(
             cfg.recordings_dir.display()
         )
     })?;
-    repair_on_start(&cfg, &metrics);
     let (tap_tx, tap_rx) = std::sync::mpsc::sync_channel(tap_queue);
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel();
     let (fin_tx, fin_rx) = std::sync::mpsc::channel();
+    repair_on_start(&cfg, &fin_tx);
     let dir = cfg.recordings_dir.clone();
     let m2 = metrics.clone();
     std::thread::Builder::new()
         .name("tapir-finisher".into())
         .spawn(move || finisher(fin_rx, dir, m2))?;
     let t = RecorderThread {
+        contacts: contact::Contacts::new(contact::Config {
+            transfer_grace: Duration::from_millis(cfg.transfer_grace_ms),
+        }),
         cfg,
         tap: tap_rx,
         ctl: ctl_rx,
-        calls: HashMap::new(),
+        tracks: HashMap::new(),
         metrics,
         finisher: fin_tx,
         tap_drops_seen: 0,
-        policy,
-        contacts: HashMap::new(),
-        aliases: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("tapir-recorder".into())
@@ -284,20 +237,28 @@ pub fn start(
     Ok((tap_tx, RecTx(ctl_tx)))
 }
 
-fn repair_on_start(cfg: &RecordingConfig, metrics: &Metrics) {
+/// Repairs what a crash left in the spool and hands it to the finisher, which transcodes the
+/// recordings of MP3 routes (their sidecar names the format they were meant for) and moves
+/// them to the recordings directory like any other.
+fn repair_on_start(cfg: &RecordingConfig, finisher: &std::sync::mpsc::Sender<Finished>) {
     match recorder::repair_spool(&cfg.spool_dir) {
         Ok(files) => {
             for f in files {
                 tracing::warn!(
                     file = %f.path.display(),
                     duration_ms = f.duration_ms,
+                    segments = f.metadata.segments.len(),
                     "repaired a recording interrupted by a crash"
                 );
-                metrics
-                    .recordings_total
-                    .with_label_values(&["interrupted"])
-                    .inc();
-                move_to(&f.path, &cfg.recordings_dir);
+                let target = f.metadata.format;
+                let mut meta = f.metadata;
+                meta.format = f.format;
+                let _ = finisher.send(Finished {
+                    path: Some(f.path),
+                    meta,
+                    format: target,
+                    interrupted: true,
+                });
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot repair the spool"),
@@ -320,21 +281,48 @@ fn move_to(audio: &Path, dir: &Path) -> Option<PathBuf> {
 }
 
 struct Finished {
-    path: PathBuf,
+    /// The spool audio; `None` for a contact that recorded nothing, whose decision is kept as
+    /// a sidecar alone.
+    path: Option<PathBuf>,
     meta: RecordingMetadata,
+    /// The format the route asked for.
     format: Format,
+    /// Repaired after a crash.
+    interrupted: bool,
 }
 
 /// Moves finished recordings out of the spool, transcoding MP3 ones first.
 fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
     while let Ok(mut f) = rx.recv() {
-        let mut audio = f.path.clone();
+        let Some(path) = f.path.take() else {
+            // No audio: the decision record alone, named after the contact.
+            let stem = safe_stem(&f.meta.contact_id);
+            let mut side = dir.join(format!("{stem}.json"));
+            let mut n = 1;
+            while side.exists() {
+                n += 1;
+                side = dir.join(format!("{stem}-{n}.json"));
+            }
+            if let Err(e) = f.meta.write_to(&side) {
+                tracing::error!(error = %e, "cannot write the decision record");
+            }
+            // Recorded but silent: asked for, yet no audio ever came (no RTP, or a call that
+            // ended before the jitter delay).
+            let label = if f.meta.recorded == Some(true) {
+                "no_audio"
+            } else {
+                "not_recorded"
+            };
+            metrics.recordings_total.with_label_values(&[label]).inc();
+            continue;
+        };
+        let mut audio = path.clone();
         if f.format == Format::Mp3 && f.meta.error.is_none() {
-            let mp3 = f.path.with_extension("mp3");
-            match recorder::transcode_wav_to_mp3(&f.path, &mp3, SinkOptions::default()) {
+            let mp3 = path.with_extension("mp3");
+            match recorder::transcode_wav_to_mp3(&path, &mp3, SinkOptions::default()) {
                 Ok(_) => {
-                    let _ = std::fs::remove_file(&f.path);
-                    let _ = std::fs::remove_file(recorder::sidecar_path(&f.path));
+                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(recorder::sidecar_path(&path));
                     f.meta.format = Format::Mp3;
                     audio = mp3;
                 }
@@ -347,13 +335,29 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
         if let Some(dest) = move_to(&audio, &dir) {
             tracing::info!(file = %dest.display(), duration_ms = f.meta.duration_ms, "recording finished");
         }
-        let result = if f.meta.error.is_some() {
+        let result = if f.interrupted {
+            "interrupted"
+        } else if f.meta.error.is_some() {
             "error"
         } else {
             "ok"
         };
         metrics.recordings_total.with_label_values(&[result]).inc();
     }
+}
+
+/// A file stem that cannot leave its directory or break a name.
+fn safe_stem(name: &str) -> String {
+    name.chars()
+        .take(160)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl RecorderThread {
@@ -385,7 +389,7 @@ impl RecorderThread {
     fn drain_queues(&mut self, ended: &mut Vec<(Instant, RecCtl)>) -> Result<(), TryRecvError> {
         loop {
             match self.ctl.try_recv() {
-                Ok((at, c @ RecCtl::Ended { .. })) => ended.push((at, c)),
+                Ok((at, c @ RecCtl::Call(contact::Input::Ended { .. }))) => ended.push((at, c)),
                 Ok((at, c)) => self.on_ctl(at, c),
                 Err(TryRecvError::Empty) => break,
                 Err(e) => return Err(e),
@@ -404,57 +408,115 @@ impl RecorderThread {
         Ok(())
     }
 
-    /// The call owning `call`'s recording, and `leg` seen from that call.
-    fn resolve(&self, call: CallId, leg: Leg) -> (CallId, Leg) {
-        match self.aliases.get(&call) {
-            Some(&(owner, flip)) => (owner, if flip { leg.other() } else { leg }),
-            None => (call, leg),
-        }
-    }
-
     fn on_packet(&mut self, p: &TapPacket) {
-        let mut ins = Vec::new();
-        let (call, leg) = self.resolve(p.call, p.leg);
-        if let Some(a) = self.calls.get_mut(&call) {
-            let ch = a.channel(leg);
-            let data = &p.data[..p.len as usize];
+        let Some((key, ch)) = self.contacts.route(p.call, p.leg) else {
+            return;
+        };
+        let data = &p.data[..p.len as usize];
+        if let Some(a) = self.tracks.get_mut(&key) {
             a.main.rec.handle_packet(p.at, ch, data);
             for t in &mut a.statements {
                 t.rec.handle_packet(p.at, ch, data);
             }
-            if ch == Channel::Agent {
-                if let Some(c) = a.control.as_mut() {
-                    c.on_agent_packet(p.at, data, &mut ins);
-                }
-            }
         }
-        if !ins.is_empty() {
-            self.apply(call, p.at, ins);
+        if ch == Channel::Agent {
+            self.contacts.handle_agent_packet(p.at, p.call, data);
+            self.apply(p.at);
         }
     }
 
-    /// Carries out policy instructions on a call's recordings.
-    fn apply(&mut self, call: CallId, now: Instant, ins: Vec<Instruction>) {
-        if !self.calls.contains_key(&call) {
-            return;
-        }
-        for i in ins {
-            let Some(a) = self.calls.get(&call) else {
-                return;
-            };
-            let path = match &i {
-                Instruction::StatementStart(id) => {
-                    Some(self.unique_path(&format!("{}-statement-{id}", a.main.meta.contact_id)))
+    /// One control message, sent at `now`.
+    fn on_ctl(&mut self, now: Instant, c: RecCtl) {
+        match c {
+            RecCtl::Call(input) => self.contacts.handle_input(now, input),
+            RecCtl::Api {
+                call,
+                command,
+                reply,
+            } => {
+                let known = self.contacts.handle_api(now, call, command).is_ok();
+                if let Some(r) = reply {
+                    let _ = r.send(known);
                 }
-                _ => None,
-            };
-            let Some(a) = self.calls.get_mut(&call) else {
-                return;
-            };
-            match i {
-                Instruction::Command(c) => a.main.rec.handle_command(now, c),
-                Instruction::StatementStart(id) => {
-                    let Some(path) = path else { continue };
+            }
+        }
+        self.apply(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let drops = self.metrics.tap_dropped.get();
+        let new_drops = drops.saturating_sub(self.tap_drops_seen);
+        self.tap_drops_seen = drops;
+        self.contacts.handle_timeout(now);
+        self.apply(now);
+        for (&key, a) in self.tracks.iter_mut() {
+            // The tap counts drops for the whole process; charge them to every active
+            // recording, which may over-report but never hides a loss.
+            if new_drops > 0 {
+                a.main.rec.note_tap_drops(new_drops);
+            }
+            a.main.rec.handle_timeout(now);
+            for t in &mut a.statements {
+                t.rec.handle_timeout(now);
+            }
+            drain_active(key, a, &self.metrics);
+        }
+    }
+
+    /// Carries out what the contact core decided: files opened, commands, statements,
+    /// journals, finishes.
+    fn apply(&mut self, now: Instant) {
+        while let Some(o) = self.contacts.poll_output() {
+            self.apply_one(now, o);
+        }
+    }
+
+    fn apply_one(&mut self, now: Instant, o: contact::Output) {
+        use contact::Output as O;
+        match o {
+            O::Open {
+                contact,
+                stem,
+                format,
+                meta,
+            } => {
+                let path = self.unique_path(&stem);
+                self.tracks.insert(
+                    contact,
+                    Active {
+                        main: new_track(&self.cfg, now, *meta, path),
+                        statements: Vec::new(),
+                        format,
+                        codecs: [None, None],
+                    },
+                );
+            }
+            O::Command { contact, command } => {
+                if let Some(a) = self.tracks.get_mut(&contact) {
+                    a.main.rec.handle_command(now, command);
+                    drain_active(contact, a, &self.metrics);
+                }
+            }
+            O::Codecs {
+                contact,
+                channel,
+                codecs,
+            } => {
+                if let Some(a) = self.tracks.get_mut(&contact) {
+                    let mut map = PayloadMap::with_static();
+                    for c in &codecs {
+                        map.insert_rtpmap(c.payload_type, &c.encoding, c.clock_rate);
+                    }
+                    a.main.rec.set_codecs(channel, &map);
+                    for t in &mut a.statements {
+                        t.rec.set_codecs(channel, &map);
+                    }
+                    a.codecs[usize::from(channel == Channel::Agent)] = Some(map);
+                }
+            }
+            O::StatementOpen { contact, id, stem } => {
+                let path = self.unique_path(&stem);
+                if let Some(a) = self.tracks.get_mut(&contact) {
                     let mut t = new_track(&self.cfg, now, a.main.meta.clone(), path);
                     t.meta.statement_id = Some(id.clone());
                     for (ch, map) in [Channel::Customer, Channel::Agent]
@@ -473,7 +535,9 @@ impl RecorderThread {
                     );
                     a.statements.push(t);
                 }
-                Instruction::StatementStop(id) => {
+            }
+            O::StatementClose { contact, id } => {
+                if let Some(a) = self.tracks.get_mut(&contact) {
                     if let Some(pos) = a
                         .statements
                         .iter()
@@ -481,330 +545,74 @@ impl RecorderThread {
                     {
                         let mut t = a.statements.remove(pos);
                         t.rec.finish(now, "statement stopped");
-                        drain_track(call, &mut t, &self.metrics);
-                        finish_track(call, t, a.format, &self.metrics, &self.finisher);
+                        drain_track(contact, &mut t, &self.metrics);
+                        finish_track(contact, t, a.format, &self.metrics, &self.finisher);
                     }
                 }
             }
-        }
-        self.drain(call);
-    }
-
-    fn tick(&mut self, now: Instant) {
-        let drops = self.metrics.tap_dropped.get();
-        let new_drops = drops.saturating_sub(self.tap_drops_seen);
-        self.tap_drops_seen = drops;
-        let ids: Vec<CallId> = self.calls.keys().copied().collect();
-        for id in ids {
-            if let Some(a) = self.calls.get_mut(&id) {
-                // The tap counts drops for the whole process; charge them to every active
-                // recording, which may over-report but never hides a loss.
-                if new_drops > 0 {
-                    a.main.rec.note_tap_drops(new_drops);
-                }
-                a.main.rec.handle_timeout(now);
-                for t in &mut a.statements {
-                    t.rec.handle_timeout(now);
-                }
-                let mut ins = Vec::new();
-                if let Some(c) = a.control.as_mut() {
-                    c.tick(now, &mut ins);
-                }
-                if !ins.is_empty() {
-                    self.apply(id, now, ins);
+            O::Journal { contact, decisions } => {
+                if let Some(a) = self.tracks.get_mut(&contact) {
+                    a.main.meta.decisions = Some(decisions);
+                    journal(&mut a.main);
                 }
             }
-            self.drain(id);
-        }
-    }
-
-    /// A new call: a recording (and policy) for it, or, for a transfer, a place in its
-    /// contact's recording.
-    fn start_call(&mut self, now: Instant, start: CallStart) {
-        let CallStart {
-            call,
-            meta,
-            customer,
-            mode,
-            format,
-            input,
-        } = start;
-        if let Some(&owner) = self.contacts.get(&meta.contact_id) {
-            if let Some(a) = self.calls.get_mut(&owner) {
-                // A transfer: this call's audio continues the contact's recording.
-                a.members += 1;
-                self.aliases.insert(call, (owner, customer != a.customer));
-                let mut ins = Vec::new();
-                if let Some(ctl) = a.control.as_mut() {
-                    ctl.event(policy::Event::Transfer { external: false }, &mut ins);
-                }
+            O::Finish {
+                contact,
+                contact_id,
+                calls,
+                recorded,
+                reason,
+                decisions,
+                meta,
+            } => {
                 tracing::info!(
-                    call,
-                    owner,
-                    "transferred call joins its contact's recording"
+                    contact = %contact_id,
+                    ?calls,
+                    recorded,
+                    %reason,
+                    "recording decision"
                 );
-                self.apply(owner, now, ins);
-                return;
-            }
-        }
-        if meta.encrypted.is_some() && mode != Some(Mode::Never) {
-            // Media tapir cannot decrypt is not recorded; a sidecar without audio says that
-            // the call happened and why there is no file.
-            let path = self.unique_path(&meta.contact_id);
-            let name = recorder::metadata::sidecar_path(&path);
-            let side = self
-                .cfg
-                .recordings_dir
-                .join(name.file_name().unwrap_or_default());
-            let mut meta = meta;
-            meta.complete = true;
-            if let Err(e) = meta.write_to(&side) {
-                tracing::error!(call, error = %e, "cannot write the sidecar of an encrypted call");
-            }
-            return;
-        }
-        let rules = match mode {
-            Some(Mode::Never) => return,
-            Some(_) => None,
-            None => match self.policy.current() {
-                Some(r) => Some(r),
-                None => return,
-            },
-        };
-        self.contacts.insert(meta.contact_id.clone(), call);
-        let contact = meta.contact_id.clone();
-        let path = self.unique_path(&contact);
-        let main = new_track(&self.cfg, now, meta, path);
-        let mut ins = Vec::new();
-        let control = rules.map(|r| {
-            let (c, i) = CallControl::new(&r, &contact, &input, now);
-            ins = i;
-            c
-        });
-        self.calls.insert(
-            call,
-            Active {
-                members: 0,
-                owner_ended: false,
-                main,
-                statements: Vec::new(),
-                customer,
-                mode,
-                format,
-                control,
-                codecs: [None, None],
-            },
-        );
-        self.apply(call, now, ins);
-    }
-
-    /// Sends a transferred call's messages to the call that owns its contact's recording.
-    fn redirect(&mut self, now: Instant, c: RecCtl) -> Option<RecCtl> {
-        Some(match c {
-            RecCtl::Started(start) => {
-                self.start_call(now, *start);
-                return None;
-            }
-            RecCtl::Ended { call } => match self.aliases.remove(&call) {
-                Some((owner, _)) => {
-                    let done = match self.calls.get_mut(&owner) {
-                        Some(a) => {
-                            a.members -= 1;
-                            a.owner_ended && a.members == 0
-                        }
-                        None => false,
-                    };
-                    if !done {
-                        return None;
+                let tracks = self.tracks.remove(&contact);
+                let Some(mut a) = tracks else {
+                    // Never opened (a `never` station or route): the decision alone.
+                    if let Some(mut m) = meta {
+                        m.recorded = Some(false);
+                        m.decision = Some(reason);
+                        m.decisions = Some(decisions);
+                        m.complete = true;
+                        let _ = self.finisher.send(Finished {
+                            path: None,
+                            meta: *m,
+                            format: Format::Wav,
+                            interrupted: false,
+                        });
                     }
-                    RecCtl::Ended { call: owner }
-                }
-                None => {
-                    if let Some(a) = self.calls.get_mut(&call) {
-                        if a.members > 0 {
-                            a.owner_ended = true;
-                            return None;
-                        }
-                    }
-                    RecCtl::Ended { call }
-                }
-            },
-            RecCtl::Answered { call } if self.aliases.contains_key(&call) => return None,
-            RecCtl::Codecs { call, leg, codecs } => {
-                let (call, leg) = self.resolve(call, leg);
-                RecCtl::Codecs { call, leg, codecs }
-            }
-            RecCtl::InDialog {
-                call,
-                leg,
-                x_headers,
-                content_type,
-                body,
-            } => {
-                let (call, leg) = self.resolve(call, leg);
-                RecCtl::InDialog {
-                    call,
-                    leg,
-                    x_headers,
-                    content_type,
-                    body,
-                }
-            }
-            RecCtl::Policy { call, event, reply } => RecCtl::Policy {
-                call: self.resolve(call, Leg::A).0,
-                event,
-                reply,
-            },
-            RecCtl::Command {
-                call,
-                command,
-                reply,
-            } => RecCtl::Command {
-                call: self.resolve(call, Leg::A).0,
-                command,
-                reply,
-            },
-            other => other,
-        })
-    }
-
-    /// One control message, sent at `now`.
-    fn on_ctl(&mut self, now: Instant, c: RecCtl) {
-        let Some(c) = self.redirect(now, c) else {
-            return;
-        };
-        match c {
-            // Handled by `redirect`.
-            RecCtl::Started(_) => {}
-            RecCtl::Codecs { call, leg, codecs } => {
-                if let Some(a) = self.calls.get_mut(&call) {
-                    let mut map = PayloadMap::with_static();
-                    for c in &codecs {
-                        map.insert_rtpmap(c.payload_type, &c.encoding, c.clock_rate);
-                    }
-                    let ch = a.channel(leg);
-                    a.main.rec.set_codecs(ch, &map);
-                    for t in &mut a.statements {
-                        t.rec.set_codecs(ch, &map);
-                    }
-                    if ch == Channel::Agent {
-                        if let Some(c) = a.control.as_mut() {
-                            c.set_agent_codecs(&codecs);
-                        }
-                    }
-                    a.codecs[usize::from(ch == Channel::Agent)] = Some(map);
-                }
-            }
-            RecCtl::Answered { call } => {
-                let mut ins = Vec::new();
-                if let Some(a) = self.calls.get_mut(&call) {
-                    if a.mode == Some(Mode::Always) {
-                        ins.push(Instruction::Command(Command::Start {
-                            reason: "route: always".into(),
-                        }));
-                    }
-                    if let Some(c) = a.control.as_mut() {
-                        c.event(policy::Event::Answered, &mut ins);
-                    }
-                }
-                self.apply(call, now, ins);
-            }
-            RecCtl::InDialog {
-                call,
-                leg,
-                x_headers,
-                content_type,
-                body,
-            } => {
-                let mut ins = Vec::new();
-                if let Some(a) = self.calls.get_mut(&call) {
-                    let agent = a.channel(leg) == Channel::Agent;
-                    if let Some(c) = a.control.as_mut() {
-                        c.apply_headers(&x_headers, &mut ins);
-                        if !body.is_empty() {
-                            match media::dtmf::parse_info_body(&content_type, &body) {
-                                Ok(ev) => c.on_info_digit(ev.digit, agent, now, &mut ins),
-                                Err(e) => tracing::debug!(call, "INFO body is not DTMF: {e}"),
-                            }
-                        }
-                    }
-                }
-                self.apply(call, now, ins);
-            }
-            RecCtl::Policy { call, event, reply } => {
-                let mut ins = Vec::new();
-                let known = match self.calls.get_mut(&call).and_then(|a| a.control.as_mut()) {
-                    Some(c) => {
-                        c.event(event, &mut ins);
-                        true
-                    }
-                    None => false,
-                };
-                if let Some(r) = reply {
-                    let _ = r.send(known);
-                }
-                self.apply(call, now, ins);
-            }
-            RecCtl::Command {
-                call,
-                command,
-                reply,
-            } => {
-                let mut ins = Vec::new();
-                let known = match self.calls.get_mut(&call) {
-                    Some(a) => {
-                        match a.control.as_mut() {
-                            // With a policy, the API ranks as on-demand: the policy decides
-                            // (a refused consent still wins).
-                            Some(c) => {
-                                let e = match command {
-                                    Command::Start { .. } => Some(policy::Event::ApiStart),
-                                    Command::Stop { .. } => Some(policy::Event::ApiStop),
-                                    Command::Pause { .. } => Some(policy::Event::ApiPause),
-                                    Command::Resume { .. } => Some(policy::Event::ApiResume),
-                                    Command::AgentOnly { .. } => Some(policy::Event::Directive(
-                                        policy::FlowDirective::AgentOnly,
-                                    )),
-                                    Command::BothChannels { .. } => None,
-                                };
-                                match e {
-                                    Some(e) => c.event(e, &mut ins),
-                                    None => ins.push(Instruction::Command(command)),
-                                }
-                            }
-                            None => ins.push(Instruction::Command(command)),
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                if let Some(r) = reply {
-                    let _ = r.send(known);
-                }
-                self.apply(call, now, ins);
-            }
-            RecCtl::Ended { call } => {
-                let mut ins = Vec::new();
-                if let Some(a) = self.calls.get_mut(&call) {
-                    if let Some(c) = a.control.as_mut() {
-                        c.event(policy::Event::HangUp, &mut ins);
-                    }
-                }
-                self.apply(call, now, ins);
-                let Some(mut a) = self.calls.remove(&call) else {
                     return;
                 };
-                self.contacts.retain(|_, owner| *owner != call);
-                let decisions = a.control.as_ref().map(|c| c.explain());
                 let mut tracks = std::mem::take(&mut a.statements);
                 tracks.insert(0, a.main);
-                for mut t in tracks {
+                for (i, mut t) in tracks.into_iter().enumerate() {
                     t.rec.finish(now, "call ended");
-                    drain_track(call, &mut t, &self.metrics);
-                    t.meta.decisions = decisions.clone();
-                    finish_track(call, t, a.format, &self.metrics, &self.finisher);
+                    drain_track(contact, &mut t, &self.metrics);
+                    t.meta.decisions = Some(decisions.clone());
+                    t.meta.recorded = Some(recorded);
+                    t.meta.decision = Some(reason.clone());
+                    if i == 0 && t.sink.is_none() {
+                        // The contact's decision is kept even when it wrote no audio.
+                        t.meta.update_from(&t.rec);
+                        t.meta.complete = true;
+                        let _ = self.finisher.send(Finished {
+                            path: None,
+                            meta: t.meta,
+                            format: a.format,
+                            interrupted: false,
+                        });
+                        continue;
+                    }
+                    finish_track(contact, t, a.format, &self.metrics, &self.finisher);
                 }
             }
+            O::Ignored { call, why } => tracing::info!(call, "{why}"),
         }
     }
 
@@ -814,24 +622,14 @@ impl RecorderThread {
     /// first recording has already finished, a statement id used twice), gets a `-2`, `-3`...
     /// suffix: a recording never overwrites another.
     fn unique_path(&self, name: &str) -> PathBuf {
-        let safe: String = name
-            .chars()
-            .take(160)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = safe_stem(name);
         let spool = &self.cfg.spool_dir;
         let taken = |stem: &str| {
             let wav = spool.join(format!("{stem}.wav"));
-            self.calls
+            self.tracks
                 .values()
                 .any(|a| a.main.path == wav || a.statements.iter().any(|t| t.path == wav))
-                || ["wav", "mp3"].iter().any(|ext| {
+                || ["wav", "mp3", "json"].iter().any(|ext| {
                     let f = format!("{stem}.{ext}");
                     spool.join(&f).exists() || self.cfg.recordings_dir.join(&f).exists()
                 })
@@ -844,15 +642,25 @@ impl RecorderThread {
         }
         spool.join(format!("{stem}.wav"))
     }
+}
 
-    fn drain(&mut self, call: CallId) {
-        let Some(a) = self.calls.get_mut(&call) else {
-            return;
-        };
-        drain_track(call, &mut a.main, &self.metrics);
-        for t in &mut a.statements {
-            drain_track(call, t, &self.metrics);
-        }
+fn drain_active(key: ContactKey, a: &mut Active, metrics: &Metrics) {
+    drain_track(key, &mut a.main, metrics);
+    for t in &mut a.statements {
+        drain_track(key, t, metrics);
+    }
+}
+
+/// Rewrites a live track's spool sidecar (segments so far and the decision log), so a file
+/// repaired after a crash keeps them. Only once the file exists: before that there is nothing
+/// to repair.
+fn journal(t: &mut Track) {
+    if t.sink.is_none() {
+        return;
+    }
+    t.meta.update_from(&t.rec);
+    if let Err(e) = t.meta.write_to(&recorder::sidecar_path(&t.path)) {
+        tracing::warn!(file = %t.path.display(), error = %e, "cannot journal the recording's metadata");
     }
 }
 
@@ -875,7 +683,7 @@ fn new_track(cfg: &RecordingConfig, now: Instant, meta: RecordingMetadata, path:
 /// Closes a finished track's file and hands it to the finisher; a track that never wrote
 /// audio leaves no file.
 fn finish_track(
-    call: CallId,
+    call: ContactKey,
     mut t: Track,
     format: Format,
     metrics: &Metrics,
@@ -885,21 +693,25 @@ fn finish_track(
         return;
     };
     if let Err(e) = s.finish() {
-        tracing::error!(call, error = %e, "cannot finish recording");
+        tracing::error!(contact = call, error = %e, "cannot finish recording");
         t.meta.error.get_or_insert(e.to_string());
     }
     metrics.recordings_active.dec();
     t.meta.update_from(&t.rec);
     t.meta.complete = true;
+    // The audio is WAV until the finisher has transcoded it.
+    t.meta.format = Format::Wav;
     let _ = finisher.send(Finished {
-        path: t.path,
+        path: Some(t.path),
         meta: t.meta,
         format,
+        interrupted: false,
     });
 }
 
 /// Hands a track's output to its sink; opens the file on the first audio.
-fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
+fn drain_track(call: ContactKey, t: &mut Track, metrics: &Metrics) {
+    let mut segments_changed = false;
     while let Some(out) = t.rec.poll_output() {
         match out {
             Output::Audio(frames) => {
@@ -911,11 +723,11 @@ fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
                         Ok(s) => {
                             t.sink = Some(s);
                             metrics.recordings_active.inc();
-                            let _ = t.meta.write_to(&recorder::sidecar_path(&t.path));
-                            tracing::info!(call, file = %t.path.display(), "recording started");
+                            segments_changed = true;
+                            tracing::info!(contact = call, file = %t.path.display(), "recording started");
                         }
                         Err(e) => {
-                            tracing::error!(call, error = %e, "cannot create recording; the call continues unrecorded");
+                            tracing::error!(contact = call, error = %e, "cannot create recording; the call continues unrecorded");
                             metrics.recordings_total.with_label_values(&["error"]).inc();
                             t.failed = true;
                             continue;
@@ -924,7 +736,7 @@ fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
                 }
                 if let Some(s) = t.sink.as_mut() {
                     if let Err(e) = s.write(frames) {
-                        tracing::error!(call, error = %e, "recording write failed; recording stopped, the call continues");
+                        tracing::error!(contact = call, error = %e, "recording write failed; recording stopped, the call continues");
                         t.meta.error = Some(e.to_string());
                         t.failed = true;
                     }
@@ -941,9 +753,15 @@ fn drain_track(call: CallId, t: &mut Track, metrics: &Metrics) {
                     "codec not supported by the recorder; recorded as silence"
                 );
             }
+            Output::Event(
+                recorder::Event::SegmentStarted { .. } | recorder::Event::SegmentEnded { .. },
+            ) => segments_changed = true,
             Output::Event(_) => {}
             Output::Timeout(_) => break,
         }
+    }
+    if segments_changed {
+        journal(t);
     }
 }
 
@@ -958,6 +776,7 @@ pub fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use b2bua::Leg;
 
     struct Rig {
         t: RecorderThread,
@@ -991,13 +810,11 @@ mod tests {
                 cfg,
                 tap,
                 ctl,
-                calls: HashMap::new(),
+                contacts: contact::Contacts::new(contact::Config::default()),
+                tracks: HashMap::new(),
                 metrics: Arc::new(Metrics::new()),
                 finisher,
                 tap_drops_seen: 0,
-                policy: PolicyStore::default(),
-                contacts: HashMap::new(),
-                aliases: HashMap::new(),
             },
             done,
             dir,
@@ -1006,48 +823,68 @@ mod tests {
         }
     }
 
-    /// Starts and answers `call` as signalled at `at`.
-    fn start(r: &mut Rig, call: CallId, contact: &str, at: Instant) {
+    /// Starts and answers `call` as signalled at `at`, on a route that always records.
+    fn start(r: &mut Rig, call: u64, contact: &str, at: Instant) {
         r.t.on_ctl(
             at,
-            RecCtl::Started(Box::new(CallStart {
+            RecCtl::Call(contact::Input::Started(Box::new(contact::CallStart {
                 call,
-                meta: RecordingMetadata {
-                    contact_id: contact.into(),
-                    ..Default::default()
-                },
+                contact_id: contact.into(),
+                continues: false,
                 customer: Leg::A,
-                mode: Some(Mode::Always),
+                route: "r".into(),
+                route_mode: Some(Mode::Always),
                 format: Format::Wav,
-                input: CallInput::default(),
-            })),
+                rules: Arc::new(policy::Rules::default()),
+                source_zone: None,
+                station: None,
+                customer_number: String::new(),
+                dialled_number: String::new(),
+                x_headers: Vec::new(),
+                meta: RecordingMetadata::default(),
+            }))),
         );
-        r.t.on_ctl(at, RecCtl::Answered { call });
+        r.t.on_ctl(at, RecCtl::Call(contact::Input::Answered { call }));
+    }
+
+    fn packet(call: u64, i: u16, at: Instant) -> TapPacket {
+        let mut p = TapPacket {
+            call,
+            leg: Leg::A,
+            at,
+            len: 172,
+            data: [0xff; crate::relay::TAP_MAX],
+        };
+        media::rtp::write_header(&mut p.data, i == 0, 0, i, u32::from(i) * 160, 7);
+        p
     }
 
     /// Half a second of PCMU on leg A of `call` arriving from `t0`, then the recorder's timers,
     /// so audio reaches the spool file.
-    fn audio(r: &mut Rig, call: CallId, t0: Instant) {
+    fn audio(r: &mut Rig, call: u64, t0: Instant) {
         for i in 0..25u16 {
-            let mut p = TapPacket {
-                call,
-                leg: Leg::A,
-                at: t0 + Duration::from_millis(20 * u64::from(i)),
-                len: 172,
-                data: [0xff; crate::relay::TAP_MAX],
-            };
-            media::rtp::write_header(&mut p.data, i == 0, 0, i, u32::from(i) * 160, 7);
+            let p = packet(call, i, t0 + Duration::from_millis(20 * u64::from(i)));
             r.t.on_packet(&p);
         }
         r.t.tick(t0 + Duration::from_secs(1));
     }
 
     /// Ends `call` and does the finisher's move; returns the finished file's name.
-    fn end(r: &mut Rig, call: CallId) -> String {
-        r.t.on_ctl(Instant::now(), RecCtl::Ended { call });
+    fn end(r: &mut Rig, call: u64) -> String {
+        r.t.on_ctl(Instant::now(), RecCtl::Call(contact::Input::Ended { call }));
         let f = r.done.try_recv().expect("a finished recording");
-        let dest = move_to(&f.path, &r.t.cfg.recordings_dir).expect("moved");
+        let dest = move_to(f.path.as_ref().unwrap(), &r.t.cfg.recordings_dir).expect("moved");
         dest.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn stats(r: &Rig) -> recorder::ChannelStats {
+        r.t.tracks
+            .values()
+            .next()
+            .unwrap()
+            .main
+            .rec
+            .stats(Channel::Customer)
     }
 
     #[test]
@@ -1058,7 +895,7 @@ mod tests {
         let signalled = Instant::now() - Duration::from_millis(30);
         start(&mut r, 1, "c1", signalled);
         audio(&mut r, 1, signalled + Duration::from_millis(1));
-        let s = r.t.calls[&1].main.rec.stats(Channel::Customer);
+        let s = stats(&r);
         assert_eq!(s.received, 25);
         assert_eq!(
             s.late_dropped, 0,
@@ -1075,18 +912,13 @@ mod tests {
         // The hang-up reaches the control queue while the call's last packets, which arrived
         // before it, still wait in the tap queue.
         for i in 0..10u16 {
-            let mut p = TapPacket {
-                call: 1,
-                leg: Leg::A,
-                at: t0 + Duration::from_millis(20 * u64::from(i) + 1),
-                len: 172,
-                data: [0xff; crate::relay::TAP_MAX],
-            };
-            media::rtp::write_header(&mut p.data, i == 0, 0, i, u32::from(i) * 160, 7);
+            let p = packet(1, i, t0 + Duration::from_millis(20 * u64::from(i) + 1));
             r._tap.send(p).unwrap();
         }
         let hung_up = t0 + Duration::from_millis(400);
-        r._ctl.send((hung_up, RecCtl::Ended { call: 1 })).unwrap();
+        r._ctl
+            .send((hung_up, RecCtl::Call(contact::Input::Ended { call: 1 })))
+            .unwrap();
         r.t.drain_queues(&mut Vec::new()).unwrap();
         let f = r.done.try_recv().expect("a finished recording");
         assert_eq!(f.meta.customer.received, 10, "{:?}", f.meta.customer);
@@ -1099,8 +931,7 @@ mod tests {
         start(&mut r, 1, "c1", Instant::now());
         audio(&mut r, 1, Instant::now());
         let first = end(&mut r, 1);
-        // A blind transfer whose transferor hung up before the transferee's INVITE came: the
-        // new call continues contact c1, but c1's recording is already in the archive.
+        // A call continuing contact c1 after its recording is already in the archive.
         start(&mut r, 2, "c1", Instant::now());
         audio(&mut r, 2, Instant::now());
         let second = end(&mut r, 2);
@@ -1111,37 +942,29 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_sidecar_follows_the_segments_as_they_happen() {
+        let mut r = rig("journal");
+        let t0 = Instant::now() - Duration::from_secs(2);
+        start(&mut r, 1, "c1", t0);
+        audio(&mut r, 1, t0);
+        let side = r.t.cfg.spool_dir.join("c1.json");
+        let m = RecordingMetadata::read_from(&side).expect("sidecar journaled");
+        assert_eq!(m.segments.len(), 1, "{m:?}");
+        assert!(m.decisions.is_some(), "decision log journaled");
+    }
+
+    #[test]
     fn statement_files_stay_in_the_spool_and_never_share_a_name() {
-        let mut r = rig("statements");
-        start(&mut r, 1, "c1", Instant::now());
-        let now = Instant::now();
-        r.t.apply(
-            1,
-            now,
-            vec![Instruction::StatementStart("../../escape".into())],
-        );
-        r.t.apply(
-            1,
-            now,
-            vec![
-                Instruction::StatementStop("../../escape".into()),
-                Instruction::StatementStart("terms".into()),
-                Instruction::StatementStop("terms".into()),
-                Instruction::StatementStart("terms".into()),
-            ],
-        );
-        let a = &r.t.calls[&1];
-        let open = &a.statements[0].path;
-        assert_eq!(open.parent(), Some(r.t.cfg.spool_dir.as_path()));
-        assert_eq!(
-            open.file_name().unwrap().to_string_lossy(),
-            "c1-statement-terms.wav"
-        );
+        let r = rig("statements");
         let again = r.t.unique_path("c1-statement-terms");
+        assert_eq!(again.parent(), Some(r.t.cfg.spool_dir.as_path()));
+        std::fs::write(&again, b"x").unwrap();
         assert_eq!(
-            again.file_name().unwrap().to_string_lossy(),
-            "c1-statement-terms-2.wav",
-            "a live track's name is taken even before its file exists"
+            r.t.unique_path("c1-statement-terms")
+                .file_name()
+                .unwrap()
+                .to_string_lossy(),
+            "c1-statement-terms-2.wav"
         );
         let escaped = r.t.unique_path("c1-statement-../../escape");
         assert_eq!(escaped.parent(), Some(r.t.cfg.spool_dir.as_path()));

@@ -6,6 +6,11 @@
 //! path. After forwarding, RTP packets are offered to the tap (the recorder) with `try_send`,
 //! which never waits: when the recorder falls behind, the copy is dropped and counted.
 //!
+//! Packets go out as they came, with one exception: once the agent's feature-code digits have
+//! been kept from the customer, the agent's later packets are renumbered so the customer sees
+//! no hole in the sequence numbers, and the RTCP of that stream is corrected to match in both
+//! directions ([`media::rtp::renumber`]). The recorder always gets the original packets.
+//!
 //! Symmetric RTP (RFC 4961 practice): the remote address of a leg is latched to the source of
 //! the packets that leg sends, so phones behind NAT get their media back; until a packet has
 //! arrived, the address from SDP is used. A new SDP address from a re-INVITE clears the latch.
@@ -82,6 +87,9 @@ struct CallMedia {
     legs: [LegMedia; 2],
     customer: Leg,
     filter: Mutex<Option<DtmfFilter>>,
+    /// What the relay has removed from the agent's RTP stream (written by the agent's RTP task,
+    /// read by both RTCP tasks to correct the reports about that stream).
+    removed: Mutex<Option<media::rtp::Removed>>,
     /// Telephone-event payload type of the agent leg, or 0xffff when none.
     agent_te_pt: std::sync::atomic::AtomicU16,
     /// Tap only while some recording wants this call.
@@ -449,6 +457,7 @@ impl Relay {
             legs: [mk(a_port)?, mk(b_port)?],
             customer,
             filter: Mutex::new(None),
+            removed: Mutex::new(None),
             agent_te_pt: std::sync::atomic::AtomicU16::new(0xffff),
             tap_enabled: AtomicBool::new(false),
             packets: AtomicU64::new(0),
@@ -566,16 +575,20 @@ async fn relay_loop(
     let no_destination = dropped("no_destination");
     let send_failed = dropped("send_failed");
     let too_large = dropped("too_large_for_tap");
+    let late_after_removal = dropped("late_after_removal");
     let mut last_from_latched = Instant::now();
     let out_v6 = is_v6_socket(&out_sock);
     let srtp_drops = crate::relay_srtp::SrtpDrops::new(&inner.metrics);
     let mut buf = [0u8; MAX_DATAGRAM];
     // What is sent to an SRTP leg is protected here, so `buf` keeps the plaintext for the tap.
     let mut out_buf = [0u8; MAX_DATAGRAM + crate::relay_srtp::MAX_TRAILER];
-    let agent_rtp = !rtcp && leg != media.customer;
-    // Feature-code swallowing state of the agent's RTP task (only that task touches it).
+    let agent_leg = leg != media.customer;
+    let agent_rtp = !rtcp && agent_leg;
+    // Feature-code swallowing and renumbering state of the agent's RTP task (only that task
+    // touches it).
     let mut swallow_ts: Option<u32> = None;
     let mut swallower = b2bua::feature::Swallower::default();
+    let mut renumber = media::rtp::Renumber::new();
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -586,9 +599,9 @@ async fn relay_loop(
                 continue;
             }
         };
-        // An SRTP leg's packets are authenticated and decrypted first; a forged, replayed or
-        // damaged one is dropped and counted here, before it can move the latch.
-        // RTCP multiplexed on the RTP port (RFC 5761) is SRTCP on an SRTP leg.
+        // RTCP multiplexed on the RTP port (RFC 5761) counts as RTCP here, and is SRTCP on an
+        // SRTP leg. An SRTP leg's packets are authenticated and decrypted first; a forged,
+        // replayed or damaged one is dropped and counted here, before it can move the latch.
         let srtcp = rtcp || media::rtp::is_rtcp(&buf[..n]);
         let n = match this.srtp.receive(&mut buf[..n], srtcp, &srtp_drops) {
             Ok(n) => n,
@@ -599,6 +612,7 @@ async fn relay_loop(
         };
         let opaque = this.srtp.opaque();
         let data = &buf[..n];
+        let is_rtcp = srtcp;
         // Only well-formed RTP/RTCP (version 2, a whole header) crosses tapir; anything else
         // on a media port is noise or an attack. Media tapir cannot decrypt (DTLS, ZRTP) is
         // carried as it is.
@@ -640,15 +654,44 @@ async fn relay_loop(
             }
             continue;
         }
-        if agent_rtp
-            && !opaque
-            && swallow_feature_digit(&media, data, now, &mut swallow_ts, &mut swallower)
+        // Media tapir cannot decrypt is neither read for digits nor renumbered.
+        let agent_media = agent_rtp && !is_rtcp && !opaque;
+        if agent_media && swallow_feature_digit(&media, data, now, &mut swallow_ts, &mut swallower)
         {
             // Kept from the customer, but the recorder's DTMF detector must still see it.
             feature_code.inc();
+            let payload = media::rtp::RtpView::parse(data).map_or(0, |v| v.payload().len());
+            renumber.remove(rtp_ssrc(data), rtp_sequence(data), payload);
+            *media.removed.lock().unwrap() = Some(renumber.removed());
             offer_to_tap(&inner, &media, call, leg, data, now, &too_large);
             continue;
         }
+        // The customer must see the agent's stream without the holes removals left.
+        let mut original_seq = None;
+        if agent_media {
+            let seq = rtp_sequence(data);
+            match renumber.forward(rtp_ssrc(data), seq) {
+                Some(s) if s != seq => {
+                    media::rtp::renumber::set_sequence(&mut buf[..n], s);
+                    original_seq = Some(seq);
+                }
+                Some(_) => {}
+                None => {
+                    late_after_removal.inc();
+                    continue;
+                }
+            }
+        } else if is_rtcp {
+            let removed = *media.removed.lock().unwrap();
+            if let Some(removed) = removed {
+                if agent_leg {
+                    media::rtp::renumber::correct_sender_reports(&mut buf[..n], &removed);
+                } else {
+                    media::rtp::renumber::correct_receiver_reports(&mut buf[..n], &removed);
+                }
+            }
+        }
+        let data = &buf[..n];
         let dest = if rtcp {
             other.rtcp_dest()
         } else {
@@ -674,9 +717,23 @@ async fn relay_loop(
         }
         media.packets.fetch_add(1, Ordering::Relaxed);
         if !rtcp && !opaque {
-            offer_to_tap(&inner, &media, call, leg, data, now, &too_large);
+            if let Some(seq) = original_seq {
+                // The recorder orders packets by their own numbers.
+                media::rtp::renumber::set_sequence(&mut buf[..n], seq);
+            }
+            offer_to_tap(&inner, &media, call, leg, &buf[..n], now, &too_large);
         }
     }
+}
+
+/// Sequence number of a validated RTP packet.
+fn rtp_sequence(data: &[u8]) -> u16 {
+    u16::from_be_bytes([data[2], data[3]])
+}
+
+/// SSRC of a validated RTP packet.
+fn rtp_ssrc(data: &[u8]) -> u32 {
+    u32::from_be_bytes([data[8], data[9], data[10], data[11]])
 }
 
 /// Copies a (validated) RTP packet that arrived `at` to the recorder's queue when this call

@@ -301,6 +301,66 @@ fn options(branch: &str, port: u16) -> String {
 }
 
 #[test]
+fn crlf_keepalives_are_answered_on_tcp_and_never_parse_errors() {
+    use std::io::{Read, Write};
+    let t = Tapir::start(
+        BIN,
+        &route(free_port("127.0.0.1"), "udp", "127.0.0.1"),
+        TapirOptions::default(),
+    );
+    // RFC 5626 §3.5.1 over TCP: a double CRLF (here split across two segments) is a ping and
+    // gets a single CRLF back.
+    let mut s = std::net::TcpStream::connect(t.sip()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let port = s.local_addr().unwrap().port();
+    s.write_all(b"\r\n").unwrap();
+    s.flush().unwrap();
+    s.write_all(b"\r\n").unwrap();
+    let mut pong = [0u8; 2];
+    s.read_exact(&mut pong).expect("a pong");
+    assert_eq!(&pong, b"\r\n");
+    // A lone CRLF is no ping: the next bytes tapir sends are the answer to the request after it.
+    s.write_all(format!("\r\n{}", options("ka1", port)).as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"SIP/2.0 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Over UDP, phones send CRLFs as NAT keep-alives: no answer, no parse error.
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    u.send_to(b"\r\n\r\n", t.sip()).unwrap();
+    u.send_to(b"\r\n", t.sip()).unwrap();
+    // The TCP ping and both datagrams; a lone CRLF on TCP is skipped by the framer uncounted.
+    t.wait_metric("tapir_sip_keepalives_total", Duration::from_secs(5), |v| {
+        v >= 3.0
+    });
+    assert_eq!(t.metric("tapir_sip_keepalives_total"), 3.0);
+    assert_eq!(t.metric("tapir_sip_parse_errors_total"), 0.0, "{}", t.log());
+    assert_eq!(
+        t.metric("tapir_sip_messages_in_total"),
+        1.0,
+        "only the OPTIONS"
+    );
+    assert!(u.recv(&mut buf).is_err(), "a UDP keep-alive got an answer");
+    assert!(
+        !t.log().contains("unparsable"),
+        "keep-alives logged as unparsable:\n{}",
+        t.log()
+    );
+}
+
+#[test]
 fn tcp_framing_partial_and_batched_reads_and_idle_close() {
     use std::io::{Read, Write};
     let t = Tapir::start(

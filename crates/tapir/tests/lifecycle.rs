@@ -33,7 +33,27 @@ fn files(dir: PathBuf, ext: &str) -> Vec<PathBuf> {
 #[test]
 fn kill9_mid_call_loses_at_most_about_a_second() {
     let callee_port = free_port("127.0.0.1");
-    let mut t = Tapir::start(BIN, &route(callee_port, "always"), TapirOptions::default());
+    let t = Tapir::start(BIN, &route(callee_port, "always"), TapirOptions::default());
+    let t = kill9_mid_call(t, callee_port, "wav");
+    assert!(files(t.dir.path().join("recordings"), "mp3").is_empty());
+}
+
+#[test]
+fn kill9_mid_call_on_an_mp3_route_is_delivered_as_mp3() {
+    let callee_port = free_port("127.0.0.1");
+    let routes = format!("{}format = \"mp3\"\n", route(callee_port, "always"));
+    let t = Tapir::start(BIN, &routes, TapirOptions::default());
+    let t = kill9_mid_call(t, callee_port, "mp3");
+    let rec = files(t.dir.path().join("recordings"), "mp3");
+    assert_eq!(rec.len(), 1, "{}", t.log());
+    assert!(files(t.dir.path().join("recordings"), "wav").is_empty());
+    let meta = std::fs::read_to_string(rec[0].with_extension("json")).unwrap();
+    assert!(meta.contains("\"format\": \"mp3\""), "{meta}");
+}
+
+/// Kills `t` with SIGKILL three seconds into a recorded call and restarts it; checks what
+/// every repaired recording must hold, whatever its format, and returns the new process.
+fn kill9_mid_call(mut t: Tapir, callee_port: u16, ext: &str) -> Tapir {
     let _callee = spawn(&t, "uas_tone.xml", callee_port, &[], Some(1000.0));
     let _caller = spawn(
         &t,
@@ -56,6 +76,20 @@ fn kill9_mid_call_loses_at_most_about_a_second() {
     let recorded_before_kill = first.elapsed().as_secs_f64();
     t.kill9();
     let t = t.restart();
+    t.wait_metric(
+        "tapir_recordings_total{result=\"interrupted\"}",
+        Duration::from_secs(20),
+        |v| v == 1.0,
+    );
+    if ext != "wav" {
+        // What the route asked for is delivered: the segments and decisions below are read
+        // from the transcoded recording's sidecar.
+        let rec = files(t.dir.path().join("recordings"), ext);
+        assert_eq!(rec.len(), 1, "{}", t.log());
+        let meta = std::fs::read_to_string(rec[0].with_extension("json")).unwrap();
+        check_repaired_meta(&meta);
+        return t;
+    }
     let rec = files(t.dir.path().join("recordings"), "wav");
     assert_eq!(
         rec.len(),
@@ -73,13 +107,28 @@ fn kill9_mid_call_loses_at_most_about_a_second() {
     assert!(tone_energy(&c1, 400.0) > 20.0 * tone_energy(&c1, 1000.0));
     assert!(tone_energy(&c2, 1000.0) > 20.0 * tone_energy(&c2, 400.0));
     let meta = std::fs::read_to_string(rec[0].with_extension("json")).unwrap();
+    check_repaired_meta(&meta);
+    t
+}
+
+/// The sidecar of a recording repaired after a crash: marked so, with the segment list and
+/// the decision log as they were journaled during the call.
+fn check_repaired_meta(meta: &str) {
     assert!(
         meta.contains("\"interrupted\": true") && meta.contains("\"repaired\": true"),
         "{meta}"
     );
+    let v: serde_json::Value = serde_json::from_str(meta).unwrap();
+    let segments = v["segments"].as_array().expect("segments");
+    assert_eq!(segments.len(), 1, "{meta}");
     assert_eq!(
-        t.metric("tapir_recordings_total{result=\"interrupted\"}"),
-        1.0
+        segments[0]["start_reason"], "record policy \"route r\" (100 %)",
+        "{meta}"
+    );
+    assert_eq!(segments[0]["end_reason"], "interrupted", "{meta}");
+    assert!(
+        v["decisions"].as_array().is_some_and(|d| d.len() >= 2),
+        "the decision log survives the crash: {meta}"
     );
 }
 
@@ -321,4 +370,36 @@ fn tapir_runs_without_transparent_huge_pages_unless_told_otherwise() {
         let t = Tapir::start(BIN, &routes, opts);
         assert_eq!(thp_enabled(&t.pid().to_string()), Some(1), "{}", t.log());
     }
+}
+
+#[test]
+fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    // An empty NO_COLOR leaves colour to tapir (the harness sets it to 1 otherwise); stderr is a
+    // pipe here, as it is under systemd, docker or `2> file`.
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "always"),
+        TapirOptions {
+            env: vec![("NO_COLOR".into(), String::new())],
+            ..Default::default()
+        },
+    );
+    // A call, for log lines with spans and fields, not only the start-up lines.
+    let mut callee = spawn(&t, "uas_answer.xml", callee_port, &[], None);
+    let mut caller = spawn(
+        &t,
+        "uac_tone.xml",
+        free_port("127.0.0.1"),
+        &["-d", "200"],
+        Some(400.0),
+    );
+    tapir_tests::expect_success(&t, &mut [&mut caller, &mut callee], Duration::from_secs(30));
+    let log = t.log();
+    assert!(log.contains("tapir ready"), "{log}");
+    assert!(log.lines().count() > 3, "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape codes in piped logs:\n{log:?}"
+    );
 }

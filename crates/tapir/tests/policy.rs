@@ -227,7 +227,7 @@ fn policy_file_change_applies_to_the_next_call() {
 
 #[test]
 fn recorded_statement_is_a_separate_file_with_its_own_id() {
-    let (t, port, _) = start(&rules("never", ""));
+    let (t, port, _) = start(&rules("on_demand", ""));
     let http = t.http;
     let api = std::thread::spawn(move || {
         let end = std::time::Instant::now() + Duration::from_secs(10);
@@ -270,7 +270,7 @@ fn recorded_statement_is_a_separate_file_with_its_own_id() {
         |v| v == 1.0,
     );
     let files = wav_files(&t);
-    // The station never records the call itself: the statement is the only file.
+    // Nothing records the call itself (on demand, no *2): the statement is the only file.
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_string_lossy().to_string();
     assert!(name.ends_with("-statement-terms.wav"), "{name}");

@@ -169,7 +169,7 @@ fn on_demand_records_only_after_api_start() {
 }
 
 #[test]
-fn never_records_nothing() {
+fn never_records_nothing_but_keeps_the_decision() {
     let callee_port = free_port("127.0.0.1");
     let t = Tapir::start(
         BIN,
@@ -182,8 +182,35 @@ fn never_records_nothing() {
         Duration::from_secs(10),
         |v| v == 1.0,
     );
+    // An operator asked "why was this call not recorded?" finds the answer in the
+    // recordings directory and in the log.
+    t.wait_metric(
+        "tapir_recordings_total{result=\"not_recorded\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
     assert!(recordings(&t, "wav").is_empty());
-    assert_eq!(t.metric("tapir_recordings_total"), 0.0);
+    assert_eq!(t.metric("tapir_recordings_total{result=\"ok\"}"), 0.0);
+    let json = recordings(&t, "json");
+    assert_eq!(json.len(), 1, "{json:?}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json[0]).unwrap()).unwrap();
+    assert_eq!(meta["recorded"], false, "{meta:#}");
+    assert!(
+        meta["decision"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("mode never")),
+        "{meta:#}"
+    );
+    assert!(
+        meta["decisions"].as_array().is_some_and(|d| !d.is_empty()),
+        "{meta:#}"
+    );
+    let log = t.log();
+    assert!(
+        log.contains("recording decision") && log.contains("recorded=false"),
+        "{log}"
+    );
 }
 
 #[test]

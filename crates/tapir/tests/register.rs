@@ -16,8 +16,12 @@ const IP: &str = "127.0.0.1";
 /// tapir with the registration relay toward `registrar_port`, and a route for the phones'
 /// own outgoing calls (dialled numbers starting with 9) that these tests never use.
 fn start_tapir(registrar_port: u16) -> Tapir {
+    start_tapir_with(registrar_port, "")
+}
+
+fn start_tapir_with(registrar_port: u16, more: &str) -> Tapir {
     let extra = format!(
-        "[registrar]\ntarget = \"sip:{IP}:{registrar_port}\"\ncustomer = \"caller\"\ndirection = \"inbound\"\n"
+        "[registrar]\ntarget = \"sip:{IP}:{registrar_port}\"\ncustomer = \"caller\"\ndirection = \"inbound\"\n{more}"
     );
     let routes = format!(
         "[[routes]]\nname = \"phones-out\"\nuser_prefix = \"9\"\ntarget = \"sip:{IP}:{registrar_port}\"\ncustomer = \"callee\"\ndirection = \"outbound\"\n"
@@ -101,5 +105,49 @@ fn expired_registration_is_dropped() {
         t.log().contains("registrations expired"),
         "the expiry timer fired:\n{}",
         t.log()
+    );
+}
+
+#[test]
+fn a_phone_called_at_its_registered_contact_is_recorded_by_its_accounts_station_rule() {
+    let registrar_port = free_port(IP);
+    let dir = tapir_tests::tempfile::tempdir().unwrap().keep();
+    let policy = dir.join("policy.toml");
+    // Every other station is on demand: only alice's own rule records her calls.
+    std::fs::write(
+        &policy,
+        "[stations.accounts.\"alice\"]\ninbound_direct = \"always\"\n",
+    )
+    .unwrap();
+    let t = start_tapir_with(
+        registrar_port,
+        &format!("\n[recording]\npolicy_file = \"{}\"\n", policy.display()),
+    );
+    let mut registrar = spawn_registrar("reg_registrar.xml", registrar_port);
+    let answer = tapir_tests::scenarios().join("reg_phone_answer.xml");
+    let mut phone = spawn_phone(&t, "reg_phone.xml", &["-oocsf", answer.to_str().unwrap()]);
+    expect_ok(&t, &mut phone, &mut registrar);
+    // The PBX dialled the Contact tapir registered (`alice~<token>`); the recording and its
+    // decision name the account.
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let json: Vec<_> = std::fs::read_dir(t.dir.path().join("recordings"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(json.len(), 1, "{json:?}");
+    assert!(json[0].with_extension("wav").exists());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json[0]).unwrap()).unwrap();
+    assert_eq!(meta["station"], "alice", "{meta:#}");
+    assert_eq!(meta["recorded"], true, "{meta:#}");
+    assert_eq!(
+        meta["decision"], "station alice inbound_direct mode always",
+        "{meta:#}"
     );
 }

@@ -173,11 +173,13 @@ async fn tls_caller_udp_callee_and_a_certificate_reloaded_on_sighup() {
         "[[routes]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:{callee_port}\"\ncustomer = \"caller\"\nrecord = \"never\"\n"
     );
     let (t, tls_port) = tapir_with_tls(dir.path(), &first, &routes);
-    assert!(
-        t.log().contains(&format!("127.0.0.1:{tls_port}")),
-        "{}",
-        t.log()
-    );
+    // The ready line names the TLS listener (the log reader may add it a moment after
+    // signalling readiness).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !t.log().contains(&format!("sip_tls=[127.0.0.1:{tls_port}]")) {
+        assert!(std::time::Instant::now() < deadline, "{}", t.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut b = Sipp::party(
         "callee",
         "uas_tone.xml",

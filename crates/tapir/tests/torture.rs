@@ -499,7 +499,8 @@ fn start(t1_ms: u64, port: u16) -> Tapir {
 
 impl World {
     fn new() -> World {
-        let sock = UdpSocket::bind(("127.0.0.1", free_port("127.0.0.1"))).unwrap();
+        // Port 0: the kernel picks a free port, so no other test can take it in between.
+        let sock = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
         // A long T1: no retransmission may run while a case exchanges its few messages, so
         // what tapir sent and what the test received can be compared exactly.
         let tapir = start(2000, sock.local_addr().unwrap().port());

@@ -998,6 +998,7 @@ pub fn route(name: &str, target: &str) -> RouteConfig {
         format: None,
         srtp: Default::default(),
         tls: None,
+        external: false,
     }
 }
 

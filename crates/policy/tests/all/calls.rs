@@ -322,7 +322,10 @@ fn agent_leaving_third_party_and_emergency_calls() {
         f.is_emergency = is_emergency;
         let mut p = CallPolicy::new(&with_options(opts), f);
         p.handle_event(Event::Answered);
-        p.handle_event(Event::AgentLeft);
+        p.handle_event(Event::AgentLeft {
+            emergency: false,
+            third_party: false,
+        });
         let d = p.decision();
         assert_eq!(
             d.recording, kept,

@@ -1,5 +1,5 @@
-//! The priority order, pair by pair: consent refusal > on-demand > flow directives >
-//! do-not-record > record. For every pair of sources, every way each can be expressed, and both
+//! The priority order, pair by pair: consent refusal > a `never` station > on-demand > flow
+//! directives > do-not-record > record. For every pair of sources, every way each can be expressed, and both
 //! orders of arrival, the higher-ranked source decides and is named as the reason.
 
 use std::collections::BTreeSet;
@@ -37,7 +37,8 @@ impl Vote {
             Vote::FlowStart | Vote::FlowStop | Vote::FlowAgentOnly | Vote::FlowDoNotRecord => {
                 Level::FlowDirective
             }
-            Vote::DnrPolicy | Vote::StationNever => Level::DoNotRecord,
+            Vote::StationNever => Level::StationNever,
+            Vote::DnrPolicy => Level::DoNotRecord,
             Vote::RecordPolicy | Vote::StationAlways => Level::Record,
         }
     }
@@ -56,7 +57,10 @@ impl Vote {
 
     /// Static votes live in the rules and take effect at the answer.
     fn is_static(self) -> bool {
-        matches!(self.level(), Level::DoNotRecord | Level::Record)
+        matches!(
+            self.level(),
+            Level::StationNever | Level::DoNotRecord | Level::Record
+        )
     }
 
     fn station_mode(self) -> Option<Mode> {
@@ -236,8 +240,8 @@ fn higher_source_wins_every_pair_in_both_orders() {
     }
     assert_eq!(
         pairs.len(),
-        10,
-        "all ten pairs of the five sources are covered"
+        15,
+        "all fifteen pairs of the six sources are covered"
     );
     assert!(cases > 100, "{cases} cases");
 }

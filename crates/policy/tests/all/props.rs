@@ -40,7 +40,10 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::ApiPause),
         Just(Event::ApiResume),
         any::<bool>().prop_map(|external| Event::Transfer { external }),
-        Just(Event::AgentLeft),
+        Just(Event::AgentLeft {
+            emergency: false,
+            third_party: true,
+        }),
         Just(Event::Disposition),
         Just(Event::HangUp),
     ]

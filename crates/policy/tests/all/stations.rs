@@ -59,7 +59,7 @@ fn every_station_direction_and_mode() {
                 }
                 Mode::Never => {
                     assert!(actions.is_empty(), "{case}");
-                    assert_eq!(d.reason.level(), Some(Level::DoNotRecord), "{case}");
+                    assert_eq!(d.reason.level(), Some(Level::StationNever), "{case}");
                 }
                 Mode::OnDemand => {
                     assert!(actions.is_empty(), "{case}");
@@ -75,14 +75,14 @@ fn every_station_direction_and_mode() {
                 }),
                 "{case}"
             );
-            // *2 records from now on in every mode: on-demand outranks the station's `never`.
+            // *2 records from now on, except on a `never` station, which is absolute.
             dial(&mut p, "*2", 5_000);
-            assert!(p.decision().recording, "{case}: *2");
+            assert_eq!(p.decision().recording, mode != Mode::Never, "{case}: *2");
             let after = kinds(&drain(&mut p));
-            let expected = if mode == Mode::Always {
-                vec![]
-            } else {
+            let expected = if mode == Mode::OnDemand {
                 vec![ActionKind::Start]
+            } else {
+                vec![]
             };
             assert_eq!(after, expected, "{case}: *2 actions");
         }
