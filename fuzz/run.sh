@@ -32,7 +32,7 @@ fi
 
 # Seeds: the torture messages (when shared/ sits beside the repository) and a few RTP packets.
 torture=../../shared/sip-torture
-mkdir -p corpus/sip_parse corpus/sdp_parse corpus/rtp_parse
+mkdir -p corpus/sip_parse corpus/sdp_parse corpus/rtp_parse corpus/srtp_unprotect
 if [ -d "$torture" ]; then
     cp -f "$torture"/rfc4475/*.dat "$torture"/rfc5118/* corpus/sip_parse/
     for f in "$torture"/rfc5118/*-sdp "$torture"/rfc4475/sdp01.dat; do
@@ -45,6 +45,14 @@ fi
 printf '\x80\x00\x00\x01\x00\x00\x00\xa0\x01\x02\x03\x04\xff\xff\xff\xff' >corpus/rtp_parse/plain
 printf '\xb1\x80\x00\x02\x00\x00\x01\x40\x01\x02\x03\x04\x0a\x0b\x0c\x0d\xbe\xde\x00\x01\x10\x20\x30\x40\xaa\xbb\x00\x02' \
     >corpus/rtp_parse/csrc-ext-pad
+# srtp_unprotect: a mode byte (suite, MKI, RTP/RTCP), a byte to corrupt (0xff: none), then the
+# packet: an RTP packet per suite, and an RTCP sender report with an MKI.
+for suite in 0 1 2; do
+    printf "\\x0$suite"'\xff\x80\x00\x00\x01\x00\x00\x00\xa0\x01\x02\x03\x04\xff\xff\xff\xff' \
+        >"corpus/srtp_unprotect/rtp-$suite"
+done
+printf '\x5c\x10\x80\xc8\x00\x06\x01\x02\x03\x04\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03\x00\x00\x00\x04\x00\x00\x00\x05' \
+    >corpus/srtp_unprotect/rtcp-mki
 
 for t in "${targets[@]}"; do
     echo "== fuzzing $t for ${FUZZ_SECONDS}s"

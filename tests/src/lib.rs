@@ -6,6 +6,8 @@
 
 pub use tempfile;
 
+pub mod sdes;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -237,6 +237,8 @@ fn main() {
         direction: Some("inbound".into()),
         record: None,
         format: None,
+        srtp: Default::default(),
+        tls: None,
         external: false,
     };
     let routes = Routes::compile(&[route], &HashMap::new()).expect("route");

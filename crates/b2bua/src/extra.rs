@@ -13,6 +13,7 @@ pub(crate) struct CallMeta {
     pub direction: Option<String>,
     pub record: Option<String>,
     pub format: Option<String>,
+    pub srtp: crate::secure::RouteSrtp,
 }
 
 /// Who keeps one leg's session alive.

@@ -24,6 +24,7 @@ pub mod flood;
 pub mod ports;
 pub mod registrar;
 pub mod routing;
+pub mod secure;
 mod timers;
 mod transfer;
 mod ttl_map;
@@ -41,7 +42,8 @@ use thiserror::Error;
 
 pub use ports::PortPool;
 pub use registrar::{Binding, Bindings, Registrar, RegistrarConfig};
-pub use routing::{Route, RouteConfig, Routes, Side};
+pub use routing::{Route, RouteConfig, RouteTls, Routes, Side};
+pub use secure::{KeySource, LegCrypto, RouteSrtp, SrtpMode, Undecryptable};
 
 #[derive(Debug, Error)]
 pub enum B2buaError {
@@ -138,6 +140,14 @@ pub enum MediaCommand {
     Close {
         call: CallId,
     },
+    /// How the relay treats one leg's media from now on: plain, SRTP with these keys, or
+    /// encrypted with keys tapir does not have (see the `secure` module). Sent after `Open`,
+    /// and again whenever a leg's keys change.
+    Crypto {
+        call: CallId,
+        leg: Leg,
+        crypto: LegCrypto,
+    },
     /// Play a prompt to one leg before the call is connected, then report
     /// [`B2bua::announcement_done`]. While it plays nothing is relayed between the legs.
     Announce {
@@ -175,6 +185,12 @@ pub enum CallEvent {
     },
     Answered {
         call: CallId,
+    },
+    /// The call's media is encrypted with keys tapir does not have and is relayed without
+    /// being recorded (`undecryptable = "relay"`). Emitted just before `Started`.
+    Encrypted {
+        call: CallId,
+        reason: String,
     },
     /// An in-dialog request crossed tapir (re-INVITE, UPDATE, INFO...): its `X-Tapir-*`
     /// headers carry flow directives, an INFO body may carry DTMF.
@@ -294,6 +310,8 @@ struct Call {
     media_open: bool,
     /// Transfer, session-timer and hold state (see the `extra` module).
     x: extra::CallExtra,
+    /// SRTP on each leg (see the `secure` module).
+    srtp: secure::CallSrtp,
     ann: announce::CallAnnounce,
 }
 
@@ -417,6 +435,10 @@ pub struct B2bua {
     /// The latest `now` seen, for bookkeeping in paths that are not handed one.
     clock: Option<Instant>,
     forgotten: Forgotten,
+    /// Random bytes for SRTP keys; without it, SRTP offers are refused.
+    keys: Option<Box<dyn KeySource>>,
+    /// Addresses written in Via and Contact toward TLS peers (the TLS listeners).
+    tls_addrs: Vec<SocketAddr>,
 }
 
 enum Purpose {
@@ -455,7 +477,22 @@ impl B2bua {
             wakeups: BinaryHeap::new(),
             clock: None,
             forgotten: Forgotten::default(),
+            keys: None,
+            tls_addrs: Vec::new(),
         }
+    }
+
+    /// The TLS listeners' addresses, for Via and Contact toward TLS peers (RFC 3261 §26: a
+    /// TLS peer sends its requests back to the TLS port). Without them, the UDP/TCP
+    /// addresses are written.
+    pub fn set_tls_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.tls_addrs = addrs;
+    }
+
+    /// Where SRTP master keys come from: the binary passes its random number generator.
+    /// Until one is set, offers that need a key of tapir's are refused with 488.
+    pub fn set_key_source(&mut self, keys: Box<dyn KeySource>) {
+        self.keys = Some(keys);
     }
 
     /// Replaces the routing table; calls in progress keep the route they were set up with.
@@ -697,6 +734,11 @@ impl B2bua {
 
     /// Our SIP address in the family of `peer`.
     fn local_addr(&self, peer: Peer) -> SocketAddr {
+        if peer.transport == Transport::Tls {
+            if let Some(a) = same_family(peer, &self.tls_addrs, SocketAddr::is_ipv4) {
+                return a;
+            }
+        }
         same_family(peer, &self.config.sip_addrs, SocketAddr::is_ipv4)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)))
     }
@@ -883,6 +925,25 @@ impl B2bua {
             tracing::info!(peer = %from.addr, "no route for INVITE");
             return reject(self, 404, "Not Found: no route");
         };
+        // SRTP per leg: read the caller's keying and make leg B's offer (see `secure`).
+        let mut srtp = secure::CallSrtp::new(route.srtp);
+        let mut b_sdp = sdp.clone();
+        if let Some(s) = b_sdp.as_mut() {
+            match srtp.on_sdp(Leg::A, secure::SdpKind::Offer, s, self.keys.as_deref_mut()) {
+                Ok(()) => {}
+                Err(secure::SdpReject::Undecryptable(reason))
+                    if route.srtp.undecryptable == Undecryptable::Relay =>
+                {
+                    srtp.set_opaque(reason);
+                    b_sdp = sdp.clone();
+                }
+                Err(e) => {
+                    tracing::info!(peer = %from.addr, reason = e.reason(), "offer refused");
+                    let reason = format!("Not Acceptable Here: {}", e.reason());
+                    return reject(self, 488, &reason);
+                }
+            }
+        }
         let Some((a_port, b_port)) = self.ports.allocate_pair() else {
             tracing::warn!("RTP port range exhausted");
             let mut r = req.response(503, "Service Unavailable: no media ports");
@@ -960,7 +1021,7 @@ impl B2bua {
         if let Some(r) = link.as_ref().and_then(|l| l.replaces.clone()) {
             b_req.headers.set("Replaces", r);
         }
-        if let Some(mut s) = sdp.clone() {
+        if let Some(mut s) = b_sdp {
             let i = s.audio_index().unwrap_or(0);
             s.anchor(i, self.media_ip(b_peer), b_port);
             b_req.headers.push("Content-Type", "application/sdp");
@@ -985,6 +1046,7 @@ impl B2bua {
                 direction: route.direction.clone(),
                 record: route.record.clone(),
                 format: route.format.clone(),
+                srtp: route.srtp,
             },
         );
         if let Some(s) = &sdp {
@@ -1020,6 +1082,12 @@ impl B2bua {
         if span_to.is_empty() {
             span_to = "unknown".into();
         }
+        if let Some(reason) = srtp.opaque() {
+            self.out.push_back(Output::Call(CallEvent::Encrypted {
+                call,
+                reason: reason.to_string(),
+            }));
+        }
         self.out.push_back(Output::Call(CallEvent::Started {
             call,
             route: route.name.clone(),
@@ -1043,6 +1111,10 @@ impl B2bua {
         }));
         if let Some(s) = &sdp {
             self.media_update(call, Leg::A, s);
+        }
+        for (leg, crypto) in srtp.changes() {
+            self.out
+                .push_back(Output::Media(MediaCommand::Crypto { call, leg, crypto }));
         }
 
         self.dialogs
@@ -1128,6 +1200,7 @@ impl B2bua {
                 outcome: None,
                 media_open: true,
                 x,
+                srtp,
                 ann,
             }),
         );
@@ -1149,11 +1222,47 @@ impl B2bua {
         self.note_media(call, leg, timers::sdp_sends(s));
     }
 
-    /// Rewrites an SDP body that came from `from_leg` for sending on the other leg, and tells
-    /// the relay what `from_leg` now sends. Returns `None` for a body that is not valid SDP.
-    fn relay_sdp(&mut self, call: CallId, from_leg: Leg, body: &[u8]) -> Option<Vec<u8>> {
-        let mut s = Sdp::parse(body).ok()?;
-        self.media_update(call, from_leg, &s);
+    /// Rewrites an SDP body that came from `from_leg` for sending on the other leg (anchored,
+    /// keying replaced as the `secure` module decides), and tells the relay what `from_leg`
+    /// now sends. `Ok(None)` for a body that is not valid SDP; an error for an offer tapir
+    /// cannot take (488).
+    fn relay_sdp(
+        &mut self,
+        call: CallId,
+        from_leg: Leg,
+        body: &[u8],
+        kind: secure::SdpKind,
+    ) -> Result<Option<Vec<u8>>, secure::SdpReject> {
+        let Ok(mut s) = Sdp::parse(body) else {
+            return Ok(None);
+        };
+        let Some(c) = self.calls.get_mut(&call) else {
+            return Ok(None);
+        };
+        c.srtp
+            .on_sdp(from_leg, kind, &mut s, self.keys.as_deref_mut())?;
+        let changes = c.srtp.changes();
+        let Some(s) = self.relay_sdp_anchored(call, from_leg, body, s) else {
+            return Ok(None);
+        };
+        for (leg, crypto) in changes {
+            self.out
+                .push_back(Output::Media(MediaCommand::Crypto { call, leg, crypto }));
+        }
+        Ok(Some(s))
+    }
+
+    fn relay_sdp_anchored(
+        &mut self,
+        call: CallId,
+        from_leg: Leg,
+        body: &[u8],
+        mut s: Sdp,
+    ) -> Option<Vec<u8>> {
+        // The relay learns the leg's media from the SDP as it came, keying and all.
+        if let Ok(orig) = Sdp::parse(body) {
+            self.media_update(call, from_leg, &orig);
+        }
         let to = self.calls.get(&call)?.leg(from_leg.other());
         let (port, ip) = (to.port, self.media_ip(to.peer));
         if let Some(i) = s.audio_index() {
@@ -1165,6 +1274,7 @@ impl B2bua {
     }
 
     /// Builds the message for `to_leg` that carries `src`'s body, with SDP anchored.
+    #[allow(clippy::too_many_arguments)]
     fn copy_body(
         &mut self,
         call: CallId,
@@ -1173,12 +1283,13 @@ impl B2bua {
         body: &[u8],
         content_type: Option<&str>,
         dst: &mut sip::Headers,
-    ) -> Vec<u8> {
+        kind: secure::SdpKind,
+    ) -> Result<Vec<u8>, secure::SdpReject> {
         if body.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let out = if src_has_sdp {
-            match self.relay_sdp(call, from_leg, body) {
+            match self.relay_sdp(call, from_leg, body, kind)? {
                 Some(b) => b,
                 None => body.to_vec(),
             }
@@ -1188,7 +1299,35 @@ impl B2bua {
         if let Some(ct) = content_type {
             dst.push("Content-Type", ct.to_string());
         }
-        out
+        Ok(out)
+    }
+
+    /// [`Self::copy_body`] for a response, which cannot be refused: an offer in it that tapir
+    /// cannot take is logged and relayed anchored with its keying untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_response_body(
+        &mut self,
+        call: CallId,
+        from_leg: Leg,
+        src_has_sdp: bool,
+        body: &[u8],
+        content_type: Option<&str>,
+        dst: &mut sip::Headers,
+        kind: secure::SdpKind,
+    ) -> Vec<u8> {
+        match self.copy_body(call, from_leg, src_has_sdp, body, content_type, dst, kind) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(call, reason = e.reason(), "SDP in a response not taken");
+                if let Some(ct) = content_type {
+                    dst.push("Content-Type", ct.to_string());
+                }
+                Sdp::parse(body)
+                    .ok()
+                    .and_then(|s| self.relay_sdp_anchored(call, from_leg, body, s))
+                    .unwrap_or_else(|| body.to_vec())
+            }
+        }
     }
 
     fn reply_a_invite(&mut self, now: Instant, call: CallId, code: u16, reason: &str) {
@@ -1267,13 +1406,19 @@ impl B2bua {
         }
         let has_sdp = resp.has_sdp();
         let ct = resp.content_type().map(str::to_string);
-        r.body = self.copy_body(
+        let kind = if relay.request.body.is_empty() {
+            secure::SdpKind::Offer
+        } else {
+            secure::SdpKind::Answer
+        };
+        r.body = self.copy_response_body(
             relay.call,
             to_leg_of_resp,
             has_sdp,
             &resp.body,
             ct.as_deref(),
             &mut r.headers,
+            kind,
         );
         if relay.request.method == Method::Invite && (200..300).contains(&resp.status) {
             // ACK the re-INVITE's 2xx on the answering leg at once; the caller's ACK to us is
@@ -1396,13 +1541,20 @@ impl B2bua {
         }
         let has_sdp = resp.has_sdp();
         let ct = resp.content_type().map(str::to_string);
-        r.body = self.copy_body(
+        // Leg B's SDP answers tapir's offer, unless the caller made none (delayed offer).
+        let kind = if a_req.body.is_empty() {
+            secure::SdpKind::Offer
+        } else {
+            secure::SdpKind::Answer
+        };
+        r.body = self.copy_response_body(
             call,
             Leg::B,
             has_sdp,
             &resp.body,
             ct.as_deref(),
             &mut r.headers,
+            kind,
         );
         let c = self.calls.get_mut(&call).expect("call exists");
         if let (Some(fixed), false) = (&c.ann.a_sdp, r.body.is_empty()) {
@@ -1573,7 +1725,11 @@ impl B2bua {
             c.state = CallState::Confirmed;
             if let Some(resp) = c.b_ack_pending.take() {
                 let body = if req.has_sdp() {
-                    self.relay_sdp(call, Leg::A, &req.body)
+                    self.relay_sdp(call, Leg::A, &req.body, secure::SdpKind::Answer)
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(call, reason = e.reason(), "answer in ACK not taken");
+                            None
+                        })
                         .map(|b| (b, "application/sdp".to_string()))
                 } else {
                     None
@@ -1823,14 +1979,29 @@ impl B2bua {
         }
         let has_sdp = req.has_sdp();
         let ct = req.content_type().map(str::to_string);
-        out.body = self.copy_body(
+        let kind = if matches!(req.method, Method::Ack | Method::Prack) {
+            secure::SdpKind::Answer
+        } else {
+            secure::SdpKind::Offer
+        };
+        out.body = match self.copy_body(
             call,
             leg,
             has_sdp,
             &req.body,
             ct.as_deref(),
             &mut out.headers,
-        );
+            kind,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(call, reason = e.reason(), "in-dialog offer refused");
+                let reason = format!("Not Acceptable Here: {}", e.reason());
+                let r = req.response(488, &reason);
+                self.respond(now, &key, r);
+                return;
+            }
+        };
         let k = self.tx.send_request(now, out, peer);
         self.client.insert(
             k,

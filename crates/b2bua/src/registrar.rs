@@ -163,6 +163,8 @@ impl RegistrarConfig {
             direction: self.direction.clone(),
             record: self.record.clone(),
             format: self.format.clone(),
+            srtp: Default::default(),
+            tls: None,
             external: false,
         };
         let routes = Routes::compile(&[rc], &HashMap::new())

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 use sip::{Host, Transport, Uri};
 
+use crate::secure::RouteSrtp;
 use crate::B2buaError;
 
 /// Which party of a call a route calls the customer; the other is the agent.
@@ -106,6 +107,28 @@ pub struct RouteConfig {
     /// service): a transfer whose target this route would carry is an external transfer.
     #[serde(default)]
     pub external: bool,
+    /// SRTP on each leg and what to do with streams tapir cannot decrypt.
+    #[serde(default)]
+    pub srtp: RouteSrtp,
+    /// How the target is verified when `target` says `;transport=tls`.
+    #[serde(default)]
+    pub tls: Option<RouteTls>,
+}
+
+/// TLS verification of a route's target (read by the binary, which makes the connections).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTls {
+    /// PEM file of the CAs the target's certificate must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the target's own certificate: only that one is accepted (pinning).
+    pub pinned_cert: Option<std::path::PathBuf>,
+    /// Name the certificate must carry; the target's IP address when absent.
+    pub server_name: Option<String>,
+    /// PEM certificate chain tapir presents when the target asks for one (mutual TLS).
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +148,7 @@ pub struct Route {
     /// The registered account a call on this route goes to (calls to phones registered
     /// through tapir): the station, whatever Contact the PBX dialled.
     pub station: Option<String>,
+    pub srtp: RouteSrtp,
 }
 
 /// The compiled routing table; first match wins.
@@ -171,7 +195,7 @@ impl Routes {
             };
             let transport = match sip.params.value("transport") {
                 Some(t) => Transport::parse(t)
-                    .filter(|t| matches!(t, Transport::Udp | Transport::Tcp))
+                    .filter(|t| matches!(t, Transport::Udp | Transport::Tcp | Transport::Tls))
                     .ok_or_else(|| ctx(format!("unsupported transport '{t}'")))?,
                 None => Transport::Udp,
             };
@@ -189,9 +213,15 @@ impl Routes {
                 format: r.format.clone(),
                 external: r.external,
                 station: None,
+                srtp: r.srtp,
             });
         }
         Ok(Self { routes: out })
+    }
+
+    /// The route named `name`.
+    pub fn get(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
     }
 
     pub fn find(&self, source: IpAddr, user: &str) -> Option<&Route> {
@@ -246,6 +276,8 @@ mod tests {
             record: None,
             format: None,
             external: false,
+            srtp: Default::default(),
+            tls: None,
         }
     }
 

@@ -161,6 +161,7 @@ fn direct_route(meta: &CallMeta, target_uri: Uri, peer: Peer, customer: Side) ->
     let t = match peer.transport {
         Transport::Udp => "",
         Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
         _ => return None,
     };
     let cfg = RouteConfig {
@@ -174,6 +175,8 @@ fn direct_route(meta: &CallMeta, target_uri: Uri, peer: Peer, customer: Side) ->
         direction: meta.direction.clone(),
         record: meta.record.clone(),
         format: meta.format.clone(),
+        srtp: meta.srtp,
+        tls: None,
         external: false,
     };
     let routes = Routes::compile(&[cfg], &HashMap::new()).ok()?;

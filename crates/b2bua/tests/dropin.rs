@@ -75,6 +75,8 @@ impl H {
             direction: Some("inbound".into()),
             record: None,
             format: None,
+            srtp: Default::default(),
+            tls: None,
             external: false,
         };
         // The transfer target is a next hop tapir knows (a route of its own): a Refer-To may

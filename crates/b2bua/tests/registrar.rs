@@ -53,6 +53,8 @@ impl World {
                 direction: Some("outbound".into()),
                 record: None,
                 format: None,
+                srtp: Default::default(),
+                tls: None,
                 external: false,
             }],
             &HashMap::new(),

@@ -74,6 +74,11 @@ pub struct RecordingMetadata {
     /// talk-to-listen ratio, pauses, overtalk, monologues, silences; see the `analysis`
     /// crate). Its waveform peaks are in `<name>.peaks.json` beside the audio.
     pub metrics: Option<serde_json::Value>,
+    /// `"not recorded"` when the call's media was encrypted with keys tapir does not have
+    /// (DTLS-SRTP, ZRTP, an unknown SRTP suite) and was relayed without being recorded.
+    pub encrypted: Option<String>,
+    /// Why it could not be decrypted.
+    pub encrypted_reason: Option<String>,
 }
 
 impl RecordingMetadata {

@@ -2,7 +2,12 @@
 //! connection address and ports so that media is anchored on tapir (RFC 3264 offer/answer).
 //!
 //! Lines are kept in order and unchanged unless tapir rewrites them, so attributes tapir does
-//! not understand (crypto, ICE, fmtp, ptime...) pass through untouched.
+//! not understand (ICE, fmtp, ptime...) pass through untouched. SDES keying (`a=crypto`) and
+//! the other ways a stream may be secured are read and rewritten by [`crypto`].
+
+pub mod crypto;
+
+pub use crypto::{Crypto, CryptoError, Security};
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;

@@ -87,6 +87,22 @@ pub struct SipConfig {
     pub listen_udp: Vec<SocketAddr>,
     #[serde(default)]
     pub listen_tcp: Vec<SocketAddr>,
+    /// SIP over TLS (RFC 3261 §26) listeners; they need `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CAs that client certificates of TLS peers are verified against; without it no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// With `tls_client_ca`: refuse peers that present no client certificate.
+    #[serde(default)]
+    pub tls_require_client_cert: bool,
     #[serde(default)]
     pub advertise: Vec<SocketAddr>,
     pub t1_ms: u64,
@@ -193,8 +209,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.sip.listen_udp.is_empty() && self.sip.listen_tcp.is_empty() {
-            bail!("sip: listen_udp and listen_tcp are both empty: nothing to listen on");
+        if self.sip.listen_udp.is_empty()
+            && self.sip.listen_tcp.is_empty()
+            && self.sip.listen_tls.is_empty()
+        {
+            bail!("sip: listen_udp, listen_tcp and listen_tls are empty: nothing to listen on");
         }
         if self.media.ips.is_empty() {
             bail!("media.ips: at least one address is needed for SDP");
@@ -245,6 +264,7 @@ impl Config {
             }
         }
         self.compile_routes()?;
+        self.tls()?;
         if let Some(r) = &self.registrar {
             if let Some(m) = &r.record {
                 if crate::recording::parse_mode(m).is_none() {
@@ -319,6 +339,79 @@ impl Config {
             );
         }
         Ok((by_route, prompts))
+    }
+
+    /// The TLS settings: the listeners' certificate and each TLS target's verification.
+    /// `None` when nothing speaks TLS.
+    pub fn tls(&self) -> Result<Option<crate::tls::Tls>> {
+        let server = match (&self.sip.tls_cert, &self.sip.tls_key) {
+            (Some(c), Some(k)) => Some(
+                crate::tls::TlsServer::load(crate::tls::ServerFiles {
+                    cert: c.clone(),
+                    key: k.clone(),
+                    client_ca: self.sip.tls_client_ca.clone(),
+                    require_client_cert: self.sip.tls_require_client_cert,
+                })
+                .map_err(|e| anyhow::anyhow!("sip.tls_cert: {e:#}"))?,
+            ),
+            (None, None) => None,
+            _ => bail!("sip: tls_cert and tls_key go together"),
+        };
+        if !self.sip.listen_tls.is_empty() && server.is_none() {
+            bail!("sip.listen_tls needs tls_cert and tls_key");
+        }
+        let targets = self.tls_targets()?;
+        if server.is_none() && targets.is_empty() {
+            return Ok(None);
+        }
+        let clients = crate::tls::TlsClients::build(&targets)?;
+        Ok(Some(crate::tls::Tls {
+            server,
+            clients: std::sync::RwLock::new(std::sync::Arc::new(clients)),
+        }))
+    }
+
+    /// Each route target reached over TLS, with its route's verification settings.
+    pub fn tls_targets(&self) -> Result<Vec<(SocketAddr, b2bua::RouteTls)>> {
+        let routes = self.compile_routes()?;
+        let mut out = Vec::new();
+        for rc in &self.routes {
+            let Some(r) = routes.get(&rc.name) else {
+                continue;
+            };
+            if r.transport == sip::Transport::Tls {
+                let tls = rc.tls.clone().unwrap_or_default();
+                out.push((r.target, tls));
+            } else if rc.tls.is_some() {
+                bail!(
+                    "route '{}': tls is set but the target is not ;transport=tls",
+                    rc.name
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Addresses for Via/Contact toward TLS peers: the TLS listeners, with the advertised
+    /// address when they listen on a wildcard.
+    pub fn advertise_tls(&self) -> Result<Vec<SocketAddr>> {
+        let plain = self.advertise()?;
+        Ok(self
+            .sip
+            .listen_tls
+            .iter()
+            .map(|a| {
+                if a.ip().is_unspecified() {
+                    let ip = plain
+                        .iter()
+                        .find(|p| p.is_ipv4() == a.is_ipv4())
+                        .map_or(a.ip(), |p| p.ip());
+                    SocketAddr::new(ip, a.port())
+                } else {
+                    *a
+                }
+            })
+            .collect())
     }
 
     pub fn compile_routes(&self) -> Result<Routes> {

@@ -34,10 +34,12 @@ pub enum Input {
         addr: SocketAddr,
         id: u64,
         tx: mpsc::Sender<Vec<u8>>,
+        tls: bool,
     },
     TcpDown {
         addr: SocketAddr,
         id: u64,
+        tls: bool,
     },
     Control(Control),
 }
@@ -68,6 +70,9 @@ pub struct Engine {
     /// SIP UDP sockets with whether each is IPv4 (asked once: `local_addr` is a syscall).
     udp: Vec<(Arc<UdpSocket>, bool)>,
     tcp: TcpPeers,
+    /// The writers of the open SIP/TLS connections, by peer address.
+    tls_peers: TcpPeers,
+    tls: Option<Arc<crate::tls::Tls>>,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
     relay: Relay,
@@ -86,6 +91,8 @@ pub struct Engine {
     calls_watch: watch::Sender<usize>,
     /// Contact ids a transferred call continues, from its `Transferred` until its `Started`.
     continued_contacts: HashMap<CallId, String>,
+    /// Calls announced as encrypted and unrecordable, until their `Started`.
+    encrypted: HashMap<CallId, String>,
     /// RTP counter of each call and when it last moved (media supervision).
     media_seen: HashMap<CallId, (u64, Instant)>,
 }
@@ -95,6 +102,9 @@ pub struct EngineParts {
     pub core: B2bua,
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
+    pub tls_addrs: Vec<SocketAddr>,
+    /// Certificates for the TLS listeners and targets.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub relay: Relay,
     pub metrics: Arc<Metrics>,
     pub recorder: Option<RecorderLink>,
@@ -110,6 +120,7 @@ pub struct EngineHandle {
     pub calls: watch::Receiver<usize>,
     pub local_udp: Vec<SocketAddr>,
     pub local_tcp: Vec<SocketAddr>,
+    pub local_tls: Vec<SocketAddr>,
 }
 
 impl Engine {
@@ -170,6 +181,8 @@ impl Engine {
             core,
             udp_addrs,
             tcp_addrs,
+            tls_addrs,
+            tls,
             relay,
             metrics,
             recorder,
@@ -199,11 +212,30 @@ impl Engine {
             local_tcp.push(l.local_addr()?);
             tokio::spawn(tcp_acceptor(l, inputs_tx.clone(), tcp_idle));
         }
+        let mut local_tls = Vec::new();
+        for a in &tls_addrs {
+            let Some(t) = tls.clone().filter(|t| t.server.is_some()) else {
+                anyhow::bail!("SIP TLS {a}: no certificate configured");
+            };
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot bind SIP TLS {a}"))?;
+            local_tls.push(l.local_addr()?);
+            tokio::spawn(tls_acceptor(
+                l,
+                t,
+                inputs_tx.clone(),
+                tcp_idle,
+                metrics.clone(),
+            ));
+        }
         let (calls_watch, calls) = watch::channel(0);
         let engine = Engine {
             core,
             udp,
             tcp: TcpPeers::default(),
+            tls_peers: TcpPeers::default(),
+            tls,
             inputs_tx: inputs_tx.clone(),
             inputs,
             relay,
@@ -217,6 +249,7 @@ impl Engine {
             last_stats: (0, 0, 0, 0, 0, 0),
             calls_watch,
             continued_contacts: HashMap::new(),
+            encrypted: HashMap::new(),
             media_seen: HashMap::new(),
         };
         Ok((
@@ -226,6 +259,7 @@ impl Engine {
                 calls,
                 local_udp,
                 local_tcp,
+                local_tls,
             },
         ))
     }
@@ -304,8 +338,19 @@ impl Engine {
         let now = std::time::Instant::now();
         match input {
             Input::Sip { data, from } => self.core.handle_message(now, &data, from),
-            Input::TcpUp { addr, id, tx } => self.tcp.up(addr, id, tx),
-            Input::TcpDown { addr, id } => self.tcp.down(addr, id),
+            Input::TcpUp {
+                addr,
+                id,
+                tx,
+                tls: false,
+            } => self.tcp.up(addr, id, tx),
+            Input::TcpUp { addr, id, tx, .. } => self.tls_peers.up(addr, id, tx),
+            Input::TcpDown {
+                addr,
+                id,
+                tls: false,
+            } => self.tcp.down(addr, id),
+            Input::TcpDown { addr, id, .. } => self.tls_peers.down(addr, id),
             Input::Control(c) => match c {
                 Control::ListCalls(reply) => {
                     let _ = reply.send(self.core.call_ids());
@@ -414,6 +459,15 @@ impl Engine {
                 }
             }
             CallEvent::Answered { call } => tracing::info!(call, "call answered"),
+            CallEvent::Encrypted { call, reason } => {
+                tracing::warn!(
+                    call,
+                    reason,
+                    "media encrypted with keys tapir does not have: relayed, not recorded"
+                );
+                self.metrics.calls_encrypted.inc();
+                self.encrypted.insert(*call, reason.clone());
+            }
             CallEvent::Ended { call, outcome } => {
                 tracing::info!(call, outcome = ?outcome, "call ended");
                 self.metrics
@@ -472,7 +526,10 @@ impl Engine {
                         .clone()
                         .unwrap_or_else(|| format!("{start}-{}-{call}", r.node));
                     self.core.set_contact_label(call, contact_id.clone());
+                    let encrypted = self.encrypted.remove(&call);
                     let meta = recorder::RecordingMetadata {
+                        encrypted: encrypted.as_ref().map(|_| "not recorded".to_string()),
+                        encrypted_reason: encrypted.clone(),
                         call_id_customer: Some(cust_id),
                         call_id_agent: Some(agent_id),
                         direction: direction.unwrap_or_default(),
@@ -489,6 +546,13 @@ impl Engine {
                         None => Some(r.default_mode),
                     };
                     let rules = rules.unwrap_or_default();
+                    // Ciphertext is never recorded: it would be a file of noise. The call
+                    // leaves its decision and metadata (marked encrypted) like a `never` one.
+                    let route_mode = if encrypted.is_some() {
+                        Some(Mode::Never)
+                    } else {
+                        route_mode
+                    };
                     if route_mode != Some(Mode::Never) {
                         self.tapped.insert(call);
                         if let Some(f) = feature_filter(&rules) {
@@ -550,6 +614,7 @@ impl Engine {
                 CallEvent::Answered { call } => {
                     Some(RecCtl::Call(contact::Input::Answered { call }))
                 }
+                CallEvent::Encrypted { .. } => None,
                 CallEvent::Ended { call, .. } => {
                     self.tapped.remove(&call);
                     Some(RecCtl::Call(contact::Input::Ended { call }))
@@ -590,6 +655,23 @@ impl Engine {
                     }
                 }
             }
+            Transport::Tls => match self.tls_peers.send(to.addr, data) {
+                TcpRoute::Queued => {}
+                TcpRoute::Dropped => {
+                    tracing::debug!(peer = %to.addr, "TLS peer is not reading; SIP message dropped");
+                }
+                TcpRoute::Connect { id, rx } => {
+                    tokio::spawn(tls_connect(
+                        to.addr,
+                        id,
+                        rx,
+                        self.inputs_tx.clone(),
+                        self.tcp_idle,
+                        self.tls.clone(),
+                        self.metrics.clone(),
+                    ));
+                }
+            },
             _ => match self.tcp.send(to.addr, data) {
                 TcpRoute::Queued => {}
                 TcpRoute::Dropped => {
@@ -732,10 +814,24 @@ async fn tcp_acceptor(l: TcpListener, inputs: mpsc::Sender<Input>, idle: Duratio
                 let _ = stream.set_nodelay(true);
                 let (tx, rx) = mpsc::channel(TCP_QUEUE);
                 let id = next_conn_id();
-                if inputs.send(Input::TcpUp { addr, id, tx }).await.is_err() {
+                let up = Input::TcpUp {
+                    addr,
+                    id,
+                    tx,
+                    tls: false,
+                };
+                if inputs.send(up).await.is_err() {
                     return;
                 }
-                tokio::spawn(tcp_connection(stream, addr, id, rx, inputs.clone(), idle));
+                tokio::spawn(stream_connection(
+                    stream,
+                    addr,
+                    id,
+                    rx,
+                    inputs.clone(),
+                    idle,
+                    Transport::Tcp,
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TCP accept failed");
@@ -755,26 +851,149 @@ async fn tcp_connect(
     match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            tcp_connection(stream, addr, id, rx, inputs, idle).await;
+            stream_connection(stream, addr, id, rx, inputs, idle, Transport::Tcp).await;
         }
         _ => {
             tracing::info!(peer = %addr, "TCP connect failed");
-            let _ = inputs.send(Input::TcpDown { addr, id }).await;
+            let down = Input::TcpDown {
+                addr,
+                id,
+                tls: false,
+            };
+            let _ = inputs.send(down).await;
+        }
+    }
+}
+
+/// Accepts SIP/TLS connections. The handshake runs in the connection's own task, so a peer
+/// that stalls or fails it never holds up the others; a failure is logged with the peer and
+/// counted.
+async fn tls_acceptor(
+    l: TcpListener,
+    tls: Arc<crate::tls::Tls>,
+    inputs: mpsc::Sender<Input>,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let (stream, addr) = match l.accept().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = tls.server.as_ref().map(|s| s.acceptor()) else {
+            return;
+        };
+        let inputs = inputs.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            let stream = match hs {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %addr, error = %e, "TLS handshake from peer failed");
+                    metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["in"])
+                        .inc();
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %addr, "TLS handshake from peer timed out");
+                    metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["in"])
+                        .inc();
+                    return;
+                }
+            };
+            let (tx, rx) = mpsc::channel(TCP_QUEUE);
+            let id = next_conn_id();
+            let up = Input::TcpUp {
+                addr,
+                id,
+                tx,
+                tls: true,
+            };
+            if inputs.send(up).await.is_err() {
+                return;
+            }
+            stream_connection(stream, addr, id, rx, inputs, idle, Transport::Tls).await;
+        });
+    }
+}
+
+/// Opens a SIP/TLS connection to a route target, verified as its route says.
+async fn tls_connect(
+    addr: SocketAddr,
+    id: u64,
+    rx: mpsc::Receiver<Vec<u8>>,
+    inputs: mpsc::Sender<Input>,
+    idle: Duration,
+    tls: Option<Arc<crate::tls::Tls>>,
+    metrics: Arc<Metrics>,
+) {
+    let down = Input::TcpDown {
+        addr,
+        id,
+        tls: true,
+    };
+    let client = tls.and_then(|t| t.clients.read().unwrap().get(addr));
+    let Some((connector, name)) = client else {
+        tracing::warn!(peer = %addr, "no TLS settings for this peer (not a route target); message dropped");
+        let _ = inputs.send(down).await;
+        return;
+    };
+    let stream = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::info!(peer = %addr, "TCP connect for TLS failed");
+            let _ = inputs.send(down).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    match tokio::time::timeout(Duration::from_secs(10), connector.connect(name, stream)).await {
+        Ok(Ok(s)) => stream_connection(s, addr, id, rx, inputs, idle, Transport::Tls).await,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "TLS handshake with target failed");
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&["out"])
+                .inc();
+            let _ = inputs.send(down).await;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %addr, "TLS handshake with target timed out");
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&["out"])
+                .inc();
+            let _ = inputs.send(down).await;
         }
     }
 }
 
 /// Reads framed SIP messages (RFC 3261 §18.3: by Content-Length, across partial reads and
 /// several per read) and writes queued outgoing messages; closes after `idle` with no traffic.
-async fn tcp_connection(
-    stream: TcpStream,
+/// The same for TCP and TLS.
+async fn stream_connection<S>(
+    stream: S,
     addr: SocketAddr,
     id: u64,
     mut rx: mpsc::Receiver<Vec<u8>>,
     inputs: mpsc::Sender<Input>,
     idle: Duration,
-) {
-    let (mut rd, mut wr) = stream.into_split();
+    transport: Transport,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             if wr.write_all(&m).await.is_err() {
@@ -797,10 +1016,7 @@ async fn tcp_connection(
         loop {
             match framer.next_message() {
                 Ok(Some(data)) => {
-                    let from = Peer {
-                        addr,
-                        transport: Transport::Tcp,
-                    };
+                    let from = Peer { addr, transport };
                     if inputs.send(Input::Sip { data, from }).await.is_err() {
                         break 'conn;
                     }
@@ -814,7 +1030,12 @@ async fn tcp_connection(
         }
     }
     writer.abort();
-    let _ = inputs.send(Input::TcpDown { addr, id }).await;
+    let down = Input::TcpDown {
+        addr,
+        id,
+        tls: transport == Transport::Tls,
+    };
+    let _ = inputs.send(down).await;
 }
 
 /// The filter that keeps the policy's feature codes from the customer, unless the rules say

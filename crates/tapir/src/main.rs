@@ -21,6 +21,8 @@ mod metrics;
 mod policy_link;
 mod recording;
 mod relay;
+mod relay_srtp;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,6 +166,9 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         user_agent: cfg.sip.user_agent.clone(),
     };
     let mut core = b2bua::B2bua::new(core_cfg, cfg.compile_routes()?);
+    core.set_key_source(Box::new(OsKeys));
+    core.set_tls_addrs(cfg.advertise_tls()?);
+    let tls = cfg.tls()?.map(Arc::new);
     core.set_registrar(cfg.compile_registrar()?);
     core.set_flood_limit(cfg.flood()?);
     let (announcements, prompts) = cfg.announcements()?;
@@ -201,6 +206,8 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         core,
         udp_addrs: cfg.sip.listen_udp.clone(),
         tcp_addrs: cfg.sip.listen_tcp.clone(),
+        tls_addrs: cfg.sip.listen_tls.clone(),
+        tls: tls.clone(),
         relay: relay.clone(),
         metrics: metrics.clone(),
         recorder: Some(link),
@@ -222,6 +229,7 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
     tracing::info!(
         sip_udp = ?handle.local_udp,
         sip_tcp = ?handle.local_tcp,
+        sip_tls = ?handle.local_tls,
         http = %http_addr,
         "tapir ready"
     );
@@ -229,7 +237,7 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
     let config_path = cli.config.clone();
     let inputs = handle.inputs.clone();
     let mut calls = handle.calls.clone();
-    wait_for_shutdown(config_path, config_stamp, inputs.clone()).await;
+    wait_for_shutdown(config_path, config_stamp, inputs.clone(), tls).await;
     tracing::info!("draining: new calls get 503, calls in progress continue");
     let _ = inputs.send(Input::Control(Control::Drain)).await;
     let deadline = tokio::time::sleep(Duration::from_secs(cli.drain_seconds));
@@ -259,12 +267,14 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
 }
 
 /// Waits for SIGTERM or Ctrl-C. SIGHUP, or a change of the configuration file (its
-/// modification time, checked every second), reloads the routes; calls in progress keep the
-/// route they started with, and an invalid file leaves the previous routes in force.
+/// modification time, checked every second), reloads the routes and the TLS certificates;
+/// calls in progress keep the route they started with, connections the certificate they
+/// were made with, and an invalid file leaves what was in force.
 async fn wait_for_shutdown(
     config: Option<PathBuf>,
     mut seen: Option<SystemTime>,
     inputs: mpsc::Sender<Input>,
+    tls: Option<Arc<tls::Tls>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -283,11 +293,24 @@ async fn wait_for_shutdown(
             }
         };
         if reload {
-            match Config::load(config.as_deref(), &env_vars()).and_then(|c| c.compile_routes()) {
+            let loaded = Config::load(config.as_deref(), &env_vars());
+            match loaded
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(|c| c.compile_routes())
+            {
                 Ok(r) => {
                     let _ = inputs.send(Input::Control(Control::ReloadRoutes(r))).await;
                 }
                 Err(e) => tracing::error!("reload rejected, previous routes stay: {e:#}"),
+            }
+            if let (Some(t), Ok(c)) = (&tls, &loaded) {
+                match c.tls_targets().and_then(|targets| t.reload(&targets)) {
+                    Ok(()) => tracing::info!("TLS certificates reloaded"),
+                    Err(e) => {
+                        tracing::error!("TLS reload rejected, previous certificates stay: {e:#}")
+                    }
+                }
             }
         }
     }
@@ -297,6 +320,16 @@ async fn wait_for_shutdown(
 fn config_stamp(path: &Option<PathBuf>) -> Option<SystemTime> {
     path.as_deref()
         .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+/// SRTP master keys from the operating system's random number generator.
+struct OsKeys;
+
+impl b2bua::KeySource for OsKeys {
+    fn fill(&mut self, buf: &mut [u8]) {
+        // Without the OS generator no key could be trusted: stopping is the only safe answer.
+        getrandom::fill(buf).expect("the operating system's random number generator");
+    }
 }
 
 /// Seed for Call-IDs and tags: distinct per process and per node without a RNG dependency.

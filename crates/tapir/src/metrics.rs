@@ -20,6 +20,9 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub announcements: IntCounterVec,
     pub announcement_packets: IntCounter,
+    pub srtp_dropped: IntCounterVec,
+    pub calls_encrypted: IntCounter,
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -103,8 +106,32 @@ impl Metrics {
             "RTP packets of announcements sent",
         )
         .unwrap();
+        let srtp_dropped = IntCounterVec::new(
+            Opts::new(
+                "tapir_srtp_packets_dropped_total",
+                "SRTP/SRTCP packets dropped, by reason (auth_failed, replayed, too_old, key_expired, bad_mki, no_key, malformed, protect_failed)",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let calls_encrypted = IntCounter::new(
+            "tapir_calls_encrypted_unrecorded_total",
+            "Calls relayed with media tapir cannot decrypt, and so not recorded",
+        )
+        .unwrap();
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tapir_tls_handshake_failures_total",
+                "SIP/TLS handshakes that failed, by side (in: a peer connecting to tapir, out: tapir connecting to a target)",
+            ),
+            &["side"],
+        )
+        .unwrap();
         for c in [
-            Box::new(policy_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshake_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(srtp_dropped.clone()),
+            Box::new(calls_encrypted.clone()),
+            Box::new(policy_reloads.clone()),
             Box::new(announcements.clone()),
             Box::new(announcement_packets.clone()),
             Box::new(calls_active.clone()),
@@ -141,6 +168,9 @@ impl Metrics {
             policy_reloads,
             announcements,
             announcement_packets,
+            srtp_dropped,
+            calls_encrypted,
+            tls_handshake_failures,
         }
     }
 

@@ -996,6 +996,8 @@ pub fn route(name: &str, target: &str) -> RouteConfig {
         direction: Some("inbound".into()),
         record: None,
         format: None,
+        srtp: Default::default(),
+        tls: None,
         external: false,
     }
 }
