@@ -92,9 +92,11 @@ pub struct CallStart {
     /// The rules in force when the call started (the policy file, or the defaults).
     pub rules: Arc<Rules>,
     pub source_zone: Option<String>,
-    /// The agent-side SIP account: the registered account when the agent's leg goes to a
-    /// binding tapir keeps, else the agent side's URI user.
+    /// The registered account, when the agent's leg goes to a phone registered through tapir:
+    /// the station, whatever an INVITE header says.
     pub station: Option<String>,
+    /// The agent side's URI user: the station when nothing better names it.
+    pub agent_user: Option<String>,
     pub customer_number: String,
     pub dialled_number: String,
     /// `X-Tapir-*` headers of the INVITE.
@@ -205,6 +207,9 @@ pub enum Output {
         recorded: bool,
         /// Why: the rule that started the recording, or the one that kept it off.
         reason: String,
+        /// The kind of that rule (`record_policy`, `station_never`, `consent_denied`...), which
+        /// names no station or number.
+        rule: &'static str,
         decisions: serde_json::Value,
         /// Metadata of a contact that never opened a recording, for its decision record.
         meta: Option<Box<RecordingMetadata>>,
@@ -226,6 +231,8 @@ struct PendingTransfer {
 struct Member {
     contact: ContactKey,
     customer: Leg,
+    /// A call of a `never` station that joined the contact: its audio is never taken.
+    muted: bool,
 }
 
 struct Contact {
@@ -247,9 +254,16 @@ struct Contact {
     /// Entries of the decision log already journaled.
     journaled: usize,
     /// The reason of the first start, once anything was recorded.
-    recorded_by: Option<String>,
+    recorded_by: Option<policy::Reason>,
     /// The decision's reason before the hang-up.
-    last_reason: String,
+    last_reason: policy::Reason,
+    /// A call of the contact answered (a transferred call's answer is not a new one).
+    answered: bool,
+    /// The contact's own stop while it waits for a transferred call is in force.
+    wait_stopped: bool,
+    /// A call of a `never` station (or route) joined: nothing more is recorded for this
+    /// contact, and that call's audio is never taken.
+    blocked: bool,
 }
 
 /// Every live contact.
@@ -266,6 +280,16 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.trim())
+}
+
+/// The station of a call: the registered account, else `X-Tapir-Station`, else the agent
+/// side's user. A registered account is what the phone proved with its credentials; a header
+/// is only what a sender says.
+fn station_of(s: &CallStart) -> Option<String> {
+    s.station
+        .clone()
+        .or_else(|| header(&s.x_headers, "X-Tapir-Station").map(str::to_owned))
+        .or_else(|| s.agent_user.clone())
 }
 
 /// The file stem of a statement: `<contact>-statement-<id>`; a generated id already has that
@@ -305,7 +329,7 @@ impl Contacts {
     pub fn route(&self, call: CallId, leg: Leg) -> Option<(ContactKey, Channel)> {
         let m = self.calls.get(&call)?;
         let c = self.contacts.get(&m.contact)?;
-        if !c.opened {
+        if !c.opened || m.muted {
             return None;
         }
         let ch = if leg == m.customer {
@@ -332,8 +356,15 @@ impl Contacts {
         match input {
             Input::Started(s) => self.start(now, *s),
             Input::Answered { call } => {
-                // A transferred call's answer is not a new answer of the contact.
-                if let Some(key) = self.owner_of(call) {
+                // The contact is answered once: a transferred call's answer is not a new one.
+                let Some(key) = self.calls.get(&call).map(|m| m.contact) else {
+                    return;
+                };
+                let first = self
+                    .contacts
+                    .get_mut(&key)
+                    .is_some_and(|c| !std::mem::replace(&mut c.answered, true));
+                if first {
                     self.event(key, now, PEvent::Answered);
                 }
             }
@@ -426,7 +457,7 @@ impl Contacts {
             ApiCommand::Pause => PEvent::ApiPause,
             ApiCommand::Resume => PEvent::ApiResume,
             ApiCommand::AgentOnly => PEvent::Directive(FlowDirective::AgentOnly),
-            ApiCommand::Both => PEvent::Directive(FlowDirective::StartCallRecording),
+            ApiCommand::Both => PEvent::ApiBoth,
             ApiCommand::Consent(c) => PEvent::Consent(c),
             ApiCommand::Directive(d) => PEvent::Directive(d),
             ApiCommand::Disposition => PEvent::Disposition,
@@ -504,12 +535,6 @@ impl Contacts {
         self.out.pop_front()
     }
 
-    fn owner_of(&self, call: CallId) -> Option<ContactKey> {
-        let m = self.calls.get(&call)?;
-        let c = self.contacts.get(&m.contact)?;
-        (c.calls.first() == Some(&call)).then_some(m.contact)
-    }
-
     fn start(&mut self, now: Instant, s: CallStart) {
         if s.continues {
             if let Some(&key) = self.by_id.get(&s.contact_id) {
@@ -555,9 +580,7 @@ impl Contacts {
             contact_id: s.contact_id.clone(),
             route: Some(s.route.clone()),
             direction,
-            station: header(h, "X-Tapir-Station")
-                .map(str::to_owned)
-                .or_else(|| s.station.clone()),
+            station: station_of(&s),
             agent: header(h, "X-Tapir-Agent").map(str::to_owned),
             team: header(h, "X-Tapir-Team").map(str::to_owned),
             skill: header(h, "X-Tapir-Skill").map(str::to_owned),
@@ -589,7 +612,7 @@ impl Contacts {
         let key = self.next_key;
         self.next_key += 1;
         let opened = !policy.is_never();
-        let last_reason = policy.decision().reason.to_string();
+        let last_reason = policy.decision().reason;
         self.contacts.insert(
             key,
             Contact {
@@ -608,6 +631,9 @@ impl Contacts {
                 journaled: 0,
                 recorded_by: None,
                 last_reason,
+                answered: false,
+                wait_stopped: false,
+                blocked: false,
             },
         );
         self.by_id.insert(s.contact_id.clone(), key);
@@ -616,6 +642,7 @@ impl Contacts {
             Member {
                 contact: key,
                 customer: s.customer,
+                muted: false,
             },
         );
         if opened {
@@ -638,15 +665,52 @@ impl Contacts {
         };
         c.members += 1;
         c.calls.push(s.call);
-        let waited = c.grace_until.take().is_some();
+        c.grace_until = None;
+        let waited = std::mem::take(&mut c.wait_stopped);
         let t = c.transfer.take();
+        // The transferred call may reach a station that is never recorded: that is absolute
+        // for the rest of the contact.
+        let rules = match s.route_mode {
+            Some(m) => std::borrow::Cow::Owned(s.rules.with_route_mode(&s.route, m)),
+            None => std::borrow::Cow::Borrowed(&*s.rules),
+        };
+        let station = station_of(s);
+        let muted = rules
+            .stations
+            .mode(station.as_deref(), c.policy.facts().direction)
+            == Mode::Never;
         self.calls.insert(
             s.call,
             Member {
                 contact: key,
                 customer: s.customer,
+                muted,
             },
         );
+        if muted && !c.blocked {
+            c.blocked = true;
+            c.policy.note(
+                "transferred call joined",
+                format!(
+                    "the call reached station {} whose mode is never: nothing more is recorded",
+                    station.as_deref().unwrap_or("(default)")
+                ),
+            );
+            if c.opened && (c.policy.decision().recording || waited) {
+                self.out.push_back(Output::Command {
+                    contact: key,
+                    command: Command::Stop {
+                        reason: "transferred to a station that is never recorded".into(),
+                    },
+                });
+            }
+            if let Some(id) = c.policy.open_statement().filter(|_| c.opened) {
+                self.out.push_back(Output::StatementClose {
+                    contact: key,
+                    id: id.to_owned(),
+                });
+            }
+        }
         let e = match t {
             Some(t) if t.attended && (t.external || t.emergency) => PEvent::AgentLeft {
                 emergency: t.emergency,
@@ -674,7 +738,7 @@ impl Contacts {
             return;
         };
         let d = c.policy.decision();
-        if !c.opened {
+        if !c.opened || c.blocked {
             return;
         }
         let mut i = from;
@@ -740,11 +804,20 @@ impl Contacts {
             // Nothing is said while no call is up: the file leaves the wait out, and the
             // transferred call is a segment of its own.
             if c.opened && c.policy.decision().recording {
+                c.wait_stopped = true;
                 self.out.push_back(Output::Command {
                     contact: key,
                     command: Command::Stop {
                         reason: "the transferor left; waiting for the transferred call".into(),
                     },
+                });
+            }
+            // An open statement would record the wait's silence: it ends here (the policy
+            // closes it again at the transfer, which the recorder ignores).
+            if let Some(id) = c.policy.open_statement().filter(|_| c.opened) {
+                self.out.push_back(Output::StatementClose {
+                    contact: key,
+                    id: id.to_owned(),
                 });
             }
             self.journal(key);
@@ -763,13 +836,14 @@ impl Contacts {
             self.by_id.remove(&c.id);
         }
         let recorded = c.recorded_by.is_some();
-        let reason = c.recorded_by.clone().unwrap_or(c.last_reason.clone());
+        let why = c.recorded_by.clone().unwrap_or(c.last_reason.clone());
         self.out.push_back(Output::Finish {
             contact: key,
             contact_id: c.id.clone(),
             calls: c.calls.clone(),
             recorded,
-            reason,
+            reason: why.to_string(),
+            rule: why.kind(),
             decisions: explain(&c.policy),
             meta: (!c.opened).then(|| Box::new(c.meta.clone())),
         });
@@ -864,6 +938,7 @@ impl Contacts {
         let hang_up = matches!(e, PEvent::HangUp);
         c.policy.handle_event(e);
         while let Some(a) = c.policy.poll_action() {
+            let why = a.reason.clone();
             let reason = a.reason.to_string();
             let command = |command| Output::Command {
                 contact: key,
@@ -871,7 +946,7 @@ impl Contacts {
             };
             let o = match a.kind {
                 ActionKind::Start => {
-                    c.recorded_by.get_or_insert(reason.clone());
+                    c.recorded_by.get_or_insert(why);
                     command(Command::Start { reason })
                 }
                 ActionKind::Stop => command(Command::Stop { reason }),
@@ -881,7 +956,7 @@ impl Contacts {
                 ActionKind::Both => command(Command::BothChannels { reason }),
                 ActionKind::DiscardBuffered => command(Command::DiscardBuffered { reason }),
                 ActionKind::StatementStart { id } => {
-                    c.recorded_by.get_or_insert(reason.clone());
+                    c.recorded_by.get_or_insert(why);
                     Output::StatementOpen {
                         contact: key,
                         stem: statement_stem(&c.id, &id),
@@ -890,13 +965,14 @@ impl Contacts {
                 }
                 ActionKind::StatementStop { id } => Output::StatementClose { contact: key, id },
             };
-            // A contact that can never record has no track: its commands go nowhere.
-            if c.opened {
+            // A contact that can never record has no track: its commands go nowhere. Once a
+            // `never` call joined, the recording was stopped for good: nothing more is sent.
+            if c.opened && !c.blocked {
                 self.out.push_back(o);
             }
         }
         if !hang_up {
-            c.last_reason = c.policy.decision().reason.to_string();
+            c.last_reason = c.policy.decision().reason;
         }
         self.journal(key);
     }

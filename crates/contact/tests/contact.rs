@@ -21,6 +21,7 @@ fn start(call: u64, contact: &str, mode: Option<Mode>, rules: &Rules) -> Input {
         rules: Arc::new(rules.clone()),
         source_zone: None,
         station: Some("agent".into()),
+        agent_user: None,
         customer_number: "5551234".into(),
         dialled_number: "100".into(),
         x_headers: Vec::new(),
@@ -495,4 +496,90 @@ fn the_decision_log_is_journaled_as_it_grows() {
         matches!(out.last(), Some(Output::Journal { .. })),
         "{out:#?}"
     );
+}
+
+/// A transfer to a station that is never recorded: nothing of it is taken, and nothing
+/// starts again for the contact.
+#[test]
+fn a_transfer_to_a_never_station_stops_the_recording_for_good() {
+    let mut rules = Rules::default();
+    rules.stations.accounts.insert(
+        "private".into(),
+        StationOverride {
+            inbound_direct: Some(Mode::Never),
+            ..Default::default()
+        },
+    );
+    let t0 = Instant::now();
+    let mut c = Contacts::new(Config::default());
+    c.handle_input(t0, start(1, "c1", Some(Mode::Always), &rules));
+    c.handle_input(t0, Input::Answered { call: 1 });
+    let mut to_private = continuing(2, "c1", &rules);
+    if let Input::Started(s) = &mut to_private {
+        s.station = Some("private".into());
+    }
+    c.handle_input(t0, to_private);
+    c.handle_input(t0, Input::Ended { call: 1 });
+    assert_eq!(
+        c.route(2, Leg::B),
+        None,
+        "the never station's audio is not taken"
+    );
+    c.handle_api(t0, 2, ApiCommand::Start).unwrap();
+    c.handle_input(t0, Input::Ended { call: 2 });
+    assert_eq!(commands(&drain(&mut c)), ["start", "stop"]);
+}
+
+#[test]
+fn the_registered_account_beats_an_invite_header_naming_another_station() {
+    let mut rules = Rules::default();
+    rules.stations.default.inbound_direct = Mode::Always;
+    rules.stations.accounts.insert(
+        "agent".into(),
+        StationOverride {
+            inbound_direct: Some(Mode::Never),
+            ..Default::default()
+        },
+    );
+    let t0 = Instant::now();
+    let mut c = Contacts::new(Config::default());
+    c.handle_input(
+        t0,
+        with_headers(
+            start(1, "c1", None, &rules),
+            &[("X-Tapir-Station", "someone-else")],
+        ),
+    );
+    c.handle_input(t0, Input::Answered { call: 1 });
+    c.handle_input(t0, Input::Ended { call: 1 });
+    let (recorded, reason, _) = finish(&drain(&mut c)).unwrap();
+    assert!(!recorded);
+    assert_eq!(reason, "station agent inbound_direct mode never");
+}
+
+#[test]
+fn the_api_both_leaves_agent_only_without_starting_a_recording() {
+    let t0 = Instant::now();
+    let mut c = Contacts::new(Config::default());
+    c.handle_input(t0, start(1, "c1", Some(Mode::OnDemand), &Rules::default()));
+    c.handle_input(t0, Input::Answered { call: 1 });
+    c.handle_api(t0, 1, ApiCommand::Both).unwrap();
+    assert!(commands(&drain(&mut c)).is_empty());
+    c.handle_api(t0, 1, ApiCommand::AgentOnly).unwrap();
+    c.handle_api(t0, 1, ApiCommand::Both).unwrap();
+    assert_eq!(commands(&drain(&mut c)), ["agent-only", "start", "both"]);
+}
+
+#[test]
+fn the_contact_is_answered_by_whichever_of_its_calls_answers_first() {
+    let t0 = Instant::now();
+    let rules = Rules::default();
+    let mut c = Contacts::new(Config::default());
+    c.handle_input(t0, start(1, "c1", Some(Mode::Always), &rules));
+    // A pickup replaces the ringing call, which is then cancelled.
+    c.handle_input(t0, continuing(2, "c1", &rules));
+    c.handle_input(t0, Input::Ended { call: 1 });
+    c.handle_input(t0, Input::Answered { call: 2 });
+    c.handle_input(t0, Input::Answered { call: 2 });
+    assert_eq!(commands(&drain(&mut c)), ["start"]);
 }

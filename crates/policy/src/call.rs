@@ -72,6 +72,9 @@ pub enum Event {
     ApiStop,
     ApiPause,
     ApiResume,
+    /// Leave agent-only and record both channels again, from the HTTP API; casts no vote on
+    /// whether the call is recorded.
+    ApiBoth,
     /// The agent transferred the call, to an external number or to another agent.
     Transfer {
         external: bool,
@@ -100,6 +103,7 @@ impl fmt::Display for Event {
             Event::ApiStop => f.write_str("api stop"),
             Event::ApiPause => f.write_str("api pause"),
             Event::ApiResume => f.write_str("api resume"),
+            Event::ApiBoth => f.write_str("api both channels"),
             Event::Transfer { external: true } => f.write_str("transfer to an external number"),
             Event::Transfer { external: false } => f.write_str("transfer to another agent"),
             Event::AgentLeft { .. } => f.write_str("agent left"),
@@ -236,6 +240,32 @@ pub enum Level {
 }
 
 impl Reason {
+    /// A fixed label of the kind of reason, for logs that must not name stations or numbers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::ConsentDenied => "consent_denied",
+            Reason::ConsentPending => "consent_pending",
+            Reason::ConsentGranted => "consent_granted",
+            Reason::OnDemand { .. } => "on_demand",
+            Reason::FlowDirective { .. } => "flow_directive",
+            Reason::DoNotRecordPolicy { .. } => "do_not_record_policy",
+            Reason::RecordPolicy { .. } => "record_policy",
+            Reason::StationRule { mode, .. } => match mode {
+                Mode::Never => "station_never",
+                Mode::Always => "station_always",
+                Mode::OnDemand => "station_on_demand",
+            },
+            Reason::NoRule => "no_rule",
+            Reason::NotAnswered => "not_answered",
+            Reason::AgentAnswered => "agent_answered",
+            Reason::ExternalTransfer => "external_transfer",
+            Reason::Transfer => "transfer",
+            Reason::AgentLeft { .. } => "agent_left",
+            Reason::Disposition => "disposition",
+            Reason::HangUp => "hang_up",
+        }
+    }
+
     /// The priority level this reason belongs to, if it is one of the ranked sources.
     pub fn level(&self) -> Option<Level> {
         match self {
@@ -576,6 +606,7 @@ impl CallPolicy {
             Event::ApiStop => self.on_demand(OnDemandCommand::Stop, OnDemandVia::Api),
             Event::ApiPause => self.on_demand(OnDemandCommand::Pause, OnDemandVia::Api),
             Event::ApiResume => self.on_demand(OnDemandCommand::Resume, OnDemandVia::Api),
+            Event::ApiBoth => self.agent_only = None,
             Event::Transfer { external } => {
                 self.stop_statement(Reason::Transfer);
                 if external {

@@ -466,10 +466,14 @@ impl Engine {
                     "media encrypted with keys tapir does not have: relayed, not recorded"
                 );
                 self.metrics.calls_encrypted.inc();
-                self.encrypted.insert(*call, reason.clone());
+                // Kept for the recorder's metadata only; without a recorder nothing takes it.
+                if self.recorder.is_some() {
+                    self.encrypted.insert(*call, reason.clone());
+                }
             }
             CallEvent::Ended { call, outcome } => {
                 tracing::info!(call, outcome = ?outcome, "call ended");
+                self.encrypted.remove(call);
                 self.metrics
                     .calls_total
                     .with_label_values(&[outcome.label()])
@@ -586,7 +590,8 @@ impl Engine {
                                 .unwrap_or(r.default_format),
                             rules,
                             source_zone: zone,
-                            station: station.or(Some(agent_user)),
+                            station,
+                            agent_user: Some(agent_user),
                             customer_number,
                             dialled_number: to,
                             x_headers,

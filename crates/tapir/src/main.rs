@@ -177,8 +177,12 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
 
     let node = format!("{:08x}", random_seed() as u32);
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
-    let (tap, rec_ctl) =
-        recording::start(cfg.recording.clone(), cfg.media.tap_queue, metrics.clone())?;
+    let (tap, rec_ctl) = recording::start(
+        cfg.recording.clone(),
+        cfg.media.tap_queue,
+        metrics.clone(),
+        cfg.log.show_numbers,
+    )?;
     let mut zones = Vec::new();
     for (name, nets) in &cfg.zones {
         let nets = nets

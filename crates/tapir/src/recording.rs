@@ -193,6 +193,8 @@ pub struct RecorderThread {
     metrics: Arc<Metrics>,
     finisher: std::sync::mpsc::Sender<Finished>,
     tap_drops_seen: u64,
+    /// `log.show_numbers`: decision reasons may name stations, which are often numbers.
+    show_numbers: bool,
 }
 
 /// Starts the recorder and finisher threads; returns the tap sender (for the relay) and the
@@ -201,6 +203,7 @@ pub fn start(
     cfg: RecordingConfig,
     tap_queue: usize,
     metrics: Arc<Metrics>,
+    show_numbers: bool,
 ) -> Result<(SyncSender<TapPacket>, RecTx)> {
     std::fs::create_dir_all(&cfg.spool_dir)
         .map_err(|e| anyhow::anyhow!("cannot create spool dir {}: {e}", cfg.spool_dir.display()))?;
@@ -230,6 +233,7 @@ pub fn start(
         metrics,
         finisher: fin_tx,
         tap_drops_seen: 0,
+        show_numbers,
     };
     std::thread::Builder::new()
         .name("tapir-recorder".into())
@@ -591,16 +595,18 @@ impl RecorderThread {
                 calls,
                 recorded,
                 reason,
+                rule,
                 decisions,
                 meta,
             } => {
-                tracing::info!(
-                    contact = %contact_id,
-                    ?calls,
-                    recorded,
-                    %reason,
-                    "recording decision"
-                );
+                // The reason in words may name a station, often a number: it is in the
+                // metadata, and in the log only with `log.show_numbers`.
+                if self.show_numbers {
+                    tracing::info!(contact = %contact_id, ?calls, recorded, rule, %reason, "recording decision");
+                } else {
+                    tracing::info!(contact = %contact_id, ?calls, recorded, rule, "recording decision");
+                    tracing::debug!(contact = %contact_id, %reason, "recording decision reason");
+                }
                 let tracks = self.tracks.remove(&contact);
                 let Some(mut a) = tracks else {
                     // Never opened (a `never` station or route): the decision alone.
@@ -641,7 +647,8 @@ impl RecorderThread {
                     finish_track(contact, t, a.format, &self.metrics, &self.finisher);
                 }
             }
-            O::Ignored { call, why } => tracing::info!(call, "{why}"),
+            // The reason may quote what the peer sent, a keyed digit among it.
+            O::Ignored { call, why } => tracing::debug!(call, "{why}"),
         }
     }
 
@@ -844,6 +851,7 @@ mod tests {
                 metrics: Arc::new(Metrics::new()),
                 finisher,
                 tap_drops_seen: 0,
+                show_numbers: false,
             },
             done,
             dir,
@@ -867,6 +875,7 @@ mod tests {
                 rules: Arc::new(policy::Rules::default()),
                 source_zone: None,
                 station: None,
+                agent_user: None,
                 customer_number: String::new(),
                 dialled_number: String::new(),
                 x_headers: Vec::new(),
