@@ -433,14 +433,20 @@ const CLAIM_POSTGRES: &str = concat!(
     delivery_cols!()
 );
 
+/// Matches of a duration range below which its index serves a start-sorted page.
+const DURATION_PROBE: i64 = 5000;
+const DURATION_PROBE_SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM recordings \
+     WHERE duration_ms >= $1 AND duration_ms <= $2 LIMIT $3) AS probe";
+
 fn limit(n: u32) -> i64 {
     i64::from(n)
 }
 
 /// The body shared by both backends. `$true` is the dialect's literal for a true boolean,
-/// spelled as the partial indexes spell it so the planner can use them.
+/// spelled as the partial indexes spell it so the planner can use them; `$probe_duration`
+/// says whether a duration range is probed before choosing its index (see `search`).
 macro_rules! backend {
-    ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr) => {
+    ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr, $probe_duration:literal) => {
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
@@ -705,11 +711,35 @@ macro_rules! backend {
                         qb.push(" AND customer_number < ").push_bind(hi.clone());
                     }
                 }
+                // SQLite has no range statistics, so for a duration range sorted by start it
+                // cannot tell a wide range (read the start index, a page is found after a
+                // few hundred rows) from a rare one (read the duration index, sort the few
+                // matches). A bounded count on the duration index tells: below
+                // DURATION_PROBE matches it keeps that index, else `+duration_ms` (which no
+                // index serves) steers it to the others. PostgreSQL estimates this itself.
+                let dur = if $probe_duration
+                    && q.sort.column() == "start_ms"
+                    && (q.min_duration_ms.is_some() || q.max_duration_ms.is_some())
+                {
+                    let n: i64 = sqlx::query_scalar(DURATION_PROBE_SQL)
+                        .bind(q.min_duration_ms.unwrap_or(i64::MIN))
+                        .bind(q.max_duration_ms.unwrap_or(i64::MAX))
+                        .bind(DURATION_PROBE)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    if n < DURATION_PROBE {
+                        "duration_ms"
+                    } else {
+                        "+duration_ms"
+                    }
+                } else {
+                    "duration_ms"
+                };
                 if let Some(v) = q.min_duration_ms {
-                    qb.push(" AND duration_ms >= ").push_bind(v);
+                    qb.push(" AND ").push(dur).push(" >= ").push_bind(v);
                 }
                 if let Some(v) = q.max_duration_ms {
-                    qb.push(" AND duration_ms <= ").push_bind(v);
+                    qb.push(" AND ").push(dur).push(" <= ").push_bind(v);
                 }
                 match q.has_statement {
                     Some(true) => {
@@ -945,8 +975,15 @@ macro_rules! backend {
     };
 }
 
-backend!(SqliteCatalog, Sqlite, SqlitePool, "1", CLAIM_SQLITE);
-backend!(PostgresCatalog, Postgres, PgPool, "TRUE", CLAIM_POSTGRES);
+backend!(SqliteCatalog, Sqlite, SqlitePool, "1", CLAIM_SQLITE, true);
+backend!(
+    PostgresCatalog,
+    Postgres,
+    PgPool,
+    "TRUE",
+    CLAIM_POSTGRES,
+    false
+);
 
 impl SqliteCatalog {
     async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -1257,6 +1294,25 @@ impl Catalog {
     /// Entries in the catalog, deleted ones included.
     pub async fn count(&self) -> Result<i64, StoreError> {
         dispatch!(self, c => c.count().await)
+    }
+
+    /// Refreshes the planner's statistics (`PRAGMA optimize` / `ANALYZE`), so searches pick
+    /// the index that narrows most. Cheap when little changed; run it after bulk loads and
+    /// now and then (daily) in operation.
+    pub async fn optimize(&self) -> Result<(), StoreError> {
+        match self {
+            Catalog::Sqlite(c) => {
+                sqlx::raw_sql("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;")
+                    .execute(&c.pool)
+                    .await?;
+            }
+            Catalog::Postgres(c) => {
+                sqlx::raw_sql("ANALYZE recordings; ANALYZE statements;")
+                    .execute(&c.pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes the pool (waits for connections in use to return).

@@ -697,6 +697,37 @@ async fn a_failing_migration_leaves_the_schema_usable(c: Catalog) {
     assert!(again.contains("no_such_function"), "{again}");
 }
 
+/// More matches than the SQLite planner's duration probe counts (5000), so both of its plans
+/// (duration index, start index) are checked against the oracle.
+async fn wide_and_rare_duration_ranges_page_alike(c: Catalog) {
+    let all: Vec<Entry> = (0..6000i64)
+        .map(|i| {
+            let mut e = entry(&format!("d{i:05}"), T0 + (i * 7919) % 6000 * 1000);
+            e.duration_ms = (i % 100) * 1000;
+            e
+        })
+        .collect();
+    c.upsert_many(&all).await.unwrap();
+    let none = HashSet::new();
+    for (min, max) in [
+        (0, 99_000),
+        (10_000, 90_000),
+        (5_000, 5_000),
+        (200_000, 300_000),
+    ] {
+        for sort in [Sort::StartDesc, Sort::StartAsc, Sort::DurationAsc] {
+            let q = Query {
+                min_duration_ms: Some(min),
+                max_duration_ms: Some(max),
+                sort,
+                limit: 1000,
+                ..Default::default()
+            };
+            assert_eq!(all_pages(&c, &q).await, oracle(&all, &q, &none), "{q:?}");
+        }
+    }
+}
+
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -740,6 +771,7 @@ cases!(
     the_outbox_delivers_until_acknowledged,
     concurrent_claims_never_hand_out_a_delivery_twice,
     a_failing_migration_leaves_the_schema_usable,
+    wide_and_rare_duration_ranges_page_alike,
 );
 
 #[tokio::test]
