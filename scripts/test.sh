@@ -11,6 +11,8 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 # Speech for the conversation-metrics tests (crates/analysis/tests/espeak.rs).
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+# The catalog tests start a throw-away PostgreSQL cluster from these binaries.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq

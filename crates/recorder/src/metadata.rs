@@ -79,6 +79,15 @@ pub struct RecordingMetadata {
     pub encrypted: Option<String>,
     /// Why it could not be decrypted.
     pub encrypted_reason: Option<String>,
+    /// The node that recorded the call (absent in sidecars written before it was added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Wall-clock answer of the call (unix milliseconds), when the driver knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_unix_ms: Option<u64>,
+    /// The customer's number, when the driver knows which side is the customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_number: Option<String>,
 }
 
 impl RecordingMetadata {
@@ -129,4 +138,38 @@ impl RecordingMetadata {
 /// The sidecar path of an audio file: same name, `.json` extension.
 pub fn sidecar_path(audio: &Path) -> PathBuf {
     audio.with_extension("json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_facts_are_optional_both_ways() {
+        // A sidecar written before the search facts existed still reads.
+        let old = r#"{"contact_id":"c1","from":"a","to":"b","complete":true}"#;
+        let m: RecordingMetadata = serde_json::from_str(old).unwrap();
+        assert_eq!((m.agent_id.as_deref(), m.node.as_deref()), (None, None));
+        // Absent facts are not written, so older readers see the document they know.
+        let json = serde_json::to_string(&m).unwrap();
+        for k in [
+            "agent_id",
+            "team",
+            "queue",
+            "skill",
+            "node",
+            "answer_unix_ms",
+            "customer_number",
+        ] {
+            assert!(!json.contains(k), "{k} in {json}");
+        }
+        let m = RecordingMetadata {
+            agent_id: Some("anna".into()),
+            queue: Some("complaints".into()),
+            ..m
+        };
+        let back: RecordingMetadata =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
 }
