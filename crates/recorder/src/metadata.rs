@@ -33,9 +33,13 @@ pub struct RecordingMetadata {
     pub station: Option<String>,
     /// Agent, team, queue and skill as the flow named them (`X-Tapir-*` headers). (`agent`
     /// names the agent channel's packet counters.)
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub skill: Option<String>,
     /// Whether anything of the contact was recorded, and by which rule or why not.
     pub recorded: Option<bool>,
