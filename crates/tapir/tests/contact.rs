@@ -357,3 +357,52 @@ fn the_agent_leaving_a_third_party_with_the_customer_follows_its_option() {
         }
     }
 }
+
+/// The agent's disposition through the control API ends the recording when
+/// `keep_after_disposition` is off; an unknown call gets 404.
+#[test]
+fn a_disposition_by_the_api_ends_the_recording_unless_kept() {
+    let callee_port = free_port("127.0.0.1");
+    let policy = "[options]\nkeep_after_disposition = false\n";
+    let t = start(&pbx_route(callee_port, Some("always")), Some(policy));
+    assert_eq!(
+        t.http("POST", "/calls/999/disposition").0,
+        404,
+        "an unknown call"
+    );
+    let http = t.http;
+    let api = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            let (_, body) = tapir_tests::http_request(http, "GET", "/calls", "");
+            let id = body
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if !id.is_empty() {
+                break id;
+            }
+            assert!(std::time::Instant::now() < end, "call never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // About a second into the answered call.
+        std::thread::sleep(Duration::from_millis(1000));
+        tapir_tests::http_request(http, "POST", &format!("/calls/{id}/disposition"), "").0
+    });
+    call(&t, callee_port, "uac_tone.xml", "uas_tone.xml", 3000);
+    assert_eq!(api.join().unwrap(), 204);
+    wait_decisions(&t, "ok", 1.0);
+    let wav = files(&t, "wav");
+    assert_eq!(wav.len(), 1, "{wav:?}");
+    let (c1, _) = read_stereo_wav(&wav[0]);
+    let secs = c1.len() as f64 / 8000.0;
+    assert!(
+        (0.5..2.0).contains(&secs),
+        "recorded {secs} s of a 3 s call"
+    );
+    let meta = sidecar(&wav[0].with_extension("json"));
+    assert_eq!(
+        meta["segments"][0]["end_reason"], "disposition applied",
+        "{meta:#}"
+    );
+}
