@@ -12,7 +12,10 @@
 //! * [`search`]: [`Query`], [`Sort`] and the opaque paging cursor.
 //! * [`catalog`]: the [`Catalog`] over SQLite (embedded, the default) or PostgreSQL.
 //! * [`storage`]: [`Storage`] over a local directory (the default) or S3, keys by day.
+//! * [`api`]: the recordings API's parameters, `Range` header and entity tags, as pure
+//!   functions for the HTTP adapter.
 
+pub mod api;
 pub mod catalog;
 mod error;
 pub mod model;
