@@ -101,7 +101,7 @@ fn text(param: &'static str, v: &str) -> Result<String, StoreError> {
 }
 
 /// The search parameters of `GET /api/v1/recordings`.
-pub const SEARCH_PARAMS: [&str; 14] = [
+pub const SEARCH_PARAMS: [&str; 16] = [
     "from",
     "to",
     "agent",
@@ -112,6 +112,8 @@ pub const SEARCH_PARAMS: [&str; 14] = [
     "min_duration",
     "max_duration",
     "has_statement",
+    "min_silence",
+    "min_overtalk",
     "state",
     "sort",
     "cursor",
@@ -130,6 +132,8 @@ impl Query {
     /// * `min_duration`, `max_duration`: recorded length in seconds (fractions allowed),
     ///   inclusive.
     /// * `has_statement`: `true` or `false`.
+    /// * `min_silence`: a silence (neither side speaking) at least this many seconds long.
+    /// * `min_overtalk`: both sides talking over each other at least this many seconds in all.
     /// * `state`: `recording`, `finished`, `interrupted`, `stored` or `deleted` (purged).
     /// * `sort`: `start_desc` (default), `start_asc`, `duration_desc`, `duration_asc`.
     /// * `cursor`: a previous page's `next_cursor`, with the same `sort`.
@@ -172,6 +176,8 @@ impl Query {
                 "min_duration" => q.min_duration_ms = Some(parse_seconds("min_duration", v)?),
                 "max_duration" => q.max_duration_ms = Some(parse_seconds("max_duration", v)?),
                 "has_statement" => q.has_statement = Some(parse_bool("has_statement", v)?),
+                "min_silence" => q.min_silence_ms = Some(parse_seconds("min_silence", v)?),
+                "min_overtalk" => q.min_overtalk_ms = Some(parse_seconds("min_overtalk", v)?),
                 "state" => {
                     q.state = Some(State::parse(v).ok_or_else(|| {
                         bad(
@@ -412,19 +418,6 @@ pub fn attachment(name: &str, ext: &str) -> String {
     format!("attachment; filename=\"{safe}.{ext}\"")
 }
 
-/// The key of an object kept beside the audio stored under `audio_key`, e.g. the waveform
-/// peaks (`peaks.json`) of `2024/03/01/c1.wav` are `2024/03/01/c1.peaks.json`.
-pub fn companion_key(audio_key: &str, ext: &str) -> String {
-    let file = audio_key.rsplit('/').next().unwrap_or(audio_key);
-    match file.rsplit_once('.') {
-        Some((stem, _)) if !stem.is_empty() => {
-            let dir = &audio_key[..audio_key.len() - file.len()];
-            format!("{dir}{stem}.{ext}")
-        }
-        _ => format!("{audio_key}.{ext}"),
-    }
-}
-
 /// Where a recording's (or a statement's) audio is, if it can be served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Availability {
@@ -518,6 +511,8 @@ mod tests {
             ("min_duration", "2.5"),
             ("max_duration", "90"),
             ("has_statement", "true"),
+            ("min_silence", "4"),
+            ("min_overtalk", "0.5"),
             ("state", "stored"),
             ("sort", "duration_asc"),
             ("limit", "20"),
@@ -536,6 +531,8 @@ mod tests {
                 min_duration_ms: Some(2500),
                 max_duration_ms: Some(90_000),
                 has_statement: Some(true),
+                min_silence_ms: Some(4000),
+                min_overtalk_ms: Some(500),
                 state: Some(State::Stored),
                 include_deleted: false,
                 sort: Sort::DurationAsc,
@@ -596,6 +593,8 @@ mod tests {
                 "max_duration",
             ),
             (&[("has_statement", "yes")], "has_statement"),
+            (&[("min_silence", "long")], "min_silence"),
+            (&[("min_overtalk", "-1")], "min_overtalk"),
             (&[("state", "gone")], "state"),
             (&[("sort", "size")], "sort"),
             (&[("cursor", "nonsense")], "cursor"),
@@ -804,20 +803,6 @@ mod tests {
             attachment("", "wav"),
             "attachment; filename=\"recording.wav\""
         );
-    }
-
-    #[test]
-    fn companions_sit_beside_the_audio() {
-        assert_eq!(
-            companion_key("2024/03/01/c1.wav", "peaks.json"),
-            "2024/03/01/c1.peaks.json"
-        );
-        assert_eq!(
-            companion_key("2024/03/01/17.09-n.mp3", "json"),
-            "2024/03/01/17.09-n.json"
-        );
-        assert_eq!(companion_key("x/noext", "json"), "x/noext.json");
-        assert_eq!(companion_key("x.y/.hidden", "json"), "x.y/.hidden.json");
     }
 
     fn entry(state: State) -> Entry {
