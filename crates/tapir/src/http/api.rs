@@ -133,6 +133,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
+/// The one `{param}` of a route, percent-decoded (a Call-ID's `%40` is `@`, `%2F` is `/`).
+struct Id(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Id(id)),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
+}
+
 /// An error answer: `{"error": "...", "param": "..."}` (`param` when a parameter is at fault).
 #[derive(Debug)]
 pub struct ApiError {
@@ -339,7 +353,7 @@ async fn search(viewer: Viewer, State(s): State<ApiState>, Params(p): Params) ->
 async fn recording(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
@@ -350,7 +364,7 @@ async fn recording(
 async fn by_call_id(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(call_id): Path<String>,
+    Id(call_id): Id,
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
@@ -368,7 +382,7 @@ async fn by_call_id(
 async fn recording_audio(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Params(p): Params,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -498,7 +512,7 @@ fn insert(r: &mut Response, name: HeaderName, value: &str) {
 async fn recording_peaks(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Params(p): Params,
 ) -> ApiResult {
     let pp = PeaksParams::from_params(&p)?;
@@ -589,7 +603,7 @@ async fn visible_statements(
 async fn statements(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(statement_id): Path<String>,
+    Id(statement_id): Id,
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
@@ -609,7 +623,7 @@ async fn statements(
 async fn statement_audio(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(statement_id): Path<String>,
+    Id(statement_id): Id,
     Params(p): Params,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -630,7 +644,7 @@ async fn statement_audio(
 async fn delete_recording(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
@@ -667,7 +681,7 @@ async fn hold(s: &ApiState, viewer: &Viewer, id: &str, on: bool) -> ApiResult {
 async fn set_hold(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
@@ -678,7 +692,7 @@ async fn set_hold(
 async fn clear_hold(
     viewer: Viewer,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;

@@ -602,6 +602,10 @@ async fn either_legs_call_id_finds_the_recording() {
         assert_eq!(a.json()["contact_id"], "c1", "{uri}");
         assert_eq!(a.json()["statements"].as_array().unwrap().len(), 1);
     }
+    // A path that does not decode to text is a JSON 400 like any bad parameter.
+    f.get("/api/v1/calls/%FF%FE/recording")
+        .await
+        .is_error(StatusCode::BAD_REQUEST, "", None);
     f.get("/api/v1/calls/unknown@x/recording").await.is_error(
         StatusCode::NOT_FOUND,
         "not found",
