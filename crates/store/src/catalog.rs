@@ -720,11 +720,8 @@ macro_rules! backend {
 
             async fn search(&self, q: &Query) -> Result<Page, StoreError> {
                 let c = q.check()?;
-                let mut qb = QueryBuilder::<$db>::new(concat!(
-                    "SELECT ",
-                    entry_cols!(),
-                    " FROM recordings"
-                ));
+                let mut qb =
+                    QueryBuilder::<$db>::new(concat!("SELECT ", entry_cols!(), " FROM recordings"));
                 // SQLite has no range statistics: given an agent (team, queue) and a time
                 // window it walked the start index over the window, checking the agent on
                 // each of its ~19,000 rows (99 ms at 1,000,000 recordings), instead of the

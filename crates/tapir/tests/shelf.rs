@@ -404,3 +404,44 @@ fn an_unreachable_catalog_at_start_is_an_error_naming_it_without_the_password() 
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn retention_follows_the_record_policy_that_recorded_the_call() {
+    let callee_port = free_port("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[stations.default]\noutbound = \"on_demand\"\ninbound_direct = \"on_demand\"\ninbound_ivr = \"on_demand\"\n\n\
+         [[record_policies]]\nname = \"complaints\"\n[record_policies.filter]\n",
+    )
+    .unwrap();
+    let t = Tapir::start(
+        BIN,
+        &format!(
+            "[[routes]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:{callee_port}\"\ncustomer = \"caller\"\n"
+        ),
+        TapirOptions {
+            extra: format!(
+                "[recording]\npolicy_file = \"{}\"\n[storage]\n\
+                 retention = {{ days = 30, routes = {{ pbx = 90 }}, policies = {{ complaints = 365 }} }}\n",
+                policy.display()
+            ),
+            ..Default::default()
+        },
+    );
+    call(&t, callee_port);
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    let e = entries(&t);
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        e[0].retention_days,
+        Some(365),
+        "the policy's period beats the route's"
+    );
+    assert_eq!(e[0].retain_until_ms, Some(e[0].start_ms + 365 * 86_400_000));
+}
