@@ -14,7 +14,10 @@
 //! * [`storage`]: [`Storage`] over a local directory (the default) or S3, keys by day.
 //! * [`shelf`]: [`Shelf`], the way of a finished file from the spool's outbox into storage and
 //!   the catalog, and the reconciliation at start.
+//! * [`api`]: the recordings API's parameters, `Range` header and entity tags, as pure
+//!   functions for the HTTP adapter.
 
+pub mod api;
 pub mod catalog;
 mod error;
 pub mod model;
