@@ -449,7 +449,7 @@ macro_rules! backend {
     ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr, $probe_duration:literal) => {
         #[derive(Debug, Clone)]
         pub struct $name {
-            pool: $pool,
+            pub(crate) pool: $pool,
             url: String,
         }
 
@@ -749,6 +749,33 @@ macro_rules! backend {
                         qb.push(concat!(" AND NOT (has_statement = ", $true, ")"));
                     }
                     None => {}
+                }
+                if let Some(r) = &q.restrict {
+                    // A viewer's restriction: nothing outside it, and nothing at all when it
+                    // names no agent and no team.
+                    let (agents, teams) = r.terms();
+                    if agents.is_empty() && teams.is_empty() {
+                        qb.push(" AND 1 = 0");
+                    } else {
+                        qb.push(" AND (");
+                        let mut first = true;
+                        for (col, vals) in [("agent", agents), ("team", teams)] {
+                            if vals.is_empty() {
+                                continue;
+                            }
+                            if !first {
+                                qb.push(" OR ");
+                            }
+                            first = false;
+                            qb.push(col).push(" IN (");
+                            let mut list = qb.separated(", ");
+                            for v in vals {
+                                list.push_bind(v);
+                            }
+                            qb.push(")");
+                        }
+                        qb.push(")");
+                    }
                 }
                 match q.state {
                     Some(s) => {

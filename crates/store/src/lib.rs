@@ -12,7 +12,11 @@
 //! * [`search`]: [`Query`], [`Sort`] and the opaque paging cursor.
 //! * [`catalog`]: the [`Catalog`] over SQLite (embedded, the default) or PostgreSQL.
 //! * [`storage`]: [`Storage`] over a local directory (the default) or S3, keys by day.
+//! * [`access`]: users, sessions, API tokens and the audit log of the review page, as
+//!   [`Catalog`] methods; [`audit`]: the audit log's hash chain.
 
+pub mod access;
+pub mod audit;
 pub mod catalog;
 mod error;
 pub mod model;
@@ -22,7 +26,12 @@ pub mod storage;
 pub use catalog::{redact_url, Catalog, CatalogUrl, DEFAULT_SQLITE_PATH};
 pub use error::StoreError;
 pub use model::{retain_until, Counters, DeleteOutcome, Delivery, Entry, State, Statement};
-pub use search::{Page, Query, Sort, DEFAULT_LIMIT, MAX_LIMIT};
+pub use access::{
+    AuditOrder, AuditPage, AuditQuery, ChainVerdict, NewToken, NewUser, SessionRecord,
+    TokenRecord, UserRecord, UserUpdate,
+};
+pub use audit::{verify_chain, AuditEntry, BreakKind, ChainBreak, ChainVerifier, NewAudit};
+pub use search::{Page, Query, Restriction, Sort, DEFAULT_LIMIT, MAX_LIMIT};
 pub use storage::{
     storage_key, Backoff, ObjectRead, S3Config, Storage, StorageConfig, StoredObject,
     DEFAULT_LOCAL_DIR, PART_SIZE,
