@@ -132,7 +132,10 @@ pub struct AuditPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainVerdict {
     /// Intact: `entries` checked, the head's hash.
-    Intact { entries: i64, head_hash: String },
+    Intact {
+        entries: i64,
+        head_hash: String,
+    },
     Broken(ChainBreak),
 }
 
@@ -473,9 +476,8 @@ macro_rules! access_backend {
 
             async fn audit_append(&self, a: &NewAudit) -> Result<AuditEntry, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                let (head_seq, head_hash): (i64, String) = sqlx::query_as($lock_head)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let (head_seq, head_hash): (i64, String) =
+                    sqlx::query_as($lock_head).fetch_one(&mut *tx).await?;
                 let seq = head_seq + 1;
                 let hash = entry_hash(
                     &head_hash,
@@ -726,7 +728,11 @@ impl Catalog {
 
     /// Deletes sessions past their absolute end or idle since `idle_before_ms` or earlier;
     /// returns how many.
-    pub async fn purge_sessions(&self, now_ms: i64, idle_before_ms: i64) -> Result<u64, StoreError> {
+    pub async fn purge_sessions(
+        &self,
+        now_ms: i64,
+        idle_before_ms: i64,
+    ) -> Result<u64, StoreError> {
         dispatch!(self, c => c.exec(
             sqlx::query(PURGE_SESSIONS).bind(now_ms).bind(idle_before_ms)
         ).await)
@@ -771,7 +777,11 @@ impl Catalog {
     }
 
     /// Up to `max` entries after `after_seq`, oldest first: the chain in order.
-    pub async fn audit_chain(&self, after_seq: i64, max: u32) -> Result<Vec<AuditEntry>, StoreError> {
+    pub async fn audit_chain(
+        &self,
+        after_seq: i64,
+        max: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         dispatch!(self, c => c.audit_chain(after_seq, max).await)
     }
 

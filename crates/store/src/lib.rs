@@ -23,14 +23,14 @@ pub mod model;
 pub mod search;
 pub mod storage;
 
+pub use access::{
+    AuditOrder, AuditPage, AuditQuery, ChainVerdict, NewToken, NewUser, SessionRecord, TokenRecord,
+    UserRecord, UserUpdate,
+};
+pub use audit::{verify_chain, AuditEntry, BreakKind, ChainBreak, ChainVerifier, NewAudit};
 pub use catalog::{redact_url, Catalog, CatalogUrl, DEFAULT_SQLITE_PATH};
 pub use error::StoreError;
 pub use model::{retain_until, Counters, DeleteOutcome, Delivery, Entry, State, Statement};
-pub use access::{
-    AuditOrder, AuditPage, AuditQuery, ChainVerdict, NewToken, NewUser, SessionRecord,
-    TokenRecord, UserRecord, UserUpdate,
-};
-pub use audit::{verify_chain, AuditEntry, BreakKind, ChainBreak, ChainVerifier, NewAudit};
 pub use search::{Page, Query, Restriction, Sort, DEFAULT_LIMIT, MAX_LIMIT};
 pub use storage::{
     storage_key, Backoff, ObjectRead, S3Config, Storage, StorageConfig, StoredObject,

@@ -140,9 +140,8 @@ pub const MAX_RESTRICTION: usize = 1000;
 impl Restriction {
     /// The agents and teams that can match, empty strings left out.
     pub(crate) fn terms(&self) -> (Vec<String>, Vec<String>) {
-        let keep = |v: &[String]| -> Vec<String> {
-            v.iter().filter(|s| !s.is_empty()).cloned().collect()
-        };
+        let keep =
+            |v: &[String]| -> Vec<String> { v.iter().filter(|s| !s.is_empty()).cloned().collect() };
         (keep(&self.agents), keep(&self.teams))
     }
 
