@@ -124,6 +124,10 @@ pub struct Entry {
     /// Maintained by the catalog: the contact has at least one recorded statement.
     pub has_statement: bool,
     pub updated_ms: i64,
+    /// Conversation metrics of the recording (the `analysis` crate's `ConversationMetrics`);
+    /// its longest silence, overtalk and talk-to-listen ratio are also searchable columns.
+    #[serde(default)]
+    pub metrics: Option<serde_json::Value>,
     /// Filled by look-ups of one entry ([`crate::Catalog::get`] and friends); empty in searches.
     #[serde(default)]
     pub statements: Vec<Statement>,
@@ -261,6 +265,7 @@ impl Entry {
             purged_at_ms: None,
             has_statement: false,
             updated_ms: now_ms,
+            metrics: meta.metrics.clone(),
             statements: Vec::new(),
         })
     }

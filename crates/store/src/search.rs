@@ -169,6 +169,10 @@ pub struct Query {
     pub min_duration_ms: Option<i64>,
     pub max_duration_ms: Option<i64>,
     pub has_statement: Option<bool>,
+    /// Recordings with a silence (neither side speaking) at least this long.
+    pub min_silence_ms: Option<i64>,
+    /// Recordings where both sides talked over each other at least this long in all.
+    pub min_overtalk_ms: Option<i64>,
     /// Only this state. Without it, soft-deleted entries are left out.
     pub state: Option<State>,
     /// Include soft-deleted entries (when no state is asked for).
