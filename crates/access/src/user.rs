@@ -77,6 +77,9 @@ impl TryFrom<&UserRecord> for User {
 /// The longest username.
 pub const MAX_USERNAME: usize = 64;
 
+/// Names the audit log uses for actors that are not users.
+pub const RESERVED: [&str; 3] = ["cli", "anonymous", "system"];
+
 /// A username as stored: trimmed and lowercased (logins are case-insensitive), 1 to 64 of
 /// `a-z 0-9 . _ - @`, starting with a letter or digit. The narrow alphabet keeps usernames
 /// safe in logs, audit entries, CSV and HTML, and rules out look-alike Unicode accounts.
@@ -100,6 +103,9 @@ pub fn normalize_username(name: &str) -> Result<String, AccessError> {
     }
     if !n.as_bytes()[0].is_ascii_alphanumeric() {
         return Err(bad("must start with a letter or a digit"));
+    }
+    if RESERVED.contains(&n.as_str()) {
+        return Err(bad("reserved for the audit log's own actors"));
     }
     Ok(n)
 }

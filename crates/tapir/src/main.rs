@@ -23,6 +23,7 @@ mod recording;
 mod relay;
 mod relay_srtp;
 mod tls;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +55,16 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
+    // Access control, in the catalog of `--config` (users.rs).
+    /// Manage the users of the review page.
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(users::TokenCommand),
+    /// Check or export the audit log.
+    #[command(subcommand)]
+    Audit(users::AuditCommand),
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -87,6 +98,9 @@ fn main() -> std::process::ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             return std::process::ExitCode::SUCCESS;
         }
+        Some(Command::User(c)) => return users::run(cli.config.as_deref(), users::Task::User(c)),
+        Some(Command::Token(c)) => return users::run(cli.config.as_deref(), users::Task::Token(c)),
+        Some(Command::Audit(c)) => return users::run(cli.config.as_deref(), users::Task::Audit(c)),
         None => {}
     }
     // Taken before reading, so an edit made while tapir starts is not missed.
