@@ -13,12 +13,14 @@
 //! * [`session`]: session and CSRF tokens, idle and absolute expiry, cookie attributes.
 //! * [`token`]: API tokens and the `Authorization: Bearer` header.
 //! * [`throttle`]: failed logins per username and per client address.
+//! * [`authn`]: the credential of a request, its session or token, the CSRF check, logins.
 //! * [`audit`]: the actions audited, the entries they make, export as JSON lines or CSV;
 //!   the hash chain itself is [`store::audit`].
 
 mod error;
 
 pub mod audit;
+pub mod authn;
 pub mod password;
 pub mod session;
 pub mod throttle;
