@@ -33,7 +33,9 @@ pub use access::{
 pub use audit::{verify_chain, AuditEntry, BreakKind, ChainBreak, ChainVerifier, NewAudit};
 pub use catalog::{redact_url, Catalog, CatalogUrl, DEFAULT_SQLITE_PATH};
 pub use error::StoreError;
-pub use model::{retain_until, Counters, DeleteOutcome, Delivery, Entry, State, Statement};
+pub use model::{
+    retain_until, Counters, DeleteOutcome, Delivery, Entry, RetentionRules, State, Statement,
+};
 pub use search::{Page, Query, Restriction, Sort, DEFAULT_LIMIT, MAX_LIMIT};
 pub use shelf::{Delivered, Parcel, Reconciled, Shelf, ShelfConfig, OUTBOX_DIR, QUARANTINE_DIR};
 pub use storage::{

@@ -35,32 +35,9 @@ pub struct Config {
     /// Registration relay toward a PBX (phone-side deployment); off when absent.
     #[serde(default)]
     pub registrar: Option<b2bua::RegistrarConfig>,
-    /// The catalog: recordings, and the users, sessions, tokens and audit log of the review
-    /// page.
-    #[serde(default)]
-    pub catalog: CatalogConfig,
-}
-
-/// `[catalog]`: where the catalog is.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogConfig {
-    /// `sqlite://tapir.db` (embedded, relative to the working directory) or
-    /// `postgres://user:password@host/db`.
-    #[serde(default = "default_catalog_url")]
-    pub url: String,
-}
-
-fn default_catalog_url() -> String {
-    format!("sqlite://{}", store::DEFAULT_SQLITE_PATH)
-}
-
-impl Default for CatalogConfig {
-    fn default() -> Self {
-        CatalogConfig {
-            url: default_catalog_url(),
-        }
-    }
+    pub node: crate::shelf::NodeConfig,
+    pub catalog: crate::shelf::CatalogConfig,
+    pub storage: crate::shelf::StorageSection,
 }
 
 /// A prompt played to the customer before the call is connected (see docs/configuration.md).
@@ -264,6 +241,9 @@ impl Config {
             bail!("routes: no route configured; every INVITE would be refused");
         }
         self.recording.validate()?;
+        self.storage.validate()?;
+        store::CatalogUrl::parse(&self.catalog.url)
+            .map_err(|e| anyhow::anyhow!("catalog.url: {e}"))?;
         for a in &self.announcements {
             if !self.routes.iter().any(|r| r.name == a.route) {
                 bail!("announcements: no route named '{}'", a.route);

@@ -260,15 +260,30 @@ fn wrong_requests_are_clear_errors_with_exit_2() {
     assert!(err.contains("exists already"), "{err}");
     let (out, _) = s.expect(0, &["user", "list"], "");
     assert_eq!(listed(&out).len(), 1, "{out}");
-    // A catalog that cannot be opened is exit 1, naming it.
-    std::fs::write(
-        s.config(),
-        "[catalog]\nurl = \"mysql://h/db\"\n\n[[routes]]\nname = \"r\"\n\
-         target = \"sip:127.0.0.1:5070\"\ncustomer = \"caller\"\ndirection = \"inbound\"\n",
-    )
-    .unwrap();
-    let (_, err) = s.expect(1, &["user", "list"], "");
+    // A catalog URL that is not one is a configuration error (2); a catalog that cannot be
+    // reached is exit 1, naming it with its password masked.
+    let write = |url: &str| {
+        std::fs::write(
+            s.config(),
+            format!(
+                "[catalog]\nurl = \"{url}\"\n\n[[routes]]\nname = \"r\"\n\
+                 target = \"sip:127.0.0.1:5070\"\ncustomer = \"caller\"\ndirection = \"inbound\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("mysql://h/db");
+    let (_, err) = s.expect(2, &["user", "list"], "");
     assert!(err.contains("mysql://h/db"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    write(&format!("postgres://tapir:hunter2@127.0.0.1:{port}/tapir"));
+    let (_, err) = s.expect(1, &["user", "list"], "");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]
