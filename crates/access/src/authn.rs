@@ -186,6 +186,23 @@ pub fn record_login(
     }
 }
 
+/// Where a login sends the browser: `next` when it is a path of this site, else `/`. No
+/// scheme, no host, no `//` or backslash (browsers read `/\\host` as a host), no control
+/// characters: never an open redirect, never a header split.
+pub fn local_redirect(next: Option<&str>) -> &str {
+    match next {
+        Some(p)
+            if p.starts_with('/')
+                && !p.starts_with("//")
+                && !p.contains('\\')
+                && !p.chars().any(char::is_control) =>
+        {
+            p
+        }
+        _ => "/",
+    }
+}
+
 /// The `Retry-After` value of a throttled login.
 pub fn retry_after(t: &Throttled) -> String {
     t.retry_after_s().to_string()
@@ -339,6 +356,21 @@ mod tests {
         );
         assert_eq!(login_username(" Anna "), Some("anna".into()));
         assert_eq!(login_username("<x>"), None);
+    }
+
+    #[test]
+    fn redirects_after_login_stay_on_this_site() {
+        assert_eq!(local_redirect(Some("/recordings?x=1")), "/recordings?x=1");
+        for bad in [
+            None,
+            Some("https://evil.example/"),
+            Some("//evil.example"),
+            Some("/\\evil.example"),
+            Some("evil"),
+            Some("/a\r\nSet-Cookie: x"),
+        ] {
+            assert_eq!(local_redirect(bad), "/", "{bad:?}");
+        }
     }
 
     #[test]
