@@ -203,6 +203,22 @@ pub fn local_redirect(next: Option<&str>) -> &str {
     }
 }
 
+/// True unless a browser says the request comes from another site: an `Origin` header
+/// (browsers send it on every cross-site POST) whose host and port are not the request's
+/// `Host`. Without `Origin` (curl, an IVR, an old browser on a same-site form) it passes;
+/// the CSRF token and the `SameSite=Strict` cookie still stand. This is what stops a login
+/// CSRF (a foreign page logging the victim into the attacker's account), where there is no
+/// session yet to hold a token.
+pub fn same_origin(origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let Some(host) = host else { return false };
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .map(|rest| rest.split('/').next().unwrap_or_default());
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host.trim()))
+}
+
 /// The `Retry-After` value of a throttled login.
 pub fn retry_after(t: &Throttled) -> String {
     t.retry_after_s().to_string()
@@ -356,6 +372,26 @@ mod tests {
         );
         assert_eq!(login_username(" Anna "), Some("anna".into()));
         assert_eq!(login_username("<x>"), None);
+    }
+
+    #[test]
+    fn a_foreign_origin_is_refused_and_no_origin_passes() {
+        assert!(same_origin(None, Some("tapir:9060")));
+        assert!(same_origin(Some("http://tapir:9060"), Some("tapir:9060")));
+        assert!(same_origin(
+            Some("https://Tapir.example"),
+            Some("tapir.example")
+        ));
+        assert!(!same_origin(
+            Some("https://evil.example"),
+            Some("tapir.example")
+        ));
+        assert!(!same_origin(Some("http://tapir:9061"), Some("tapir:9060")));
+        assert!(
+            !same_origin(Some("null"), Some("tapir:9060")),
+            "sandboxed frames"
+        );
+        assert!(!same_origin(Some("http://tapir:9060"), None));
     }
 
     #[test]

@@ -174,6 +174,17 @@ fn denied(d: Denied) -> Response {
     }
 }
 
+/// False when a browser says the request comes from another site (see
+/// [`authn::same_origin`]).
+fn from_this_site(headers: &HeaderMap) -> bool {
+    let h = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    authn::same_origin(h(header::ORIGIN), h(header::HOST))
+}
+
 /// The client address of a request (the connection's peer).
 fn client(req_ext: &axum::http::Extensions) -> IpAddr {
     req_ext
@@ -254,6 +265,9 @@ pub async fn require_viewer(State(auth): State<Arc<Auth>>, req: Request, next: N
         Err(f) => return f.into_response(),
     };
     let method = req.method().as_str().to_string();
+    if access::session::needs_csrf(&method) && !from_this_site(req.headers()) {
+        return denied(Denied::BadCsrf);
+    }
     let (given, mut req) = match csrf_of(req).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -322,6 +336,9 @@ struct LoginForm {
 /// session cookie; 401 for a wrong username or password (the same answer whatever was
 /// wrong), 429 with `Retry-After` when throttled, 400/413 for a malformed or oversize form.
 async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
+    if !from_this_site(req.headers()) {
+        return denied(Denied::Forbidden);
+    }
     let from = client(req.extensions());
     let from_s = from.to_string();
     let bytes = match to_bytes(req.into_body(), MAX_FORM).await {
