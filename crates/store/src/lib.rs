@@ -19,8 +19,8 @@
 //! * [`access`]: users, sessions, API tokens and the audit log of the review page, as
 //!   [`Catalog`] methods; [`audit`]: the audit log's hash chain.
 
-pub mod api;
 pub mod access;
+pub mod api;
 pub mod audit;
 pub mod catalog;
 mod error;
