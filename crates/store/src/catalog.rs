@@ -142,7 +142,12 @@ struct EntryRow {
 /// for a search sorted by start: the agent's (500 agents in a typical centre), else the
 /// queue's, else the team's.
 fn equality_index(q: &Query) -> Option<&'static str> {
-    if q.agent.is_some() {
+    // An agent's view (restricted to one agent, no team) is an agent filter too.
+    let one_agent = q.restrict.as_ref().is_some_and(|r| {
+        let (agents, teams) = r.terms();
+        agents.len() == 1 && teams.is_empty()
+    });
+    if q.agent.is_some() || one_agent {
         Some("recordings_agent")
     } else if q.queue.is_some() {
         Some("recordings_queue")
@@ -476,7 +481,7 @@ macro_rules! backend {
     ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr, $probe_duration:literal) => {
         #[derive(Debug, Clone)]
         pub struct $name {
-            pool: $pool,
+            pub(crate) pool: $pool,
             url: String,
         }
 
@@ -800,6 +805,33 @@ macro_rules! backend {
                         qb.push(concat!(" AND NOT (has_statement = ", $true, ")"));
                     }
                     None => {}
+                }
+                if let Some(r) = &q.restrict {
+                    // A viewer's restriction: nothing outside it, and nothing at all when it
+                    // names no agent and no team.
+                    let (agents, teams) = r.terms();
+                    if agents.is_empty() && teams.is_empty() {
+                        qb.push(" AND 1 = 0");
+                    } else {
+                        qb.push(" AND (");
+                        let mut first = true;
+                        for (col, vals) in [("agent", agents), ("team", teams)] {
+                            if vals.is_empty() {
+                                continue;
+                            }
+                            if !first {
+                                qb.push(" OR ");
+                            }
+                            first = false;
+                            qb.push(col).push(" IN (");
+                            let mut list = qb.separated(", ");
+                            for v in vals {
+                                list.push_bind(v);
+                            }
+                            qb.push(")");
+                        }
+                        qb.push(")");
+                    }
                 }
                 if let Some(s) = q.state {
                     qb.push(" AND state = ").push_bind(s.as_str());

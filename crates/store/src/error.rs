@@ -54,6 +54,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A user or token of that name exists already.
+    #[error("{what} {name:?} exists already")]
+    Exists { what: &'static str, name: String },
     /// An object key is not acceptable (empty, `..`, or characters the stores reject).
     #[error("invalid storage key {0:?}")]
     BadKey(String),

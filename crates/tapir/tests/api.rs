@@ -398,11 +398,19 @@ fn calls_are_found_served_by_range_looked_up_and_deleted_through_the_api() {
         404
     );
     // The deletion is logged with the contact id, without the customer's number.
-    let log = t.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("recording deleted through the API"))
-        .unwrap_or_else(|| panic!("no deletion line in\n{log}"));
+    // The log is read from tapir's stderr by another thread: wait for the line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = t.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("recording deleted through the API"))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no deletion line in\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(line.contains(&anna), "{line}");
     assert!(!line.contains("4930111"), "{line}");
 
