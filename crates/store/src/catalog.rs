@@ -833,14 +833,13 @@ macro_rules! backend {
                         qb.push(")");
                     }
                 }
-                match q.state {
-                    Some(s) => {
-                        qb.push(" AND state = ").push_bind(s.as_str());
-                    }
-                    None if !q.include_deleted => {
-                        qb.push(" AND deleted_at_ms IS NULL");
-                    }
-                    None => {}
+                if let Some(s) = q.state {
+                    qb.push(" AND state = ").push_bind(s.as_str());
+                }
+                // A soft-deleted entry keeps its state (`stored`) until it is purged, so a
+                // search by state would find it unless told not to.
+                if !q.include_deleted && q.state != Some(State::Deleted) {
+                    qb.push(" AND deleted_at_ms IS NULL");
                 }
                 let col = q.sort.column();
                 let (cmp, dir) = if q.sort.descending() {

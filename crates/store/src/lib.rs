@@ -14,10 +14,13 @@
 //! * [`storage`]: [`Storage`] over a local directory (the default) or S3, keys by day.
 //! * [`shelf`]: [`Shelf`], the way of a finished file from the spool's outbox into storage and
 //!   the catalog, and the reconciliation at start.
+//! * [`api`]: the recordings API's parameters, `Range` header and entity tags, as pure
+//!   functions for the HTTP adapter.
 //! * [`access`]: users, sessions, API tokens and the audit log of the review page, as
 //!   [`Catalog`] methods; [`audit`]: the audit log's hash chain.
 
 pub mod access;
+pub mod api;
 pub mod audit;
 pub mod catalog;
 mod error;

@@ -268,6 +268,8 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         metrics.clone(),
         handle.inputs.clone(),
         rec_ctl,
+        opened.catalog.clone(),
+        opened.storage.clone(),
     )
     .await
     .context("cannot start the HTTP server")?;
