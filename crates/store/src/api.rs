@@ -538,6 +538,7 @@ mod tests {
                 sort: Sort::DurationAsc,
                 limit: 20,
                 cursor: None,
+                restrict: None,
             }
         );
         assert_eq!(Query::from_params(&[]).unwrap(), Query::default());
