@@ -4,19 +4,11 @@
 //! The decisions are the `access` crate's ([`access::authn`]); this reads headers, bodies
 //! and the catalog, runs argon2 off the async threads, and writes the audit log.
 //!
-//! Wiring (in `http.rs`), with `auth: Arc<Auth>`:
-//! * serve with `app.into_make_service_with_connect_info::<SocketAddr>()`, so the client
-//!   address (throttle, audit) is known;
-//! * `.merge(auth::routes(auth.clone()))` for `POST /login`, `POST /logout`,
-//!   `GET /api/v1/session`;
-//! * the review API and pages behind
-//!   `.route_layer(middleware::from_fn_with_state(auth.clone(), auth::require_viewer))`:
-//!   handlers then take a [`Caller`] argument (its viewer for `access::viewer::restrict` and
-//!   `access::may_view`, its address for the audit log);
-//! * the `/calls` routes behind
-//!   `.route_layer(middleware::from_fn_with_state(auth.clone(), auth::require_control))`;
-//! * `tokio::spawn(auth::purge_loop(auth.clone()))` once.
-#![allow(dead_code)] // Wired into http.rs with the review API (see above).
+//! `http.rs` wires it when `[access] enabled` (the default): the recordings API behind
+//! [`require_viewer`] (its handlers read the [`Caller`] through `api::Viewer`), the control
+//! API behind [`require_control`], [`routes`] merged in, [`purge_loop`] spawned. The server
+//! is served with the peer's address (`into_make_service_with_connect_info`), which the
+//! throttle and the audit log use.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -80,7 +72,7 @@ impl Auth {
     }
 
     /// Best effort: an audit entry that cannot be written is logged, the request goes on.
-    async fn audit(&self, e: store::NewAudit) {
+    pub async fn audit(&self, e: store::NewAudit) {
         if let Err(err) = self.catalog.audit_append(&e).await {
             tracing::error!(error = %err, action = %e.action, "audit entry not written");
         }

@@ -38,6 +38,37 @@ pub struct Config {
     pub node: crate::shelf::NodeConfig,
     pub catalog: crate::shelf::CatalogConfig,
     pub storage: crate::shelf::StorageSection,
+    /// Access control of the HTTP APIs (docs/access.md).
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// `[access]`: who may use the HTTP APIs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Sessions and API tokens on every endpoint but `/metrics` and `/health`; the control
+    /// API needs a token with the `control` scope. Off: the recordings API answers this
+    /// host's clients only, as administrator, and the control API anyone who reaches it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Mark the session cookie `Secure` (with the `__Host-` name): set it when tapir is
+    /// reached over HTTPS (a TLS-terminating proxy).
+    #[serde(default)]
+    pub secure_cookie: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            enabled: true,
+            secure_cookie: false,
+        }
+    }
 }
 
 /// A prompt played to the customer before the call is connected (see docs/configuration.md).

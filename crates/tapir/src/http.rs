@@ -31,17 +31,37 @@ pub async fn serve(
     recorder: crate::recording::RecTx,
     catalog: store::Catalog,
     storage: store::Storage,
+    auth: Option<Arc<crate::auth::Auth>>,
 ) -> std::io::Result<SocketAddr> {
-    let recordings = api::router(api::ApiState::new(catalog, storage, metrics.clone()));
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/health", get(|| async { "ok" }))
+    let mut recordings =
+        api::router(api::ApiState::new(catalog, storage, metrics.clone()).with_auth(auth.clone()));
+    // Access control (auth.rs): the recordings API needs a session or a token, the control
+    // API a token with the control scope; /metrics and /health stay open.
+    if let Some(a) = &auth {
+        use axum::middleware::from_fn_with_state;
+        recordings = recordings
+            .layer(from_fn_with_state(a.clone(), crate::auth::require_viewer))
+            .merge(crate::auth::routes(a.clone()));
+        tokio::spawn(crate::auth::purge_loop(a.clone()));
+    }
+    let control = Router::new()
         .route("/calls", get(list_calls))
         .route("/calls/{id}/hangup", post(hang_up))
         .route("/calls/{id}/recording/{action}", post(recording_command))
         .route("/calls/{id}/consent/{answer}", post(consent))
         .route("/calls/{id}/directive/{value}", post(directive))
-        .route("/calls/{id}/disposition", post(disposition))
+        .route("/calls/{id}/disposition", post(disposition));
+    let control = match &auth {
+        Some(a) => control.route_layer(axum::middleware::from_fn_with_state(
+            a.clone(),
+            crate::auth::require_control,
+        )),
+        None => control,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(|| async { "ok" }))
+        .merge(control)
         .with_state(AppState {
             metrics,
             inputs,

@@ -270,6 +270,9 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         rec_ctl,
         opened.catalog.clone(),
         opened.storage.clone(),
+        cfg.access
+            .enabled
+            .then(|| auth::Auth::new(opened.catalog.clone(), cfg.access.secure_cookie)),
     )
     .await
     .context("cannot start the HTTP server")?;

@@ -10,10 +10,11 @@
 //!
 //! **Who is asking.** Every handler takes a [`Viewer`]; searches go through
 //! [`Viewer::restrict`] and every fetch by id through [`ApiState::entry`], which asks
-//! [`Viewer::may_view`]. Until accounts exist the only viewer is the administrator on the
-//! same host: a request from any other address gets 403, whatever `[http] listen` binds
-//! (loopback by default). Access control replaces [`Viewer`]'s extractor and those two
-//! methods, nothing else.
+//! [`Viewer::may_view`]. With access control on (`[access] enabled`, the default) the viewer
+//! is the session's user or the API token that `auth::require_viewer` found (docs/access.md),
+//! deleting and holding need an admin, and searches, views, plays, downloads, deletions and
+//! holds are audited. With it off the only viewer is the administrator on the same host: a
+//! request from any other address gets 403, whatever `[http] listen` binds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct ApiState {
     catalog: Catalog,
     storage: Storage,
     metrics: Arc<Metrics>,
+    /// Access control; `None` when off.
+    auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl ApiState {
@@ -62,6 +65,26 @@ impl ApiState {
             catalog,
             storage,
             metrics,
+            auth: None,
+        }
+    }
+
+    /// With access control: every request must have passed `auth::require_viewer`.
+    pub fn with_auth(mut self, auth: Option<Arc<crate::auth::Auth>>) -> ApiState {
+        self.auth = auth;
+        self
+    }
+
+    /// Writes the audit entry of what `viewer` did (nothing when access control is off).
+    async fn audit(
+        &self,
+        viewer: &Viewer,
+        action: access::Action,
+        target: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        if let (Some(auth), Some(c)) = (&self.auth, &viewer.caller) {
+            auth.audit(c.audit(action, target, detail)).await;
         }
     }
 
@@ -88,28 +111,55 @@ impl ApiState {
 /// Who is asking (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Viewer {
-    /// The peer's address: a loopback one is the host's administrator.
-    #[allow(dead_code)]
-    peer: SocketAddr,
+    /// Who access control found; `None` when it is off (the host's administrator).
+    caller: Option<crate::auth::Caller>,
 }
 
 impl Viewer {
     /// Narrows a search to what this viewer may see (everything, for the administrator).
-    fn restrict(&self, _q: &mut Query) {}
+    fn restrict(&self, q: &mut Query) {
+        if let Some(c) = &self.caller {
+            q.restrict = access::scope(&c.viewer).restriction();
+        }
+    }
 
     /// Whether this viewer may see this entry (and act on it).
-    fn may_view(&self, _e: &Entry) -> bool {
-        true
+    fn may_view(&self, e: &Entry) -> bool {
+        self.caller
+            .as_ref()
+            .is_none_or(|c| access::may_view(&c.viewer, e))
+    }
+
+    /// Whether this viewer may do what `need` names (403 when not).
+    fn require(&self, need: access::Need) -> Result<(), ApiError> {
+        match &self.caller {
+            Some(c) if !access::allows(&c.viewer, need) => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "not allowed"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Viewer {
+impl FromRequestParts<ApiState> for Viewer {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        if state.auth.is_some() {
+            // Fail closed: without the caller auth::require_viewer found, nobody.
+            return match parts.extensions.get::<crate::auth::Caller>() {
+                Some(c) => Ok(Viewer {
+                    caller: Some(c.clone()),
+                }),
+                None => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication required",
+                )),
+            };
+        }
         // Fail closed: a server built without the peer's address serves nobody.
         match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            Some(ConnectInfo(peer)) if peer.ip().is_loopback() => Ok(Viewer { peer: *peer }),
+            Some(ConnectInfo(peer)) if peer.ip().is_loopback() => Ok(Viewer { caller: None }),
             _ => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "the recordings API answers clients on this host only",
@@ -342,6 +392,17 @@ async fn search(viewer: Viewer, State(s): State<ApiState>, Params(p): Params) ->
     let mut q = Query::from_params(&p)?;
     viewer.restrict(&mut q);
     let page = s.catalog.search(&q).await?;
+    let asked: serde_json::Map<String, serde_json::Value> = p
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    s.audit(
+        &viewer,
+        access::Action::Search,
+        None,
+        serde_json::json!({ "params": asked, "rows": page.entries.len() }),
+    )
+    .await;
     Ok(Json(SearchPage {
         items: page.entries,
         next_cursor: page.next,
@@ -357,7 +418,15 @@ async fn recording(
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
-    Ok(Json(s.entry(&viewer, &id).await?).into_response())
+    let e = s.entry(&viewer, &id).await?;
+    s.audit(
+        &viewer,
+        access::Action::View,
+        Some(&id),
+        serde_json::json!({}),
+    )
+    .await;
+    Ok(Json(e).into_response())
 }
 
 /// `GET /calls/{sip_call_id}/recording`: the entry either of whose legs had this Call-ID.
@@ -375,6 +444,13 @@ async fn by_call_id(
     if rules::is_deleted(&e) {
         return Err(ApiError::deleted());
     }
+    s.audit(
+        &viewer,
+        access::Action::View,
+        Some(&e.contact_id),
+        serde_json::json!({ "call_id": call_id }),
+    )
+    .await;
     Ok(Json(e).into_response())
 }
 
@@ -388,7 +464,30 @@ async fn recording_audio(
 ) -> ApiResult {
     let ap = AudioParams::from_params(&p)?;
     let e = s.entry(&viewer, &id).await?;
+    audit_audio(&s, &viewer, &e.contact_id, &ap, &headers).await;
     serve_audio(&s, Availability::of_entry(&e), &e.contact_id, ap, &headers).await
+}
+
+/// A play or a download is audited once, not for every range a player asks while it plays:
+/// for a request without `Range` or for the range that starts at the beginning.
+async fn audit_audio(
+    s: &ApiState,
+    viewer: &Viewer,
+    target: &str,
+    ap: &AudioParams,
+    headers: &HeaderMap,
+) {
+    let range = header_str(headers, header::RANGE);
+    if range.is_some_and(|r| !r.trim().starts_with("bytes=0-")) {
+        return;
+    }
+    let action = if ap.download {
+        access::Action::Download
+    } else {
+        access::Action::Play
+    };
+    s.audit(viewer, action, Some(target), serde_json::json!({}))
+        .await;
 }
 
 fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
@@ -612,6 +711,13 @@ async fn statements(
         .into_iter()
         .map(|(st, _)| st)
         .collect();
+    s.audit(
+        &viewer,
+        access::Action::View,
+        Some(&statement_id),
+        serde_json::json!({ "statement": true }),
+    )
+    .await;
     Ok(Json(StatementList {
         statement_id,
         items,
@@ -630,6 +736,7 @@ async fn statement_audio(
     let ap = AudioParams::from_params(&p)?;
     let list = visible_statements(&s, &viewer, &statement_id).await?;
     let (st, contact) = list.into_iter().next().ok_or_else(ApiError::not_found)?;
+    audit_audio(&s, &viewer, &st.id, &ap, &headers).await;
     serve_audio(
         &s,
         Availability::of_statement(&st, &contact),
@@ -649,7 +756,16 @@ async fn delete_recording(
 ) -> ApiResult {
     rules::no_params(&p)?;
     s.any_entry(&viewer, &id).await?;
-    match s.catalog.soft_delete(&id, now_ms()).await? {
+    viewer.require(access::Need::Delete)?;
+    let outcome = s.catalog.soft_delete(&id, now_ms()).await?;
+    s.audit(
+        &viewer,
+        access::Action::Delete,
+        Some(&id),
+        serde_json::json!({ "outcome": format!("{outcome:?}").to_lowercase() }),
+    )
+    .await;
+    match outcome {
         DeleteOutcome::Deleted => {
             tracing::info!(contact_id = %id, "recording deleted through the API (soft delete; the audio is purged later)");
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -665,6 +781,7 @@ async fn delete_recording(
 
 async fn hold(s: &ApiState, viewer: &Viewer, id: &str, on: bool) -> ApiResult {
     let e = s.any_entry(viewer, id).await?;
+    viewer.require(access::Need::LegalHold)?;
     // A soft-deleted recording can still be held, which stops its purge; a purged one has
     // nothing left to hold.
     if e.purged_at_ms.is_some() {
@@ -674,6 +791,13 @@ async fn hold(s: &ApiState, viewer: &Viewer, id: &str, on: bool) -> ApiResult {
         return Err(ApiError::not_found());
     }
     tracing::info!(contact_id = %id, legal_hold = on, "legal hold changed through the API");
+    s.audit(
+        viewer,
+        access::Action::LegalHold,
+        Some(id),
+        serde_json::json!({ "hold": on }),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
