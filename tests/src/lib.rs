@@ -6,6 +6,7 @@
 
 pub use tempfile;
 
+pub mod baresip;
 pub mod sdes;
 
 use std::io::{BufRead, BufReader, Read};
