@@ -156,6 +156,8 @@ if sut == "tapir":
     if rec != "none":
         metas = []
         for p in glob.glob(f"{work}/recordings/**/*.json", recursive=True):
+            if p.endswith(".peaks.json"):  # waveform peaks beside the audio, not a sidecar
+                continue
             try:
                 metas.append(json.load(open(p)))
             except ValueError:

@@ -13,7 +13,10 @@
 //!
 //! usage: srtp-load --target 127.0.0.1:5090 --uac 127.0.0.1:25080 --uas 127.0.0.1:25070
 //!        --calls 100 --duration 60 [--rate 20] [--mode srtp|plain] [--suite NAME]
-//!        [--rtp-base 26000] [--tapir-pid PID]
+//!        [--rtp-base 26000] [--tapir-pid PID] [--one-customer USER]
+//!
+//! Each call comes from its own customer number, as on a trunk; `--one-customer` places them
+//! all from the same From user.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -37,6 +40,7 @@ struct Args {
     suite: Suite,
     rtp_base: u16,
     tapir_pid: Option<u32>,
+    one_customer: Option<String>,
 }
 
 fn args() -> Args {
@@ -51,6 +55,7 @@ fn args() -> Args {
         suite: Suite::AesCm128HmacSha1_80,
         rtp_base: 26000,
         tapir_pid: None,
+        one_customer: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut it = v.iter();
@@ -77,6 +82,7 @@ fn args() -> Args {
             "--suite" => a.suite = Suite::from_name(val).unwrap_or_else(|| bad()),
             "--rtp-base" => a.rtp_base = u16::try_from(num(val)).unwrap_or_else(|_| bad()),
             "--tapir-pid" => a.tapir_pid = Some(num(val) as u32),
+            "--one-customer" => a.one_customer = Some(val.clone()),
             _ => die(&format!("unknown option {k}")),
         }
     }
@@ -322,14 +328,23 @@ struct Load {
 }
 
 impl Load {
+    /// The customer's number of call `i`: one per call, as on a trunk (`--one-customer`: the
+    /// same for all).
+    fn number(&self, i: usize) -> String {
+        match &self.a.one_customer {
+            Some(n) => n.clone(),
+            None => format!("+4931{i:06}"),
+        }
+    }
+
     fn invite(&mut self, i: usize) {
         let c = &self.callers[i];
         let port = self.legs[i].port;
         let body = sdp_body("caller", port, c.key.as_ref());
-        let (t, u, r) = (self.a.target, self.a.uac, self.run);
+        let (t, u, r, n) = (self.a.target, self.a.uac, self.run, self.number(i));
         let m = format!(
             "INVITE sip:1000@{t} SIP/2.0\r\nVia: SIP/2.0/UDP {u};branch=z9hG4bK-load-{r}-{i}-inv\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:load@{u}>;tag=f{i}\r\nTo: <sip:1000@{t}>\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{n}@{u}>;tag=f{i}\r\nTo: <sip:1000@{t}>\r\n\
              Call-ID: load-{i}-{r}@srtp-load\r\nCSeq: 1 INVITE\r\nContact: <sip:load@{u}>\r\n\
              Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -339,10 +354,10 @@ impl Load {
 
     fn in_dialog(&self, i: usize, method: &str, cseq: u32) {
         let c = &self.callers[i];
-        let (t, u, r) = (self.a.target, self.a.uac, self.run);
+        let (t, u, r, n) = (self.a.target, self.a.uac, self.run, self.number(i));
         let m = format!(
             "{method} sip:1000@{t} SIP/2.0\r\nVia: SIP/2.0/UDP {u};branch=z9hG4bK-load-{r}-{i}-{method}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:load@{u}>;tag=f{i}\r\nTo: <sip:1000@{t}>;tag={}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{n}@{u}>;tag=f{i}\r\nTo: <sip:1000@{t}>;tag={}\r\n\
              Call-ID: load-{i}-{r}@srtp-load\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
             c.to_tag
         );
