@@ -176,22 +176,29 @@ case $mode in
     commit=${TAPIR_COMMIT:-$(git -C "$repo_dir" rev-parse --short HEAD 2>/dev/null || echo unknown)}
     for rep in $(seq 1 "$reps"); do
       for m in plain srtp; do
-        line=$(one "$m" | tee /dev/stderr | grep '^result:')
+        runlog=$(mktemp /tmp/bench-srtp-run-XXXX.log)
+        one "$m" >"$runlog" 2>&1
+        cat "$runlog"
+        line=$(grep '^result:' "$runlog")
+        rm -f "$runlog"
         up=$(awk '{print $1}' /proc/loadavg)
         echo "rep=$rep date=$(date -Is) commit=$commit load1_after=$up $line" | tee -a "$out"
       done
     done
-    python3 - "$out" "$commit" <<'PY'
+    python3 - "$out" "$commit" "$calls" "$dur" <<'PY'
 import statistics, sys
+# This commit's runs of this load in OUT (earlier ones of the same day included).
 rows = [dict(kv.split("=", 1) for kv in l.split() if "=" in kv)
         for l in open(sys.argv[1]) if "result:" in l and f"commit={sys.argv[2]}" in l]
+rows = [r for r in rows if r.get("calls") == sys.argv[3] and r.get("dur") == sys.argv[4]]
 for key in ("cpu_ms_per_call_s_window", "cpu_ms_per_call_s_incl_finish"):
     by = {m: [float(r[key]) for r in rows if r.get("mode") == m and r.get(key, "?") != "?"]
           for m in ("plain", "srtp")}
     if by["plain"] and by["srtp"]:
         p, s = statistics.mean(by["plain"]), statistics.mean(by["srtp"])
-        print(f"summary {key}: plain {p:.3f} ms {by['plain']} srtp {s:.3f} ms {by['srtp']} "
-              f"ratio {s / p:.2f}")
+        pm, sm = statistics.median(by["plain"]), statistics.median(by["srtp"])
+        print(f"summary {key}: plain mean {p:.3f} ms {by['plain']} srtp mean {s:.3f} ms "
+              f"{by['srtp']} ratio of means {s / p:.2f}, of medians {sm / pm:.2f}")
 PY
     ;;
   *) echo "MODE must be srtp, plain or both" >&2; exit 2 ;;

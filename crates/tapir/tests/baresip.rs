@@ -75,8 +75,15 @@ fn assert_recording(t: &Tapir) {
     let wav = recordings(t, "wav");
     assert_eq!(wav.len(), 1, "{wav:?}");
     let (customer, agent) = read_stereo_wav(&wav[0]);
-    assert_tone(&customer, CALLER_HZ, CALLEE_HZ, "channel 1 (customer)");
-    assert_tone(&agent, CALLEE_HZ, CALLER_HZ, "channel 2 (agent)");
+    let sidecar = std::fs::read_to_string(wav[0].with_extension("json")).unwrap_or_default();
+    let what = |ch: &str| format!("{ch}; sidecar: {sidecar}");
+    assert_tone(
+        &customer,
+        CALLER_HZ,
+        CALLEE_HZ,
+        &what("channel 1 (customer)"),
+    );
+    assert_tone(&agent, CALLEE_HZ, CALLER_HZ, &what("channel 2 (agent)"));
 }
 
 /// Every SRTP drop counter, by reason.
@@ -212,6 +219,12 @@ fn baresip_srtp_on_both_legs() {
         assert_eq!(*v1, want, "{k}");
     }
     assert!(callee.event("CALL_CLOSED", Duration::ZERO).is_none());
+    // The caller's SRTCP was authenticated, decrypted and relayed too.
+    assert!(
+        t.metric("tapir_rtp_packets_relayed_total{from=\"a_rtcp\"}") >= 1.0,
+        "{}",
+        t.metrics()
+    );
 
     caller.command("hangup", "");
     callee
@@ -240,6 +253,15 @@ fn baresip_srtp_on_both_legs() {
         CALLER_HZ,
         "the caller heard the callee",
     );
+    // Everything tapir sent either party decrypted there (baresip logs each SRTP or SRTCP
+    // packet it cannot decrypt).
+    for (who, p) in [("caller", &caller), ("callee", &callee)] {
+        assert!(
+            !p.output().contains("failed to decrypt"),
+            "{who}:\n{}",
+            p.output()
+        );
+    }
     assert_no_rtp_dropped(&t);
 }
 
@@ -389,6 +411,11 @@ fn sdes_caller_baresip_callee(suite: srtp::Suite, profile: &str, mediaenc: &str)
         CALLER_HZ,
         CALLEE_HZ,
         "baresip decrypted tapir's audio",
+    );
+    assert!(
+        !callee.output().contains("failed to decrypt"),
+        "{}",
+        callee.output()
     );
     assert_recording(&t);
     assert_no_rtp_dropped(&t);
