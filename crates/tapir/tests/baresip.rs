@@ -102,8 +102,8 @@ const AUTH_FAILED: &str = "tapir_srtp_packets_dropped_total{reason=\"auth_failed
 
 /// Sends tapir's port `port` one SRTP packet protected with the caller's own key (`crypto`,
 /// the value of its `a=crypto`) whose authentication tag is then broken. Its SSRC is new, so
-/// no replay window is consulted: the tag alone decides.
-fn forge(crypto: &str, port: u16) {
+/// no replay window is consulted: the tag alone decides. Returns the port it came from.
+fn forge(crypto: &str, port: u16) -> u16 {
     let c = sdp::Crypto::parse(crypto).expect("the caller's a=crypto");
     let mut ctx = srtp::Context::new(&c.keying).unwrap();
     let mut b = vec![0u8; 172 + srtp::MAX_RTP_TRAILER];
@@ -113,6 +113,7 @@ fn forge(crypto: &str, port: u16) {
     b[n - 1] ^= 0x01;
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.send_to(&b[..n], ("127.0.0.1", port)).unwrap();
+    s.local_addr().unwrap().port()
 }
 
 /// What tapir dropped of plain RTP/RTCP: nothing, on any of these calls.
@@ -206,8 +207,16 @@ fn baresip_srtp_on_both_legs() {
     t.wait_metric(&relayed("b"), T, |v| v >= 100.0);
     let before = srtp_drops(&t);
     let auth0 = t.metric(AUTH_FAILED);
-    forge(caller_key, tapir_port);
+    let forger = forge(caller_key, tapir_port);
     t.wait_metric(AUTH_FAILED, T, |v| v == auth0 + 1.0);
+    // ... and logged with where it came from.
+    let from = format!("from=127.0.0.1:{forger}");
+    let log = t.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("SRTP packet dropped") && l.contains(&from))
+        .unwrap_or_else(|| panic!("no log line for the forged packet:\n{log}"));
+    assert!(line.contains("auth_failed"), "{line}");
     // The call goes on: another two seconds of the caller's audio are relayed, and nothing
     // else was dropped meanwhile.
     let a_at = t.metric(&relayed("a"));
