@@ -7,6 +7,7 @@
 pub use tempfile;
 
 pub mod baresip;
+pub mod s3;
 pub mod sdes;
 
 use std::io::{BufRead, BufReader, Read};
@@ -295,11 +296,17 @@ impl Tapir {
     }
 
     /// Polls a metric until `pred` holds (the event we wait for), or panics after `timeout`.
+    /// A wait on `tapir_recordings_total` also waits until nothing is pending for storage
+    /// (`tapir_uploads_pending` is 0): a finished recording is counted when it is handed to
+    /// the shelf, and tests then read it from the recordings directory.
     pub fn wait_metric(&self, prefix: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
         let end = Instant::now() + timeout;
         loop {
             let v = self.metric(prefix);
-            if pred(v) {
+            if pred(v)
+                && (!prefix.starts_with("tapir_recordings_total")
+                    || self.metric("tapir_uploads_pending") == 0.0)
+            {
                 return v;
             }
             if Instant::now() > end {
@@ -318,6 +325,29 @@ impl Drop for Tapir {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Files whose name ends with `.{ext}` anywhere under `dir` (stored recordings are kept as
+/// `yyyy/mm/dd/<name>.<ext>`; the spool has `outbox/` and `quarantine/`), sorted. An absent
+/// directory has none.
+pub fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 pub fn parse_metric(text: &str, prefix: &str) -> f64 {

@@ -285,7 +285,7 @@ fn main() {
     let measured = (calls - warm).max(1);
     let messages = (b.messages - messages) / measured;
     if blocks.is_empty() {
-        println!("signalling core: {calls} calls completed");
+        println!("signalling core: {calls} calls completed; not measuring (run `cargo bench -p b2bua --bench signalling`)");
         return;
     }
     blocks.sort_by(f64::total_cmp);

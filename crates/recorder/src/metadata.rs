@@ -92,6 +92,10 @@ pub struct RecordingMetadata {
     /// The customer's number, when the driver knows which side is the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer_number: Option<String>,
+    /// Days the recording is kept, from its route or record policy; absent keeps it until
+    /// deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<i32>,
 }
 
 impl RecordingMetadata {

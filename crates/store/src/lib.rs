@@ -12,17 +12,26 @@
 //! * [`search`]: [`Query`], [`Sort`] and the opaque paging cursor.
 //! * [`catalog`]: the [`Catalog`] over SQLite (embedded, the default) or PostgreSQL.
 //! * [`storage`]: [`Storage`] over a local directory (the default) or S3, keys by day.
+//! * [`shelf`]: [`Shelf`], the way of a finished file from the spool's outbox into storage and
+//!   the catalog, and the reconciliation at start.
+//! * [`api`]: the recordings API's parameters, `Range` header and entity tags, as pure
+//!   functions for the HTTP adapter.
 
+pub mod api;
 pub mod catalog;
 mod error;
 pub mod model;
 pub mod search;
+pub mod shelf;
 pub mod storage;
 
 pub use catalog::{redact_url, Catalog, CatalogUrl, DEFAULT_SQLITE_PATH};
 pub use error::StoreError;
-pub use model::{retain_until, Counters, DeleteOutcome, Delivery, Entry, State, Statement};
+pub use model::{
+    retain_until, Counters, DeleteOutcome, Delivery, Entry, RetentionRules, State, Statement,
+};
 pub use search::{Page, Query, Sort, DEFAULT_LIMIT, MAX_LIMIT};
+pub use shelf::{Delivered, Parcel, Reconciled, Shelf, ShelfConfig, OUTBOX_DIR, QUARANTINE_DIR};
 pub use storage::{
     storage_key, Backoff, ObjectRead, S3Config, Storage, StorageConfig, StoredObject,
     DEFAULT_LOCAL_DIR, PART_SIZE,

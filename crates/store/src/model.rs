@@ -124,6 +124,10 @@ pub struct Entry {
     /// Maintained by the catalog: the contact has at least one recorded statement.
     pub has_statement: bool,
     pub updated_ms: i64,
+    /// Conversation metrics of the recording (the `analysis` crate's `ConversationMetrics`);
+    /// its longest silence, overtalk and talk-to-listen ratio are also searchable columns.
+    #[serde(default)]
+    pub metrics: Option<serde_json::Value>,
     /// Filled by look-ups of one entry ([`crate::Catalog::get`] and friends); empty in searches.
     #[serde(default)]
     pub statements: Vec<Statement>,
@@ -261,6 +265,7 @@ impl Entry {
             purged_at_ms: None,
             has_statement: false,
             updated_ms: now_ms,
+            metrics: meta.metrics.clone(),
             statements: Vec::new(),
         })
     }
@@ -305,8 +310,80 @@ impl Statement {
     }
 }
 
+/// How long recordings are kept: a default, per route, and per record policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRules {
+    /// Days for recordings no other rule names; absent keeps them until deleted.
+    #[serde(default)]
+    pub days: Option<u32>,
+    /// Days per route name.
+    #[serde(default)]
+    pub routes: std::collections::HashMap<String, u32>,
+    /// Days per record policy name (the policy that recorded the call).
+    #[serde(default)]
+    pub policies: std::collections::HashMap<String, u32>,
+}
+
+impl RetentionRules {
+    /// The days a recording is kept. A record policy that recorded the call decides before
+    /// the route, the route before the default; when several record policies recorded it, the
+    /// longest period wins (a recording kept for one reason is not deleted for another).
+    pub fn days_for(&self, meta: &RecordingMetadata) -> Option<i32> {
+        let mut names = Vec::new();
+        if let Some(d) = &meta.decisions {
+            record_policies(d, &mut names);
+        }
+        let by_policy = names.iter().filter_map(|n| self.policies.get(*n)).max();
+        by_policy
+            .or_else(|| self.routes.get(&meta.route))
+            .or(self.days.as_ref())
+            .map(|d| i32::try_from(*d).unwrap_or(i32::MAX))
+    }
+}
+
+/// Names of the record policies a decision log cites (`{"source": "record_policy", "name": ..}`).
+fn record_policies<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("source").and_then(|s| s.as_str()) == Some("record_policy") {
+                if let Some(n) = m.get("name").and_then(|n| n.as_str()) {
+                    out.push(n);
+                }
+            }
+            for x in m.values() {
+                record_policies(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| record_policies(x, out)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retention_prefers_the_policy_then_the_route_then_the_default() {
+        let rules = RetentionRules {
+            days: Some(30),
+            routes: [("pbx".to_string(), 90)].into(),
+            policies: [("complaints".to_string(), 365), ("sample".to_string(), 7)].into(),
+        };
+        let mut m = RecordingMetadata {
+            route: "other".into(),
+            ..Default::default()
+        };
+        assert_eq!(rules.days_for(&m), Some(30));
+        m.route = "pbx".into();
+        assert_eq!(rules.days_for(&m), Some(90));
+        m.decisions = Some(serde_json::json!([{"actions": [
+            {"reason": {"source": "record_policy", "name": "sample", "percentage": 10}},
+            {"reason": {"source": "record_policy", "name": "complaints", "percentage": 100}}
+        ]}]));
+        assert_eq!(rules.days_for(&m), Some(365));
+        assert_eq!(RetentionRules::default().days_for(&m), None);
+    }
+
     use super::*;
 
     #[test]

@@ -140,9 +140,14 @@ pub struct Query {
     pub min_duration_ms: Option<i64>,
     pub max_duration_ms: Option<i64>,
     pub has_statement: Option<bool>,
-    /// Only this state. Without it, soft-deleted entries are left out.
+    /// Recordings with a silence (neither side speaking) at least this long.
+    pub min_silence_ms: Option<i64>,
+    /// Recordings where both sides talked over each other at least this long in all.
+    pub min_overtalk_ms: Option<i64>,
+    /// Only this state.
     pub state: Option<State>,
-    /// Include soft-deleted entries (when no state is asked for).
+    /// Include soft-deleted entries; without it they are left out, unless `state` is
+    /// `deleted` (purged entries, which are soft-deleted too).
     pub include_deleted: bool,
     pub sort: Sort,
     /// Page size, 1..=[`MAX_LIMIT`]; 0 means [`DEFAULT_LIMIT`].

@@ -543,6 +543,19 @@ impl Storage {
         Ok(Bytes::from(out))
     }
 
+    /// Writes a small object in one request (a decision record); no read-back.
+    pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let location = self.path(key)?;
+        self.store
+            .put(&location, PutPayload::from(bytes))
+            .await
+            .map_err(|e| StoreError::storage("put", key, e))?;
+        if let Kind::Local(fs) = &*self.kind {
+            sync_local(fs, &location).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes the object; deleting one that is not there succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.store.delete(&self.path(key)?).await {

@@ -35,6 +35,9 @@ pub struct Config {
     /// Registration relay toward a PBX (phone-side deployment); off when absent.
     #[serde(default)]
     pub registrar: Option<b2bua::RegistrarConfig>,
+    pub node: crate::shelf::NodeConfig,
+    pub catalog: crate::shelf::CatalogConfig,
+    pub storage: crate::shelf::StorageSection,
 }
 
 /// A prompt played to the customer before the call is connected (see docs/configuration.md).
@@ -238,6 +241,9 @@ impl Config {
             bail!("routes: no route configured; every INVITE would be refused");
         }
         self.recording.validate()?;
+        self.storage.validate()?;
+        store::CatalogUrl::parse(&self.catalog.url)
+            .map_err(|e| anyhow::anyhow!("catalog.url: {e}"))?;
         for a in &self.announcements {
             if !self.routes.iter().any(|r| r.name == a.route) {
                 bail!("announcements: no route named '{}'", a.route);

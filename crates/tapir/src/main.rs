@@ -22,6 +22,7 @@ mod policy_link;
 mod recording;
 mod relay;
 mod relay_srtp;
+mod shelf;
 mod tls;
 
 use std::path::PathBuf;
@@ -175,13 +176,39 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
     core.set_announcements(announcements);
     let (announce_tx, announce_rx) = tokio::sync::mpsc::unbounded_channel();
 
+    // Contact ids carry a per-process tag (unique across restarts); the catalog names the
+    // node by its configured name (stable across restarts, so it resumes its own uploads).
     let node = format!("{:08x}", random_seed() as u32);
+    let node_name = shelf::node_name(&cfg.node);
+    let opened = shelf::open(
+        &cfg.catalog,
+        &cfg.storage,
+        &cfg.recording.recordings_dir,
+        node_name,
+    )
+    .await?;
+    let shelf_tx = shelf::start(
+        &opened,
+        &cfg.storage,
+        cfg.recording.spool_dir.clone(),
+        metrics.clone(),
+    );
+    // Before the recorder repairs the spool: what the outbox holds was finished by the last
+    // run, what the spool's top holds was interrupted and is the repair's.
+    std::fs::create_dir_all(&cfg.recording.spool_dir).with_context(|| {
+        format!(
+            "cannot create spool dir {}",
+            cfg.recording.spool_dir.display()
+        )
+    })?;
+    shelf::reconcile(&opened.shelf, &cfg.recording.spool_dir, &shelf_tx, &metrics).await?;
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
     let (tap, rec_ctl) = recording::start(
         cfg.recording.clone(),
         cfg.media.tap_queue,
         metrics.clone(),
         cfg.log.show_numbers,
+        shelf_tx,
     )?;
     let mut zones = Vec::new();
     for (name, nets) in &cfg.zones {
@@ -226,6 +253,8 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         metrics.clone(),
         handle.inputs.clone(),
         rec_ctl,
+        opened.catalog.clone(),
+        opened.storage.clone(),
     )
     .await
     .context("cannot start the HTTP server")?;

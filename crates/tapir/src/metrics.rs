@@ -23,6 +23,79 @@ pub struct Metrics {
     pub srtp_dropped: IntCounterVec,
     pub calls_encrypted: IntCounter,
     pub tls_handshake_failures: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    pub shelf: ShelfMetrics,
+}
+
+/// The way of finished recordings to storage: uploads, the spool, purges, webhooks.
+pub struct ShelfMetrics {
+    pub uploads: IntCounterVec,
+    pub uploads_pending: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub refused: IntCounter,
+    pub quarantined: IntCounter,
+    pub purged: IntCounter,
+    pub webhooks: IntCounterVec,
+}
+
+impl ShelfMetrics {
+    fn new(registry: &Registry) -> Self {
+        let m = ShelfMetrics {
+            uploads: IntCounterVec::new(
+                Opts::new(
+                    "tapir_uploads_total",
+                    "Recordings delivered to storage (ok), or kept back because the file is unreadable (error)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            uploads_pending: IntGauge::new(
+                "tapir_uploads_pending",
+                "Finished recordings waiting in the spool's outbox for storage",
+            )
+            .unwrap(),
+            spool_bytes: IntGauge::new(
+                "tapir_spool_bytes",
+                "Bytes in the spool (recordings being written and waiting for storage)",
+            )
+            .unwrap(),
+            refused: IntCounter::new(
+                "tapir_recordings_refused_total",
+                "Recordings not started because the spool is past its high-water mark (the calls went on)",
+            )
+            .unwrap(),
+            quarantined: IntCounter::new(
+                "tapir_spool_quarantined_total",
+                "Files moved to the spool's quarantine because they could not be delivered",
+            )
+            .unwrap(),
+            purged: IntCounter::new(
+                "tapir_recordings_purged_total",
+                "Recordings whose audio the retention job removed from storage",
+            )
+            .unwrap(),
+            webhooks: IntCounterVec::new(
+                Opts::new(
+                    "tapir_webhooks_total",
+                    "Webhook delivery attempts, by result (delivered, failed)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+        };
+        for c in [
+            Box::new(m.uploads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.uploads_pending.clone()),
+            Box::new(m.spool_bytes.clone()),
+            Box::new(m.refused.clone()),
+            Box::new(m.quarantined.clone()),
+            Box::new(m.purged.clone()),
+            Box::new(m.webhooks.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
 }
 
 impl Metrics {
@@ -127,8 +200,17 @@ impl Metrics {
             &["side"],
         )
         .unwrap();
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "tapir_api_requests_total",
+                "Requests to the recordings API (/api/v1), by endpoint (method and route, or unknown) and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .unwrap();
         for c in [
             Box::new(tls_handshake_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(api_requests.clone()),
             Box::new(srtp_dropped.clone()),
             Box::new(calls_encrypted.clone()),
             Box::new(policy_reloads.clone()),
@@ -150,7 +232,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let shelf = ShelfMetrics::new(&registry);
         Self {
+            shelf,
             registry,
             calls_active,
             calls_total,
@@ -171,6 +255,7 @@ impl Metrics {
             srtp_dropped,
             calls_encrypted,
             tls_handshake_failures,
+            api_requests,
         }
     }
 

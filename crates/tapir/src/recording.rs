@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 use crate::metrics::Metrics;
 use crate::relay::TapPacket;
+use crate::shelf::{ShelfMsg, ShelfTx};
 
 pub use recorder::Format;
 
@@ -81,6 +82,11 @@ pub struct RecordingConfig {
     /// progress, so that a transfer whose transferor hung up first stays one recording.
     #[serde(default = "default_transfer_grace_ms")]
     pub transfer_grace_ms: u64,
+    /// `fdatasync` the spool files at every flush (0.8 s of audio) while recording, so a power
+    /// loss costs at most that much; a process crash costs as much without it (the page cache
+    /// keeps what was flushed).
+    #[serde(default)]
+    pub sync_while_recording: bool,
 }
 
 fn default_transfer_grace_ms() -> u64 {
@@ -113,6 +119,7 @@ impl Default for RecordingConfig {
             jitter_ms: default_jitter_ms(),
             policy_file: None,
             transfer_grace_ms: default_transfer_grace_ms(),
+            sync_while_recording: false,
         }
     }
 }
@@ -171,6 +178,7 @@ struct Track {
     /// Spool path of the audio (always WAV while recording).
     path: PathBuf,
     failed: bool,
+    sink_options: SinkOptions,
 }
 
 /// The files of one contact.
@@ -195,7 +203,15 @@ pub struct RecorderThread {
     tap_drops_seen: u64,
     /// `log.show_numbers`: decision reasons may name stations, which are often numbers.
     show_numbers: bool,
+    /// The catalog side: started recordings are catalogued, the spool's fill refuses new ones.
+    shelf: ShelfTx,
+    /// Stems of files this process finished lately: a contact recorded again after its first
+    /// file left the spool gets a new name, so it never replaces the first one in storage.
+    finished_stems: std::collections::VecDeque<String>,
 }
+
+/// How many finished file names the recorder remembers (an hour at 3 recordings a second).
+const FINISHED_STEMS: usize = 10_000;
 
 /// Starts the recorder and finisher threads; returns the tap sender (for the relay) and the
 /// control sender (for the engine and the HTTP API).
@@ -204,6 +220,7 @@ pub fn start(
     tap_queue: usize,
     metrics: Arc<Metrics>,
     show_numbers: bool,
+    shelf: ShelfTx,
 ) -> Result<(SyncSender<TapPacket>, RecTx)> {
     std::fs::create_dir_all(&cfg.spool_dir)
         .map_err(|e| anyhow::anyhow!("cannot create spool dir {}: {e}", cfg.spool_dir.display()))?;
@@ -216,12 +233,16 @@ pub fn start(
     let (tap_tx, tap_rx) = std::sync::mpsc::sync_channel(tap_queue);
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel();
     let (fin_tx, fin_rx) = std::sync::mpsc::channel();
+    resume_finishing(&cfg, &fin_tx);
     repair_on_start(&cfg, &fin_tx);
-    let dir = cfg.recordings_dir.clone();
+    let outbox = cfg.spool_dir.join(store::OUTBOX_DIR);
+    std::fs::create_dir_all(&outbox)
+        .map_err(|e| anyhow::anyhow!("cannot create the outbox {}: {e}", outbox.display()))?;
     let m2 = metrics.clone();
+    let s2 = shelf.clone();
     std::thread::Builder::new()
         .name("tapir-finisher".into())
-        .spawn(move || finisher(fin_rx, dir, m2))?;
+        .spawn(move || finisher(fin_rx, outbox, m2, s2))?;
     let t = RecorderThread {
         contacts: contact::Contacts::new(contact::Config {
             transfer_grace: Duration::from_millis(cfg.transfer_grace_ms),
@@ -234,11 +255,105 @@ pub fn start(
         finisher: fin_tx,
         tap_drops_seen: 0,
         show_numbers,
+        shelf,
+        finished_stems: Default::default(),
     };
     std::thread::Builder::new()
         .name("tapir-recorder".into())
         .spawn(move || t.run())?;
     Ok((tap_tx, RecTx(ctl_tx)))
+}
+
+/// Subdirectory of the spool where the finisher works: a finished recording is renamed there
+/// before its metrics, peaks and transcode, so the spool's repair never takes it for an
+/// interrupted call, and a crash in the middle (mid-transcode) leaves it there to be finished
+/// again at the next start.
+pub const FINISHING_DIR: &str = "finishing";
+
+/// Hands back to the finisher what a crash left in `spool/finishing/`: recordings whose
+/// result did not reach the outbox are finished again from their WAV (a partial MP3 is
+/// overwritten); leftovers of those that did reach it are removed.
+fn resume_finishing(cfg: &RecordingConfig, finisher: &std::sync::mpsc::Sender<Finished>) {
+    let dir = cfg.spool_dir.join(FINISHING_DIR);
+    let outbox = cfg.spool_dir.join(store::OUTBOX_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut wavs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+        .collect();
+    wavs.sort();
+    for wav in wavs {
+        let name = wav.file_name().map(PathBuf::from).unwrap_or_default();
+        let delivered = ["wav", "mp3"]
+            .iter()
+            .any(|ext| outbox.join(&name).with_extension(ext).exists());
+        let side = recorder::sidecar_path(&wav);
+        if delivered {
+            for f in [
+                wav.clone(),
+                wav.with_extension("mp3"),
+                side,
+                peaks_path(&wav),
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+            continue;
+        }
+        // The sidecar is beside the WAV, or already moved to the outbox.
+        let meta = RecordingMetadata::read_from(&side).or_else(|_| {
+            RecordingMetadata::read_from(&recorder::sidecar_path(&outbox.join(&name)))
+        });
+        match meta {
+            Ok(mut meta) => {
+                tracing::warn!(file = %wav.display(), "finishing a recording a crash interrupted after the call");
+                let target = meta.format;
+                meta.format = Format::Wav;
+                let _ = finisher.send(Finished {
+                    path: Some(wav),
+                    interrupted: meta.interrupted,
+                    meta,
+                    format: target,
+                });
+            }
+            Err(e) => {
+                tracing::error!(file = %wav.display(), error = %e, "a finished recording without readable metadata; moved to the quarantine");
+                let q = cfg.spool_dir.join(store::QUARANTINE_DIR);
+                let _ = std::fs::create_dir_all(&q);
+                let _ = std::fs::rename(&wav, q.join(&name));
+            }
+        }
+    }
+}
+
+/// Renames a finished spool file (and its sidecar) into `spool/finishing/`; returns its new
+/// path, or the old one when the rename failed (the file is then finished where it is).
+fn to_finishing(path: &Path) -> PathBuf {
+    let (Some(spool), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    if spool.file_name().is_some_and(|n| n == FINISHING_DIR) {
+        return path.to_path_buf();
+    }
+    let dir = spool.join(FINISHING_DIR);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the finishing directory");
+        return path.to_path_buf();
+    }
+    let to = dir.join(name);
+    let side = recorder::sidecar_path(path);
+    if side.exists() {
+        let _ = std::fs::rename(&side, recorder::sidecar_path(&to));
+    }
+    match std::fs::rename(path, &to) {
+        Ok(()) => to,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot move to the finishing directory");
+            path.to_path_buf()
+        }
+    }
 }
 
 /// Repairs what a crash left in the spool and hands it to the finisher, which transcodes the
@@ -269,17 +384,50 @@ fn repair_on_start(cfg: &RecordingConfig, finisher: &std::sync::mpsc::Sender<Fin
     }
 }
 
-/// Moves a recording and its sidecar into `dir`.
-fn move_to(audio: &Path, dir: &Path) -> Option<PathBuf> {
+/// `fsync` of a file (its data and size), so what the outbox holds survives power loss.
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// `fsync` of a directory, so the renames in it survive power loss.
+fn sync_dir(dir: &Path) {
+    if let Err(e) = std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the directory");
+    }
+}
+
+/// Moves a finished recording with its sidecar and peaks into the outbox (the same disk as
+/// the spool, so a rename), each synced first; returns its outbox path.
+fn move_to(audio: &Path, outbox: &Path) -> Option<PathBuf> {
     let name = audio.file_name()?;
-    let dest = dir.join(name);
+    let dest = outbox.join(name);
+    let side = recorder::sidecar_path(audio);
+    let peaks = store::shelf::peaks_path(audio);
+    for f in [audio, side.as_path(), peaks.as_path()] {
+        if f.exists() {
+            if let Err(e) = sync_file(f) {
+                tracing::error!(file = %f.display(), error = %e, "cannot sync a finished recording");
+            }
+        }
+    }
+    // Companions first: an audio file in the outbox always has its sidecar beside it.
+    for (from, to) in [
+        (&side, recorder::sidecar_path(&dest)),
+        (&peaks, store::shelf::peaks_path(&dest)),
+    ] {
+        if from.exists() {
+            if let Err(e) = std::fs::rename(from, &to) {
+                tracing::error!(file = %from.display(), error = %e, "cannot move to the outbox");
+            }
+        }
+    }
     if let Err(e) = std::fs::rename(audio, &dest) {
-        tracing::error!(file = %audio.display(), error = %e, "cannot move recording");
+        tracing::error!(file = %audio.display(), error = %e, "cannot move a recording to the outbox");
         return None;
     }
-    let side = recorder::sidecar_path(audio);
-    if side.exists() {
-        let _ = std::fs::rename(&side, recorder::sidecar_path(&dest));
+    sync_dir(outbox);
+    if let Some(spool) = audio.parent() {
+        sync_dir(spool);
     }
     Some(dest)
 }
@@ -295,21 +443,12 @@ struct Finished {
     interrupted: bool,
 }
 
-/// Moves finished recordings out of the spool, transcoding MP3 ones first.
-fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
+/// Finishes recordings: metrics and peaks, the MP3 transcode, then the outbox and the shelf.
+fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shelf: ShelfTx) {
     while let Ok(mut f) = rx.recv() {
+        f.meta.retention_days = shelf.retention.days_for(&f.meta);
+        f.meta.node.get_or_insert_with(|| shelf.node.to_string());
         let Some(path) = f.path.take() else {
-            // No audio: the decision record alone, named after the contact.
-            let stem = safe_stem(&f.meta.contact_id);
-            let mut side = dir.join(format!("{stem}.json"));
-            let mut n = 1;
-            while side.exists() {
-                n += 1;
-                side = dir.join(format!("{stem}-{n}.json"));
-            }
-            if let Err(e) = f.meta.write_to(&side) {
-                tracing::error!(error = %e, "cannot write the decision record");
-            }
             // Recorded but silent: asked for, yet no audio ever came (no RTP, or a call that
             // ended before the jitter delay).
             let label = if f.meta.recorded == Some(true) {
@@ -317,9 +456,12 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
             } else {
                 "not_recorded"
             };
+            // No audio: the decision record alone, kept beside the recordings.
+            shelf.send(ShelfMsg::Decision(Box::new(f.meta)));
             metrics.recordings_total.with_label_values(&[label]).inc();
             continue;
         };
+        let path = to_finishing(&path);
         // Metrics and peaks from the WAV, before any transcode: reading it costs about 1/48,000
         // of the call's length, decoding an MP3 twenty times more.
         let peaks = analyse(&path, &mut f.meta);
@@ -328,25 +470,23 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
             let mp3 = path.with_extension("mp3");
             match recorder::transcode_wav_to_mp3(&path, &mp3, SinkOptions::default()) {
                 Ok(_) => {
-                    let _ = std::fs::remove_file(&path);
-                    let _ = std::fs::remove_file(recorder::sidecar_path(&path));
+                    // The WAV stays until the MP3 is in the outbox: a crash before that
+                    // finishes it again from the WAV.
                     f.meta.format = Format::Mp3;
                     audio = mp3;
                 }
                 Err(e) => tracing::error!(error = %e, "MP3 transcode failed; keeping WAV"),
             }
         }
+        f.meta.interrupted |= f.interrupted;
         if let Err(e) = f.meta.write_to(&recorder::sidecar_path(&audio)) {
             tracing::error!(error = %e, "cannot write recording metadata");
         }
-        if let Some(dest) = move_to(&audio, &dir) {
-            if let Some(p) = peaks {
-                let to = peaks_path(&dest);
-                if let Err(e) = std::fs::write(&to, p) {
-                    tracing::warn!(file = %to.display(), error = %e, "cannot write the waveform peaks");
-                }
+        if let Some(p) = peaks {
+            let to = peaks_path(&audio);
+            if let Err(e) = std::fs::write(&to, p) {
+                tracing::warn!(file = %to.display(), error = %e, "cannot write the waveform peaks");
             }
-            tracing::info!(file = %dest.display(), duration_ms = f.meta.duration_ms, "recording finished");
         }
         let result = if f.interrupted {
             "interrupted"
@@ -355,6 +495,19 @@ fn finisher(rx: Receiver<Finished>, dir: PathBuf, metrics: Arc<Metrics>) {
         } else {
             "ok"
         };
+        if let Some(dest) = move_to(&audio, &outbox) {
+            if audio != path {
+                let _ = std::fs::remove_file(&path);
+            }
+            tracing::info!(file = %dest.display(), duration_ms = f.meta.duration_ms, "recording finished");
+            shelf.send(ShelfMsg::Deliver(Box::new(store::Parcel {
+                audio: dest,
+                retention_days: f.meta.retention_days,
+                interrupted: f.interrupted,
+                meta: f.meta,
+            })));
+        }
+        // Counted once the file is handed on: from here it is pending until stored.
         metrics.recordings_total.with_label_values(&[result]).inc();
     }
 }
@@ -492,7 +645,7 @@ impl RecorderThread {
             for t in &mut a.statements {
                 t.rec.handle_timeout(now);
             }
-            drain_active(key, a, &self.metrics);
+            drain_active(key, a, &self.metrics, &self.shelf);
         }
     }
 
@@ -527,7 +680,7 @@ impl RecorderThread {
             O::Command { contact, command } => {
                 if let Some(a) = self.tracks.get_mut(&contact) {
                     a.main.rec.handle_command(now, command);
-                    drain_active(contact, a, &self.metrics);
+                    drain_active(contact, a, &self.metrics, &self.shelf);
                 }
             }
             O::Codecs {
@@ -578,8 +731,12 @@ impl RecorderThread {
                     {
                         let mut t = a.statements.remove(pos);
                         t.rec.finish(now, "statement stopped");
-                        drain_track(contact, &mut t, &self.metrics);
-                        finish_track(contact, t, a.format, &self.metrics, &self.finisher);
+                        drain_track(contact, &mut t, &self.metrics, &self.shelf);
+                        if let Some(stem) =
+                            finish_track(contact, t, a.format, &self.metrics, &self.finisher)
+                        {
+                            remember(&mut self.finished_stems, stem);
+                        }
                     }
                 }
             }
@@ -628,7 +785,7 @@ impl RecorderThread {
                 tracks.insert(0, a.main);
                 for (i, mut t) in tracks.into_iter().enumerate() {
                     t.rec.finish(now, "call ended");
-                    drain_track(contact, &mut t, &self.metrics);
+                    drain_track(contact, &mut t, &self.metrics, &self.shelf);
                     t.meta.decisions = Some(decisions.clone());
                     t.meta.recorded = Some(recorded);
                     t.meta.decision = Some(reason.clone());
@@ -644,7 +801,11 @@ impl RecorderThread {
                         });
                         continue;
                     }
-                    finish_track(contact, t, a.format, &self.metrics, &self.finisher);
+                    if let Some(stem) =
+                        finish_track(contact, t, a.format, &self.metrics, &self.finisher)
+                    {
+                        remember(&mut self.finished_stems, stem);
+                    }
                 }
             }
             // The reason may quote what the peer sent, a keyed digit among it.
@@ -665,9 +826,10 @@ impl RecorderThread {
             self.tracks
                 .values()
                 .any(|a| a.main.path == wav || a.statements.iter().any(|t| t.path == wav))
+                || self.finished_stems.iter().any(|s| s == stem)
                 || ["wav", "mp3", "json"].iter().any(|ext| {
                     let f = format!("{stem}.{ext}");
-                    spool.join(&f).exists() || self.cfg.recordings_dir.join(&f).exists()
+                    spool.join(&f).exists() || spool.join(store::OUTBOX_DIR).join(&f).exists()
                 })
         };
         let mut stem = safe.clone();
@@ -680,11 +842,19 @@ impl RecorderThread {
     }
 }
 
-fn drain_active(key: ContactKey, a: &mut Active, metrics: &Metrics) {
-    drain_track(key, &mut a.main, metrics);
+fn drain_active(key: ContactKey, a: &mut Active, metrics: &Metrics, shelf: &ShelfTx) {
+    drain_track(key, &mut a.main, metrics, shelf);
     for t in &mut a.statements {
-        drain_track(key, t, metrics);
+        drain_track(key, t, metrics, shelf);
     }
+}
+
+/// Remembers a finished file's stem (see `RecorderThread::finished_stems`).
+fn remember(stems: &mut std::collections::VecDeque<String>, stem: String) {
+    if stems.len() >= FINISHED_STEMS {
+        stems.pop_front();
+    }
+    stems.push_back(stem);
 }
 
 /// Rewrites a live track's spool sidecar (segments so far and the decision log), so a file
@@ -713,21 +883,24 @@ fn new_track(cfg: &RecordingConfig, now: Instant, meta: RecordingMetadata, path:
         sink: None,
         path,
         failed: false,
+        sink_options: SinkOptions {
+            sync: cfg.sync_while_recording,
+            ..SinkOptions::default()
+        },
     }
 }
 
-/// Closes a finished track's file and hands it to the finisher; a track that never wrote
-/// audio leaves no file.
+/// Closes a finished track's file and hands it to the finisher; returns the file's stem. A
+/// track that never wrote audio leaves no file.
 fn finish_track(
     call: ContactKey,
     mut t: Track,
     format: Format,
     metrics: &Metrics,
     finisher: &std::sync::mpsc::Sender<Finished>,
-) {
-    let Some(mut s) = t.sink.take() else {
-        return;
-    };
+) -> Option<String> {
+    let mut s = t.sink.take()?;
+    let stem = t.path.file_stem().map(|s| s.to_string_lossy().into_owned());
     if let Err(e) = s.finish() {
         tracing::error!(contact = call, error = %e, "cannot finish recording");
         t.meta.error.get_or_insert(e.to_string());
@@ -743,10 +916,12 @@ fn finish_track(
         format,
         interrupted: false,
     });
+    stem
 }
 
-/// Hands a track's output to its sink; opens the file on the first audio.
-fn drain_track(call: ContactKey, t: &mut Track, metrics: &Metrics) {
+/// Hands a track's output to its sink; opens the file on the first audio, unless the spool
+/// is past its high-water mark (then the recording is refused and counted; the call goes on).
+fn drain_track(call: ContactKey, t: &mut Track, metrics: &Metrics, shelf: &ShelfTx) {
     let mut segments_changed = false;
     while let Some(out) = t.rec.poll_output() {
         match out {
@@ -755,12 +930,32 @@ fn drain_track(call: ContactKey, t: &mut Track, metrics: &Metrics) {
                     continue;
                 }
                 if t.sink.is_none() {
-                    match create_sink(Format::Wav, &t.path, SinkOptions::default()) {
+                    if shelf.spool_full.load(std::sync::atomic::Ordering::Relaxed) {
+                        tracing::error!(
+                            contact = call,
+                            "spool past its high-water mark: recording refused, the call continues"
+                        );
+                        metrics.shelf.refused.inc();
+                        t.meta.error =
+                            Some("refused: the spool is past its high-water mark".into());
+                        t.failed = true;
+                        continue;
+                    }
+                    match create_sink(Format::Wav, &t.path, t.sink_options) {
                         Ok(s) => {
                             t.sink = Some(s);
                             metrics.recordings_active.inc();
                             segments_changed = true;
                             tracing::info!(contact = call, file = %t.path.display(), "recording started");
+                            let stem = t
+                                .path
+                                .file_stem()
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            shelf.send(ShelfMsg::Opened {
+                                meta: Box::new(t.meta.clone()),
+                                stem,
+                            });
                         }
                         Err(e) => {
                             tracing::error!(contact = call, error = %e, "cannot create recording; the call continues unrecorded");
@@ -820,6 +1015,7 @@ mod tests {
         dir: PathBuf,
         _tap: SyncSender<TapPacket>,
         _ctl: std::sync::mpsc::Sender<(Instant, RecCtl)>,
+        _shelf: tokio::sync::mpsc::UnboundedReceiver<ShelfMsg>,
     }
 
     impl Drop for Rig {
@@ -841,6 +1037,8 @@ mod tests {
         let (tap_tx, tap) = std::sync::mpsc::sync_channel(16);
         let (ctl_tx, ctl) = std::sync::mpsc::channel();
         let (finisher, done) = std::sync::mpsc::channel();
+        let (shelf, shelf_rx) = ShelfTx::detached();
+        std::fs::create_dir_all(cfg.spool_dir.join(store::OUTBOX_DIR)).unwrap();
         Rig {
             t: RecorderThread {
                 cfg,
@@ -852,11 +1050,14 @@ mod tests {
                 finisher,
                 tap_drops_seen: 0,
                 show_numbers: false,
+                shelf,
+                finished_stems: Default::default(),
             },
             done,
             dir,
             _tap: tap_tx,
             _ctl: ctl_tx,
+            _shelf: shelf_rx,
         }
     }
 
@@ -911,7 +1112,11 @@ mod tests {
     fn end(r: &mut Rig, call: u64) -> String {
         r.t.on_ctl(Instant::now(), RecCtl::Call(contact::Input::Ended { call }));
         let f = r.done.try_recv().expect("a finished recording");
-        let dest = move_to(f.path.as_ref().unwrap(), &r.t.cfg.recordings_dir).expect("moved");
+        let dest = move_to(
+            f.path.as_ref().unwrap(),
+            &r.t.cfg.spool_dir.join(store::OUTBOX_DIR),
+        )
+        .expect("moved");
         dest.file_name().unwrap().to_string_lossy().into_owned()
     }
 
@@ -975,8 +1180,14 @@ mod tests {
         let second = end(&mut r, 2);
         assert_eq!(first, "c1.wav");
         assert_ne!(first, second, "the second recording overwrote the first");
-        let rec = &r.t.cfg.recordings_dir;
-        assert!(rec.join(&first).exists() && rec.join(&second).exists());
+        let outbox = r.t.cfg.spool_dir.join(store::OUTBOX_DIR);
+        assert!(outbox.join(&first).exists() && outbox.join(&second).exists());
+        // Also once the first has left the outbox for storage.
+        std::fs::remove_file(outbox.join(&first)).unwrap();
+        start(&mut r, 3, "c1", Instant::now());
+        audio(&mut r, 3, Instant::now());
+        let third = end(&mut r, 3);
+        assert!(third != first && third != second, "{third}");
     }
 
     #[test]

@@ -79,12 +79,7 @@ fn logged_at(sipp: &Sipp, start: &str) -> f64 {
 fn recordings(t: &Tapir) -> Vec<PathBuf> {
     ["recordings", "spool"]
         .iter()
-        .flat_map(|d| {
-            std::fs::read_dir(t.dir.path().join(d))
-                .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("wav"))
+        .flat_map(|d| tapir_tests::files_under(&t.dir.path().join(d), "wav"))
         .collect()
 }
 

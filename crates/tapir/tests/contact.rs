@@ -59,12 +59,7 @@ fn call(t: &Tapir, callee_port: u16, caller: &str, callee: &str, ms: u32) {
 fn files(t: &Tapir, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = ["recordings", "spool"]
         .iter()
-        .flat_map(|d| {
-            std::fs::read_dir(t.dir.path().join(d))
-                .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))
+        .flat_map(|d| tapir_tests::files_under(&t.dir.path().join(d), ext))
         .collect();
     v.sort();
     v

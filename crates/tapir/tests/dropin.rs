@@ -255,11 +255,8 @@ fn attended_round(t: &Tapir, callee_port: u16, service: &str, customer_is_caller
 /// channel 1.
 fn check_continued_recording(t: &Tapir, customer_call_id: &str, customer_hz: f64, agent_hz: f64) {
     let dir = t.dir.path().join("recordings");
-    let sidecars: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    let sidecars: Vec<(PathBuf, serde_json::Value)> = tapir_tests::files_under(&dir, "json")
+        .into_iter()
         .map(|p| {
             let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
             (p, v)

@@ -22,12 +22,7 @@ fn spawn(t: &Tapir, scn: &str, port: u16, extra: &[&str], tone: Option<f64>) -> 
 }
 
 fn files(dir: PathBuf, ext: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))
-        .collect()
+    tapir_tests::files_under(&dir, ext)
 }
 
 #[test]

@@ -52,13 +52,8 @@ fn call(t: &Tapir, callee_port: u16, caller_scn: &str, callee_scn: &str, ms: u32
 fn wav_files(t: &Tapir) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = ["recordings", "spool"]
         .iter()
-        .flat_map(|d| {
-            std::fs::read_dir(t.dir.path().join(d))
-                .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
+        .flat_map(|d| tapir_tests::files_under(&t.dir.path().join(d), "wav"))
         .collect();
-    v.retain(|p| p.extension().and_then(|e| e.to_str()) == Some("wav"));
     v.sort();
     v
 }

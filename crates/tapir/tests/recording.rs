@@ -30,11 +30,7 @@ fn call(t: &Tapir, callee_port: u16, ms: u32) {
 
 fn recordings(t: &Tapir, ext: &str) -> Vec<PathBuf> {
     let dir = t.dir.path().join("recordings");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.retain(|p| p.extension().and_then(|e| e.to_str()) == Some(ext));
-    v
+    tapir_tests::files_under(&dir, ext)
 }
 
 fn dominant(samples: &[i16]) -> (f64, f64) {

@@ -134,11 +134,8 @@ fn a_phone_called_at_its_registered_contact_is_recorded_by_its_accounts_station_
         Duration::from_secs(10),
         |v| v == 1.0,
     );
-    let json: Vec<_> = std::fs::read_dir(t.dir.path().join("recordings"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    let json: Vec<_> = tapir_tests::files_under(&t.dir.path().join("recordings"), "json")
+        .into_iter()
         .filter(|p| !p.to_string_lossy().ends_with(".peaks.json"))
         .collect();
     assert_eq!(json.len(), 1, "{json:?}");

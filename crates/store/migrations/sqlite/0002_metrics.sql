@@ -1,0 +1,10 @@
+-- Conversation metrics of each recording, and the figures a supervisor searches by
+-- ("calls with a silence over 30 s").
+ALTER TABLE recordings ADD COLUMN metrics TEXT;
+ALTER TABLE recordings ADD COLUMN longest_silence_ms INTEGER;
+ALTER TABLE recordings ADD COLUMN talk_to_listen_ratio REAL;
+ALTER TABLE recordings ADD COLUMN overtalk_ms INTEGER;
+CREATE INDEX recordings_silence ON recordings (longest_silence_ms, start_ms)
+    WHERE longest_silence_ms IS NOT NULL;
+CREATE INDEX recordings_overtalk ON recordings (overtalk_ms, start_ms)
+    WHERE overtalk_ms IS NOT NULL;
