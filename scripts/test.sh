@@ -11,6 +11,8 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 # Speech for the conversation-metrics tests (crates/analysis/tests/espeak.rs).
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+# A real SDES-SRTP client for the SRTP tests (crates/tapir/tests/baresip.rs).
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip)
 # The catalog tests start a throw-away PostgreSQL cluster from these binaries.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ "${#need_apt[@]}" -gt 0 ]; then

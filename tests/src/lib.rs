@@ -6,6 +6,7 @@
 
 pub use tempfile;
 
+pub mod baresip;
 pub mod s3;
 pub mod sdes;
 

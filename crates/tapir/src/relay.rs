@@ -579,6 +579,7 @@ async fn relay_loop(
     let mut last_from_latched = Instant::now();
     let out_v6 = is_v6_socket(&out_sock);
     let srtp_drops = crate::relay_srtp::SrtpDrops::new(&inner.metrics);
+    let mut srtp_logged = crate::relay_srtp::LoggedDrops::default();
     let mut buf = [0u8; MAX_DATAGRAM];
     // What is sent to an SRTP leg is protected here, so `buf` keeps the plaintext for the tap.
     let mut out_buf = [0u8; MAX_DATAGRAM + crate::relay_srtp::MAX_TRAILER];
@@ -605,8 +606,18 @@ async fn relay_loop(
         let srtcp = rtcp || media::rtp::is_rtcp(&buf[..n]);
         let n = match this.srtp.receive(&mut buf[..n], srtcp, &srtp_drops) {
             Ok(n) => n,
-            Err(counter) => {
-                counter.inc();
+            Err(d) => {
+                d.counter.inc();
+                if srtp_logged.first(d.reason) {
+                    tracing::info!(
+                        call,
+                        leg = ?leg,
+                        rtcp = srtcp,
+                        from = %SocketAddr::new(src.ip().to_canonical(), src.port()),
+                        reason = d.reason.as_str(),
+                        "SRTP packet dropped; further drops of this reason on this stream are only counted (tapir_srtp_packets_dropped_total)"
+                    );
+                }
                 continue;
             }
         };

@@ -77,19 +77,19 @@ impl LegSrtp {
     }
 
     /// Unprotects a packet that arrived from the leg, in place; returns the plaintext length,
-    /// or the counter of the reason it was dropped. Plain and opaque legs pass it as it is.
+    /// or why it was dropped. Plain and opaque legs pass it as it is.
     pub fn receive<'m>(
         &self,
         buf: &mut [u8],
         rtcp: bool,
         drops: &'m SrtpDrops,
-    ) -> Result<usize, &'m IntCounter> {
+    ) -> Result<usize, Dropped<'m>> {
         if self.mode.load(Ordering::Acquire) != SRTP {
             return Ok(buf.len());
         }
         let mut ctx = self.inbound.lock().unwrap();
         let Some((_, ctx)) = ctx.as_mut() else {
-            return Err(&drops.no_key);
+            return Err(drops.dropped(Reason::NoKey));
         };
         let r = if rtcp {
             ctx.unprotect_rtcp(buf)
@@ -127,15 +127,63 @@ impl LegSrtp {
     }
 }
 
+/// Why an arriving SRTP/SRTCP packet was dropped: the `reason` label of
+/// `tapir_srtp_packets_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    AuthFailed,
+    Replayed,
+    TooOld,
+    KeyExpired,
+    BadMki,
+    NoKey,
+    Malformed,
+}
+
+impl Reason {
+    const ALL: [Reason; 7] = [
+        Reason::AuthFailed,
+        Reason::Replayed,
+        Reason::TooOld,
+        Reason::KeyExpired,
+        Reason::BadMki,
+        Reason::NoKey,
+        Reason::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::AuthFailed => "auth_failed",
+            Reason::Replayed => "replayed",
+            Reason::TooOld => "too_old",
+            Reason::KeyExpired => "key_expired",
+            Reason::BadMki => "bad_mki",
+            Reason::NoKey => "no_key",
+            Reason::Malformed => "malformed",
+        }
+    }
+
+    fn of(e: SrtpError) -> Self {
+        match e {
+            SrtpError::AuthFailed => Reason::AuthFailed,
+            SrtpError::Replayed => Reason::Replayed,
+            SrtpError::TooOld => Reason::TooOld,
+            SrtpError::KeyExpired => Reason::KeyExpired,
+            SrtpError::BadMki => Reason::BadMki,
+            _ => Reason::Malformed,
+        }
+    }
+}
+
+/// A dropped packet: its reason and the counter to count it on.
+pub struct Dropped<'m> {
+    pub reason: Reason,
+    pub counter: &'m IntCounter,
+}
+
 /// The drop counters of one packet loop, resolved once so no label is looked up per packet.
 pub struct SrtpDrops {
-    auth_failed: IntCounter,
-    replayed: IntCounter,
-    too_old: IntCounter,
-    key_expired: IntCounter,
-    bad_mki: IntCounter,
-    no_key: IntCounter,
-    malformed: IntCounter,
+    by_reason: [IntCounter; 7],
     pub protect_failed: IntCounter,
 }
 
@@ -143,26 +191,35 @@ impl SrtpDrops {
     pub fn new(m: &Metrics) -> Self {
         let c = |r: &str| m.srtp_dropped.with_label_values(&[r]);
         Self {
-            auth_failed: c("auth_failed"),
-            replayed: c("replayed"),
-            too_old: c("too_old"),
-            key_expired: c("key_expired"),
-            bad_mki: c("bad_mki"),
-            no_key: c("no_key"),
-            malformed: c("malformed"),
+            by_reason: Reason::ALL.map(|r| c(r.as_str())),
             protect_failed: c("protect_failed"),
         }
     }
 
-    fn reason(&self, e: SrtpError) -> &IntCounter {
-        match e {
-            SrtpError::AuthFailed => &self.auth_failed,
-            SrtpError::Replayed => &self.replayed,
-            SrtpError::TooOld => &self.too_old,
-            SrtpError::KeyExpired => &self.key_expired,
-            SrtpError::BadMki => &self.bad_mki,
-            _ => &self.malformed,
+    fn dropped(&self, reason: Reason) -> Dropped<'_> {
+        Dropped {
+            reason,
+            counter: &self.by_reason[reason as usize],
         }
+    }
+
+    fn reason(&self, e: SrtpError) -> Dropped<'_> {
+        self.dropped(Reason::of(e))
+    }
+}
+
+/// Which drop reasons a packet loop has already logged: the first packet dropped for each
+/// reason is logged, the rest only counted, so a flood of forged packets cannot flood the log.
+#[derive(Default)]
+pub struct LoggedDrops(u8);
+
+impl LoggedDrops {
+    /// Whether this is the loop's first drop for `reason` (and so to be logged).
+    pub fn first(&mut self, reason: Reason) -> bool {
+        let bit = 1u8 << (reason as u8);
+        let first = self.0 & bit == 0;
+        self.0 |= bit;
+        first
     }
 }
 
@@ -244,14 +301,35 @@ mod tests {
         })
         .unwrap();
         let mut b = [0x80u8; 40];
-        leg.receive(&mut b, false, &drops).unwrap_err().inc();
+        let d = leg.receive(&mut b, false, &drops).unwrap_err();
+        assert_eq!(d.reason, Reason::NoKey);
+        d.counter.inc();
         assert_eq!(m.srtp_dropped.with_label_values(&["no_key"]).get(), 1);
         leg.set(&LegCrypto::Srtp {
             inbound: Some(key(1)),
             outbound: key(2),
         })
         .unwrap();
-        leg.receive(&mut b, false, &drops).unwrap_err().inc();
+        let d = leg.receive(&mut b, false, &drops).unwrap_err();
+        assert_eq!(d.reason.as_str(), "auth_failed");
+        d.counter.inc();
         assert_eq!(m.srtp_dropped.with_label_values(&["auth_failed"]).get(), 1);
+        // A short packet is malformed.
+        let d = leg.receive(&mut b[..14], false, &drops).unwrap_err();
+        assert_eq!(d.reason, Reason::Malformed);
+    }
+
+    #[test]
+    fn each_reason_is_logged_once_per_loop() {
+        let mut l = LoggedDrops::default();
+        assert!(l.first(Reason::Malformed));
+        assert!(l.first(Reason::AuthFailed));
+        assert!(!l.first(Reason::Malformed));
+        assert!(!l.first(Reason::AuthFailed));
+        assert!(l.first(Reason::NoKey));
+        for r in Reason::ALL {
+            l.first(r);
+            assert!(!l.first(r), "{r:?}");
+        }
     }
 }

@@ -1,0 +1,441 @@
+//! SRTP end to end with a real SDES client: Debian's baresip (1.0, its `srtp` module) on one
+//! or both legs of the real binary (tests/src/baresip.rs drives it headless). Each party sends
+//! its own tone; the recording must hold the customer's on channel 1 and the agent's on
+//! channel 2, in the clear, and each party must hear (decrypt) the other's. A packet with a bad
+//! authentication tag sent toward tapir's SRTP port is dropped and counted while the call goes
+//! on.
+//!
+//! baresip's own habits that these tests live with: it offers a single `a=crypto` line,
+//! AES_CM_128_HMAC_SHA1_80 (it answers _32 and AEAD_AES_128_GCM too); `mediaenc=srtp` offers
+//! `RTP/AVP` with `a=crypto` ("best effort"); it sends an RTCP APP "PINGPONG" in the clear
+//! before its SRTCP starts and its RTCP BYE in the clear at hang-up, both of which tapir
+//! drops and counts as it must (they carry no authentication tag).
+//!
+//! Needs `baresip` (`apt-get install -y baresip`; scripts/test.sh installs it): without it the
+//! tests skip, except under CI=true where they fail.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tapir_tests::baresip::{audio_port, baresip_path, sdp_attr, Baresip, Party};
+use tapir_tests::sdes::{self, Outcome};
+use tapir_tests::{free_port, read_stereo_wav, tone_energy, Sipp, Tapir, TapirOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tapir");
+const CALLER_HZ: f64 = 400.0;
+const CALLEE_HZ: f64 = 1000.0;
+const T: Duration = Duration::from_secs(15);
+
+fn route(callee_port: u16, srtp: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"trunk\"\ntarget = \"sip:127.0.0.1:{callee_port}\"\ncustomer = \"caller\"\n\
+         direction = \"inbound\"\nrecord = \"always\"\nformat = \"wav\"\nsrtp = {srtp}\n"
+    )
+}
+
+/// Files under `dir` with extension `ext`, at any depth (recordings may sit in date folders).
+fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, ext, out);
+        } else if p.extension().and_then(|e| e.to_str()) == Some(ext) {
+            out.push(p);
+        }
+    }
+}
+
+fn recordings(t: &Tapir, ext: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    walk(&t.dir.path().join("recordings"), ext, &mut v);
+    v
+}
+
+/// Asserts that `samples` carry `want` Hz and not `other` Hz (at least ten times the energy).
+fn assert_tone(samples: &[i16], want: f64, other: f64, what: &str) {
+    assert!(
+        samples.len() > 8000,
+        "{what}: only {} samples",
+        samples.len()
+    );
+    let e = (tone_energy(samples, want), tone_energy(samples, other));
+    assert!(
+        e.0 > 10.0 * e.1,
+        "{what}: {want} Hz against {other} Hz: {e:?}"
+    );
+}
+
+/// The recording's channels: the caller's tone on channel 1 (customer), the callee's on 2.
+fn assert_recording(t: &Tapir) {
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+    let wav = recordings(t, "wav");
+    assert_eq!(wav.len(), 1, "{wav:?}");
+    let (customer, agent) = read_stereo_wav(&wav[0]);
+    let sidecar = std::fs::read_to_string(wav[0].with_extension("json")).unwrap_or_default();
+    let what = |ch: &str| format!("{ch}; sidecar: {sidecar}");
+    assert_tone(
+        &customer,
+        CALLER_HZ,
+        CALLEE_HZ,
+        &what("channel 1 (customer)"),
+    );
+    assert_tone(&agent, CALLEE_HZ, CALLER_HZ, &what("channel 2 (agent)"));
+}
+
+/// Every SRTP drop counter, by reason.
+fn srtp_drops(t: &Tapir) -> Vec<(String, f64)> {
+    t.metrics()
+        .lines()
+        .filter(|l| l.starts_with("tapir_srtp_packets_dropped_total{"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+const AUTH_FAILED: &str = "tapir_srtp_packets_dropped_total{reason=\"auth_failed\"}";
+
+/// Sends tapir's port `port` one SRTP packet protected with the caller's own key (`crypto`,
+/// the value of its `a=crypto`) whose authentication tag is then broken. Its SSRC is new, so
+/// no replay window is consulted: the tag alone decides. Returns the port it came from.
+fn forge(crypto: &str, port: u16) -> u16 {
+    let c = sdp::Crypto::parse(crypto).expect("the caller's a=crypto");
+    let mut ctx = srtp::Context::new(&c.keying).unwrap();
+    let mut b = vec![0u8; 172 + srtp::MAX_RTP_TRAILER];
+    media::rtp::write_header(&mut b, false, 8, 4242, 4242 * 160, 0x0bad_f00d);
+    b[12..172].fill(0xd5);
+    let n = ctx.protect_rtp(&mut b, 172).unwrap();
+    b[n - 1] ^= 0x01;
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(&b[..n], ("127.0.0.1", port)).unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// What tapir dropped of plain RTP/RTCP: nothing, on any of these calls.
+fn assert_no_rtp_dropped(t: &Tapir) {
+    assert_eq!(
+        t.metric("tapir_rtp_packets_dropped_total"),
+        0.0,
+        "{}",
+        t.metrics()
+    );
+}
+
+/// baresip on both legs, SRTP (RTP/SAVP) both ways: each leg keyed on its own, tones on the
+/// right channels, each party hears the other; a forged packet is dropped and counted, and
+/// the call goes on.
+#[test]
+fn baresip_srtp_on_both_legs() {
+    let Some(bin) = baresip_path() else { return };
+    let mut callee = Baresip::start(
+        &bin,
+        Party {
+            user: "1000",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLEE_HZ,
+        },
+    );
+    let t = Tapir::start(
+        BIN,
+        &route(
+            callee.sip_port,
+            "{ caller = \"require\", callee = \"require\" }",
+        ),
+        TapirOptions::default(),
+    );
+    let mut caller = Baresip::start(
+        &bin,
+        Party {
+            user: "alice",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLER_HZ,
+        },
+    );
+    caller.command("dial", &format!("sip:1000@127.0.0.1:{}", t.sip_port));
+    let fail = |what: &str, c: &Baresip, b: &Baresip| -> String {
+        format!(
+            "{what}\ncaller:\n{}\ncallee:\n{}\ntapir:\n{}",
+            c.output(),
+            b.output(),
+            t.log()
+        )
+    };
+    caller
+        .event("CALL_ESTABLISHED", T)
+        .unwrap_or_else(|| panic!("{}", fail("no call", &caller, &callee)));
+    // Both parties run SRTP in baresip's suite.
+    for (who, p) in [("caller", &caller), ("callee", &callee)] {
+        let menc = p
+            .event("CALL_MENC", T)
+            .unwrap_or_else(|| panic!("{}", fail(&format!("{who}: no SRTP"), &caller, &callee)));
+        assert_eq!(menc["param"], "0,audio,AES_CM_128_HMAC_SHA1_80", "{who}");
+    }
+    // Each leg has its own key: tapir's offer to the callee does not carry the caller's key,
+    // and its answer to the caller does not carry the callee's.
+    let sent = caller.sent_sip();
+    let invite = sent.iter().find(|m| m.starts_with("INVITE ")).unwrap();
+    let caller_key = sdp_attr(invite, "crypto").expect("baresip offers a=crypto");
+    let got = callee.received_sip();
+    let offer = got.iter().find(|m| m.starts_with("INVITE ")).unwrap();
+    assert!(offer.contains(" RTP/SAVP "), "{offer}");
+    let to_callee = sdp_attr(offer, "crypto").expect("tapir offers the callee a key");
+    assert_ne!(key_of(to_callee), key_of(caller_key));
+    let got = caller.received_sip();
+    let answer = got
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 200") && m.contains("m=audio"))
+        .expect("tapir's answer");
+    let callee_sent = callee.sent_sip();
+    let callee_ok = callee_sent
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .unwrap();
+    assert_ne!(
+        key_of(sdp_attr(answer, "crypto").unwrap()),
+        key_of(sdp_attr(callee_ok, "crypto").unwrap())
+    );
+    let tapir_port = audio_port(answer).unwrap();
+
+    // Media flows both ways; then one forged packet toward the caller's leg.
+    let relayed = |leg: &str| format!("tapir_rtp_packets_relayed_total{{from=\"{leg}_rtp\"}}");
+    t.wait_metric(&relayed("a"), T, |v| v >= 100.0);
+    t.wait_metric(&relayed("b"), T, |v| v >= 100.0);
+    let before = srtp_drops(&t);
+    let auth0 = t.metric(AUTH_FAILED);
+    let forger = forge(caller_key, tapir_port);
+    t.wait_metric(AUTH_FAILED, T, |v| v == auth0 + 1.0);
+    // ... and logged with where it came from.
+    let from = format!("from=127.0.0.1:{forger}");
+    let log = t.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("SRTP packet dropped") && l.contains(&from))
+        .unwrap_or_else(|| panic!("no log line for the forged packet:\n{log}"));
+    assert!(line.contains("auth_failed"), "{line}");
+    // The call goes on: another two seconds of the caller's audio are relayed, and nothing
+    // else was dropped meanwhile.
+    let a_at = t.metric(&relayed("a"));
+    t.wait_metric(&relayed("a"), T, |v| v >= a_at + 100.0);
+    let after = srtp_drops(&t);
+    for ((k, v0), (k1, v1)) in before.iter().zip(&after) {
+        assert_eq!(k, k1);
+        let want = if k == AUTH_FAILED { v0 + 1.0 } else { *v0 };
+        assert_eq!(*v1, want, "{k}");
+    }
+    assert!(callee.event("CALL_CLOSED", Duration::ZERO).is_none());
+    // The caller's SRTCP was authenticated, decrypted and relayed too.
+    assert!(
+        t.metric("tapir_rtp_packets_relayed_total{from=\"a_rtcp\"}") >= 1.0,
+        "{}",
+        t.metrics()
+    );
+
+    caller.command("hangup", "");
+    callee
+        .event("CALL_CLOSED", T)
+        .unwrap_or_else(|| panic!("{}", fail("BYE not relayed", &caller, &callee)));
+    caller.quit();
+    callee.quit();
+    assert_eq!(
+        t.wait_metric(
+            "tapir_calls_total{outcome=\"completed\"}",
+            Duration::from_secs(10),
+            |v| v == 1.0
+        ),
+        1.0
+    );
+    assert_recording(&t);
+    assert_tone(
+        &callee.received_audio(),
+        CALLER_HZ,
+        CALLEE_HZ,
+        "the callee heard the caller",
+    );
+    assert_tone(
+        &caller.received_audio(),
+        CALLEE_HZ,
+        CALLER_HZ,
+        "the caller heard the callee",
+    );
+    // Everything tapir sent either party decrypted there (baresip logs each SRTP or SRTCP
+    // packet it cannot decrypt).
+    for (who, p) in [("caller", &caller), ("callee", &callee)] {
+        assert!(
+            !p.output().contains("failed to decrypt"),
+            "{who}:\n{}",
+            p.output()
+        );
+    }
+    assert_no_rtp_dropped(&t);
+}
+
+fn key_of(crypto: &str) -> Vec<u8> {
+    sdp::Crypto::parse(crypto)
+        .unwrap()
+        .keying
+        .master
+        .as_bytes()
+        .to_vec()
+}
+
+/// SRTP on leg A (a baresip offering `RTP/AVP` with `a=crypto`, its `mediaenc=srtp`), plain
+/// RTP on leg B (a SIPp callee): tapir takes the keyed AVP offer as SRTP (the route requires
+/// it), answers in the same profile with its own key, and offers the callee plain RTP.
+#[test]
+fn baresip_srtp_caller_plain_rtp_callee() {
+    let Some(bin) = baresip_path() else { return };
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &route(callee_port, "{ caller = \"require\", callee = \"off\" }"),
+        TapirOptions::default(),
+    );
+    let mut b = Sipp::party(
+        "callee",
+        "uas_tone.xml",
+        "127.0.0.1",
+        callee_port,
+        None,
+        Some(CALLEE_HZ),
+        &[],
+    );
+    let mut caller = Baresip::start(
+        &bin,
+        Party {
+            user: "alice",
+            mediaenc: "srtp",
+            tone_hz: CALLER_HZ,
+        },
+    );
+    caller.command("dial", &format!("sip:1000@127.0.0.1:{}", t.sip_port));
+    caller
+        .event("CALL_ESTABLISHED", T)
+        .unwrap_or_else(|| panic!("no call:\n{}\n{}", caller.output(), t.log()));
+    let menc = caller.event("CALL_MENC", T).expect("SRTP on leg A");
+    assert_eq!(menc["param"], "0,audio,AES_CM_128_HMAC_SHA1_80");
+    let sent = caller.sent_sip();
+    let invite = sent.iter().find(|m| m.starts_with("INVITE ")).unwrap();
+    assert!(invite.contains(" RTP/AVP "), "{invite}");
+    let got = caller.received_sip();
+    let answer = got
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 200") && m.contains("m=audio"))
+        .expect("tapir's answer");
+    assert!(
+        answer.contains(" RTP/AVP "),
+        "the offer's profile: {answer}"
+    );
+    let ours = sdp_attr(answer, "crypto").expect("tapir's key in the answer");
+    assert_ne!(key_of(ours), key_of(sdp_attr(invite, "crypto").unwrap()));
+
+    let relayed = |leg: &str| format!("tapir_rtp_packets_relayed_total{{from=\"{leg}_rtp\"}}");
+    t.wait_metric(&relayed("a"), T, |v| v >= 150.0);
+    t.wait_metric(&relayed("b"), T, |v| v >= 150.0);
+    caller.command("hangup", "");
+    caller.event("CALL_CLOSED", T).expect("call closed");
+    assert_eq!(b.wait(Duration::from_secs(20)), 0, "{}", b.logs());
+    caller.quit();
+    // The callee was offered, and spoke, plain RTP.
+    let msgs = b.logs();
+    assert!(msgs.contains("RTP/AVP"), "{msgs}");
+    assert!(
+        !msgs.contains("a=crypto"),
+        "no key toward the RTP leg: {msgs}"
+    );
+    assert_recording(&t);
+    assert_tone(
+        &caller.received_audio(),
+        CALLEE_HZ,
+        CALLER_HZ,
+        "the caller heard the RTP callee, encrypted by tapir",
+    );
+    assert_no_rtp_dropped(&t);
+}
+
+/// tapir's SDES client on leg A offering `suite` on `profile`, baresip on leg B with
+/// `mediaenc`: tapir offers the callee the caller's suite and profile with its own key, and
+/// baresip's encryption and tapir's agree both ways in that suite. (baresip's `srtp-mandf`
+/// refuses an RTP/SAVP offer as having "no common audio codecs", and `srtp-mand` an
+/// RTP/SAVPF one: the profile must be the one it is set to.)
+fn sdes_caller_baresip_callee(suite: srtp::Suite, profile: &str, mediaenc: &str) {
+    let Some(bin) = baresip_path() else { return };
+    let mut callee = Baresip::start(
+        &bin,
+        Party {
+            user: "1000",
+            mediaenc,
+            tone_hz: CALLEE_HZ,
+        },
+    );
+    let t = Tapir::start(
+        BIN,
+        &route(
+            callee.sip_port,
+            "{ caller = \"require\", callee = \"require\" }",
+        ),
+        TapirOptions::default(),
+    );
+    let bytes: Vec<u8> = (0..suite.master_len() as u8)
+        .map(|b| b.wrapping_mul(29) ^ 0xa5)
+        .collect();
+    let k = srtp::Keying::new(srtp::MasterKey::new(suite, &bytes).unwrap());
+    let media = format!(
+        "m=audio {{port}} {profile} 8\r\na=rtpmap:8 PCMA/8000\r\na=crypto:{}\r\na=sendrecv\r\n",
+        sdp::Crypto {
+            tag: 1,
+            keying: k.clone()
+        }
+        .to_value()
+    );
+    let Outcome::Answered(mut call) = sdes::invite(t.sip_port, &media, Some(k)) else {
+        panic!("refused:\n{}\n{}", t.log(), callee.output());
+    };
+    let menc = callee
+        .event("CALL_MENC", T)
+        .unwrap_or_else(|| panic!("callee: no SRTP\n{}", callee.output()));
+    assert_eq!(menc["param"], format!("0,audio,{}", suite.name()));
+    let got = callee.received_sip();
+    let offer = got.iter().find(|m| m.starts_with("INVITE ")).unwrap();
+    assert!(offer.contains(&format!(" {profile} ")), "{offer}");
+    // Three seconds of tone, taking in what tapir sends back from baresip.
+    call.talk(CALLER_HZ, 150, None);
+    assert!(call.bye(), "BYE answered");
+    callee.event("CALL_CLOSED", T).expect("BYE relayed");
+    callee.quit();
+    assert!(call.received > 50, "decrypted {} packets", call.received);
+    assert_eq!(call.undecryptable, 0);
+    assert_tone(
+        &call.samples,
+        CALLEE_HZ,
+        CALLER_HZ,
+        "baresip's audio, re-encrypted by tapir",
+    );
+    assert_tone(
+        &callee.received_audio(),
+        CALLER_HZ,
+        CALLEE_HZ,
+        "baresip decrypted tapir's audio",
+    );
+    assert!(
+        !callee.output().contains("failed to decrypt"),
+        "{}",
+        callee.output()
+    );
+    assert_recording(&t);
+    assert_no_rtp_dropped(&t);
+}
+
+#[test]
+fn baresip_answers_aead_aes_128_gcm() {
+    sdes_caller_baresip_callee(srtp::Suite::AeadAes128Gcm, "RTP/SAVPF", "srtp-mandf");
+}
+
+#[test]
+fn baresip_answers_aes_cm_128_hmac_sha1_32() {
+    sdes_caller_baresip_callee(srtp::Suite::AesCm128HmacSha1_32, "RTP/SAVP", "srtp-mand");
+}
