@@ -134,7 +134,10 @@ fn the_responses_that_make_the_callers_dialog_carry_its_record_route() {
     // record-routed the INVITE: the 180 and the 200 carry its Record-Route values, in order
     // (RFC 3261 §12.1.1), so the caller's ACK and BYE go back through it to this node.
     let mut w = World::new(Setup::default());
-    let rr = ["<sip:192.0.2.50;lr=on;ftag=x1>", "<sip:198.51.100.7:5070;lr>"];
+    let rr = [
+        "<sip:192.0.2.50;lr=on;ftag=x1>",
+        "<sip:198.51.100.7:5070;lr>",
+    ];
     w.caller.invite_with(w.now, "1000", true, |r| {
         for v in rr {
             r.headers.push("Record-Route", v);
