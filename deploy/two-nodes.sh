@@ -27,6 +27,8 @@
 #
 # Prints one PASS/FAIL line per check and a summary; exits non-zero when any check failed.
 set -uo pipefail
+# Kamailio lives in /usr/sbin, which a non-root PATH may lack.
+PATH=$PATH:/usr/sbin:/sbin
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 TAPIR_BIN=${TAPIR_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/tapir}
@@ -505,6 +507,6 @@ check "end: nothing left to upload on either node" \
 check "end: nothing quarantined" \
     same "$(find "$work/a/spool/quarantine" "$work/b/spool/quarantine" -type f 2>/dev/null | wc -l)" 0
 
-elapsed=$(($(date +%s) - started))
-echo "two-nodes: $passed passed, $failed failed (${elapsed}s; per node: $(sql "SELECT string_agg(node || '=' || n, ' ') FROM (SELECT node, count(*) AS n FROM recordings GROUP BY node ORDER BY node) x"))"
+say "done in $(($(date +%s) - started))s; entries per node: $(sql "SELECT string_agg(node || '=' || n, ' ') FROM (SELECT node, count(*) AS n FROM recordings GROUP BY node ORDER BY node) x")"
+echo "two-nodes: $passed passed, $failed failed"
 [ "$failed" = 0 ]
