@@ -89,10 +89,12 @@ chmod 755 "$work"
 pids=()   # process groups started here (each service runs under setsid)
 pg_started=0
 watchdog=
+summary=0
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ "$summary" = 1 ] || echo "two-nodes: $passed passed, $failed failed"
     [ -n "$watchdog" ] && kill -KILL -- "-$watchdog" 2>/dev/null
     local p
     for p in "${pids[@]}"; do
@@ -509,4 +511,5 @@ check "end: nothing quarantined" \
 
 say "done in $(($(date +%s) - started))s; entries per node: $(sql "SELECT string_agg(node || '=' || n, ' ') FROM (SELECT node, count(*) AS n FROM recordings GROUP BY node ORDER BY node) x")"
 echo "two-nodes: $passed passed, $failed failed"
+summary=1
 [ "$failed" = 0 ]
