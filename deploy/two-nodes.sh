@@ -3,7 +3,9 @@
 # bucket (docs/deployment.md), proven end to end on loopback:
 #
 #   1. CALLS calls through Kamailio spread over both nodes; each is catalogued once, with
-#      its node, and stored in the bucket with the SHA-256 the catalog says;
+#      its node, and stored in the bucket with the SHA-256 the catalog says; calls that hold
+#      and resume show that re-INVITEs, their ACKs and the BYE follow the Record-Route to
+#      the node of the call;
 #   2. one node is killed with -9 while it carries calls; Kamailio's OPTIONS probes take it
 #      out and new calls through Kamailio keep succeeding on the other node, which leaves
 #      the dead node's entries alone;
@@ -207,7 +209,8 @@ pg_ctl_as() {
     fi
 }
 
-read -r pg_port s3_port kam_port a_sip b_sip a_http b_http uas_port <<<"$(free_ports 8)"
+read -r pg_port s3_port kam_port a_sip b_sip a_http b_http uas_port uas_held_port \
+    <<<"$(free_ports 9)"
 mkdir -p "$work/pg"
 [ "$(id -u)" -eq 0 ] && chown nobody "$work/pg"
 chmod 700 "$work/pg"
@@ -221,6 +224,8 @@ pg_started=1
 psql_() { "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -XAtq -v ON_ERROR_STOP=1 "$@"; }
 psql_ -d postgres -c "CREATE DATABASE tapir" || abort "create the catalog database"
 sql() { psql_ -d tapir -F ' ' -c "$1"; }
+# sql_is QUERY VALUE: the query answers VALUE (for wait_for, which runs it at each poll).
+sql_is() { [ "$(sql "$1")" = "$2" ]; }
 catalog_url="postgres://postgres@127.0.0.1:$pg_port/tapir"
 
 # ---- S3 ----------------------------------------------------------------------------------
@@ -238,6 +243,10 @@ mkdir -p "$work/uas"
 sipp_common=(-nostdin -trace_err)
 spawn "$work/uas" "$work/uas/sipp.log" sipp -sf "$SIPP_DIR/uas_tone.xml" \
     -i 127.0.0.1 -p "$uas_port" -mp "$(free_block 4)" "${sipp_common[@]}"
+# A callee that answers the caller's hold and resume re-INVITEs.
+mkdir -p "$work/uas-held"
+spawn "$work/uas-held" "$work/uas-held/sipp.log" sipp -sf "$SIPP_DIR/uas_held.xml" \
+    -i 127.0.0.1 -p "$uas_held_port" -mp "$(free_block 4)" "${sipp_common[@]}"
 
 # ---- two tapir nodes ---------------------------------------------------------------------
 
@@ -272,6 +281,14 @@ url = "$catalog_url"
 s3 = { endpoint = "http://127.0.0.1:$s3_port", bucket = "recordings", region = "us-east-1", allow_http = true }
 retry_initial_ms = 200
 retry_max_ms = 2000
+
+[[routes]]
+name = "held"
+target = "sip:127.0.0.1:$uas_held_port"
+customer = "caller"
+user_prefix = "held"
+direction = "inbound"
+record = "always"
 
 [[routes]]
 name = "callee"
@@ -329,16 +346,17 @@ say "Kamailio on 127.0.0.1:$kam_port probing both nodes"
 
 # ---- callers -----------------------------------------------------------------------------
 
-# run_calls NAME CALLS RATE HOLD_MS: SIPp callers through Kamailio, in the background
-# (sets $uac_pid; its directory is $work/NAME).
+# run_calls NAME CALLS RATE HOLD_MS [SCENARIO USER]: SIPp callers through Kamailio, in the
+# background (sets $uac_pid; its directory is $work/NAME). The default scenario plays a tone
+# for HOLD_MS and hangs up; the callee is chosen by the Request-URI user.
 run_calls() {
-    local name=$1 n=$2 rate=$3 hold=$4 sport mport
+    local name=$1 n=$2 rate=$3 hold=$4 scenario=${5:-uac_tone.xml} user=${6:-callee} sport mport
     sport=$(free_ports 1)
     mport=$(free_block 4)
     mkdir -p "$work/$name"
     cp "$work/uas/tone.pcap" "$work/$name/"
     spawn "$work/$name" "$work/$name/sipp.log" sipp "127.0.0.1:$kam_port" \
-        -sf "$SIPP_DIR/uac_tone.xml" -s callee -i 127.0.0.1 -p "$sport" -mp "$mport" \
+        -sf "$SIPP_DIR/$scenario" -s "$user" -i 127.0.0.1 -p "$sport" -mp "$mport" \
         -m "$n" -r "$rate" -l "$n" -d "$hold" "${sipp_common[@]}" -trace_msg
     uac_pid=$spawned
 }
@@ -407,6 +425,18 @@ for id in a b; do
 done
 check "round 1: every object in the bucket has the catalogued size and SHA-256" verify_bucket
 
+# ---- in-dialog requests: re-INVITEs through Kamailio reach the node of the call ---------
+
+say "round 1b: 2 calls that hold and resume (re-INVITEs), through Kamailio"
+run_calls hold 2 2 700 uac_hold.xml held
+wait_calls "$uac_pid" 60
+check "round 1b: both calls held and resumed with re-INVITEs through Kamailio, then ended (sipp rc $rc)" \
+    test "$rc" = 0
+hold_ids=$(call_ids_of hold | sed "s/.*/'&'/" | paste -sd, -)
+wait_for 20 sql_is "SELECT count(*) FROM recordings WHERE call_id_customer IN ($hold_ids) AND state = 'stored'" 2
+check "round 1b: one stored entry each, one on each node (round robin)" \
+    same "$(sql "SELECT count(*), count(DISTINCT node) FROM recordings WHERE call_id_customer IN ($hold_ids) AND state = 'stored' AND route = 'held'")" "2 2"
+
 # ---- round 2: node a killed with -9 mid-call ---------------------------------------------
 
 say "round 2: 4 long calls, then kill -9 node a while it carries some"
@@ -452,7 +482,7 @@ check "round 3: the calls Kamailio sent to the dead node failed over to node b o
 wait_calls "$round2_pid" 60
 say "round 2 callers done (sipp rc $rc: the calls on node a lost their BYE with it)"
 r3_ids=$(call_ids_of round3 | sed "s/.*/'&'/" | paste -sd, -)
-wait_for 20 test "$(sql "SELECT count(*) FROM recordings WHERE call_id_customer IN ($r3_ids) AND state = 'stored'")" = 6
+wait_for 20 sql_is "SELECT count(*) FROM recordings WHERE call_id_customer IN ($r3_ids) AND state = 'stored'" 6
 check "round 3: its 6 calls are catalogued once each, all on node b, stored" \
     same "$(sql "SELECT count(*), count(DISTINCT contact_id), count(*) FILTER (WHERE node = 'b' AND state = 'stored') FROM recordings WHERE call_id_customer IN ($r3_ids)")" "6 6 6"
 interrupted_ids=$(sql "SELECT contact_id FROM recordings WHERE node = 'a' AND state <> 'stored' ORDER BY 1")
@@ -499,7 +529,7 @@ check "round 4: the restarted node a took calls again ($n)" test "$n" -gt 0
 
 # ---- the whole catalog -------------------------------------------------------------------
 
-total=$((CALLS + 4 + 6 + 4))
+total=$((CALLS + 2 + 4 + 6 + 4))
 wait_for 40 all_stored "$total"
 check "end: $total entries, one per call, distinct contact ids and Call-IDs, all stored" \
     same "$(sql "SELECT count(*), count(DISTINCT contact_id), count(DISTINCT call_id_customer), count(*) FILTER (WHERE state = 'stored') FROM recordings")" "$total $total $total $total"
