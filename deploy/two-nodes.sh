@@ -10,7 +10,9 @@
 #      out and new calls through Kamailio keep succeeding on the other node, which leaves
 #      the dead node's entries alone;
 #   3. the killed node restarts, repairs its interrupted recordings, uploads them once and
-#      catalogues them as stored; Kamailio's probes bring it back and it takes calls again.
+#      catalogues them as stored; Kamailio's probes bring it back and it takes calls again;
+#   4. the other node gets SIGTERM with a call in progress: Kamailio routes new calls around
+#      it (503), its call ends normally, and it exits once that call's recording is stored.
 #
 # Everything runs from a temporary directory on free loopback ports: a throw-away
 # PostgreSQL cluster (as `nobody` when run as root), the test S3 server, two tapir nodes
@@ -527,15 +529,53 @@ check "round 4: all 4 calls succeeded with both nodes up (sipp rc $rc)" test "$r
 n=$(metric a tapir_calls_total 'outcome="completed"')
 check "round 4: the restarted node a took calls again ($n)" test "$n" -gt 0
 
+# ---- round 5: node b drains on SIGTERM (a rolling upgrade) -------------------------------
+
+say "round 5: a long call on each node, SIGTERM to node b, then new calls"
+run_calls round5long 2 2 5000
+long_pid=$uac_pid
+both_busy() { [ "$(metric a tapir_recordings_active)" -ge 1 ] && [ "$(metric b tapir_recordings_active)" -ge 1 ]; }
+wait_for 20 both_busy || abort "round 5: the long calls did not reach both nodes"
+kill -TERM "${node_pid[b]}"
+wait_for 10 grep -q "draining: new calls get 503" "$work/b/tapir.log" || abort "node b did not drain"
+run_calls round5 4 4 1000
+wait_calls "$uac_pid" 60
+check "round 5: all 4 new calls through Kamailio succeeded while node b drained (sipp rc $rc)" test "$rc" = 0
+r5_ids=$(call_ids_of round5 | sed "s/.*/'&'/" | paste -sd, -)
+wait_for 20 sql_is "SELECT count(*) FROM recordings WHERE call_id_customer IN ($r5_ids) AND state = 'stored'" 4
+check "round 5: they were all taken by node a" \
+    same "$(sql "SELECT count(*) FILTER (WHERE node = 'a') FROM recordings WHERE call_id_customer IN ($r5_ids)")" 4
+routed_around() {
+    local cid to_b=0 over=0
+    for cid in $(call_ids_of round5); do
+        grep -qF "call $cid to node sip:127.0.0.1:$b_sip" "$kam_log" && to_b=$((to_b + 1))
+        grep -qF "call $cid failed over to node sip:127.0.0.1:$a_sip" "$kam_log" && over=$((over + 1))
+    done
+    echo "  calls sent to the draining node: $to_b, retried on node a after its 503: $over"
+    [ "$over" = "$to_b" ] && grep -q "tapir node sip:127.0.0.1:$b_sip is down" "$kam_log"
+}
+check "round 5: Kamailio routed around the draining node (503 retried on node a, probes answered 503)" routed_around
+wait_calls "$long_pid" 60
+check "round 5: the call in progress on the draining node (and on node a) ended normally (sipp rc $rc)" test "$rc" = 0
+b_exited() { ! kill -0 "${node_pid[b]}" 2>/dev/null; }
+wait_for 30 b_exited
+wait "${node_pid[b]}" 2>/dev/null
+b_rc=$?
+forget "${node_pid[b]}"
+check "round 5: node b exited by itself after its last call (status $b_rc)" test "$b_rc" = 0
+long_ids=$(call_ids_of round5long | sed "s/.*/'&'/" | paste -sd, -)
+check "round 5: node b stored its last call's recording before it exited (not left for a repair)" \
+    same "$(sql "SELECT count(*) FROM recordings WHERE call_id_customer IN ($long_ids) AND node = 'b' AND state = 'stored'") $(find "$work/b/spool" -name '*.wav' | wc -l)" "1 0"
+
 # ---- the whole catalog -------------------------------------------------------------------
 
-total=$((CALLS + 2 + 4 + 6 + 4))
+total=$((CALLS + 2 + 4 + 6 + 4 + 2 + 4))
 wait_for 40 all_stored "$total"
 check "end: $total entries, one per call, distinct contact ids and Call-IDs, all stored" \
     same "$(sql "SELECT count(*), count(DISTINCT contact_id), count(DISTINCT call_id_customer), count(*) FILTER (WHERE state = 'stored') FROM recordings")" "$total $total $total $total"
 check "end: every object in the bucket has the catalogued size and SHA-256" verify_bucket
-check "end: nothing left to upload on either node" \
-    same "$(metric a tapir_uploads_pending) $(metric b tapir_uploads_pending)" "0 0"
+check "end: nothing left to upload on either node (node b has stopped: its outbox is empty)" \
+    same "$(metric a tapir_uploads_pending) $(find "$work/a/spool/outbox" "$work/b/spool/outbox" -type f | wc -l)" "0 0"
 check "end: nothing quarantined" \
     same "$(find "$work/a/spool/quarantine" "$work/b/spool/quarantine" -type f 2>/dev/null | wc -l)" 0
 
