@@ -1160,6 +1160,7 @@ impl B2bua {
                 let mut r = req.response(183, "Session Progress");
                 set_to_tag(&mut r, &a_dialog.local_tag);
                 r.headers.push("Contact", self.contact(from));
+                copy_record_route(&req, &mut r);
                 r.headers.push("Content-Type", "application/sdp");
                 r.body = answer.clone();
                 self.respond(now, &key, r);
@@ -1538,6 +1539,7 @@ impl B2bua {
         copy_response_headers(&resp, &mut r);
         if resp.status < 300 {
             r.headers.push("Contact", self.contact(a_peer));
+            copy_record_route(&a_req, &mut r);
         }
         let has_sdp = resp.has_sdp();
         let ct = resp.content_type().map(str::to_string);
@@ -2230,6 +2232,16 @@ fn copy_response_headers(src: &Response, dst: &mut Response) {
             continue;
         }
         dst.headers.0.push((n.clone(), v.clone()));
+    }
+}
+
+/// A response that creates leg A's dialog (18x, 2xx to the INVITE) carries the INVITE's
+/// Record-Route values, in order (RFC 3261 §12.1.1): the caller's route set is then the
+/// proxies that asked to stay on the path (a load balancer in front of several nodes), and
+/// its ACK, BYE and re-INVITEs come back through them to this node.
+fn copy_record_route(req: &Request, resp: &mut Response) {
+    for v in req.headers.get_all("Record-Route") {
+        resp.headers.push("Record-Route", v.to_string());
     }
 }
 

@@ -52,6 +52,27 @@ fn early_dialog(w: &World) -> bool {
 }
 
 #[test]
+fn the_announcements_183_carries_the_invites_record_route() {
+    // tapir's own 183 makes the caller's early dialog: a record-routing proxy in front of
+    // tapir stays on its path (RFC 3261 §12.1.1), so a BYE during the prompt reaches this node.
+    let mut w = announced(Side::Caller);
+    let rr = "<sip:192.0.2.50;lr=on>";
+    w.caller
+        .invite_with(w.now, "1000", true, |r| r.headers.push("Record-Route", rr));
+    until_prompt(&mut w, Leg::A);
+    let early: Vec<_> = w
+        .caller
+        .responses(Method::Invite)
+        .into_iter()
+        .filter(|r| r.status == 183)
+        .collect();
+    assert!(!early.is_empty(), "no 183");
+    for r in early {
+        assert_eq!(r.headers.get_all("Record-Route").collect::<Vec<_>>(), [rr]);
+    }
+}
+
+#[test]
 fn caller_bye_during_inbound_prompt_ends_the_call_and_never_calls_leg_b() {
     let mut w = announced(Side::Caller);
     w.caller.invite(w.now, "1000", true);

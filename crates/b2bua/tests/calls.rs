@@ -129,6 +129,49 @@ fn basic_call_hung_up_by_the_caller() {
 }
 
 #[test]
+fn the_responses_that_make_the_callers_dialog_carry_its_record_route() {
+    // A proxy in front of tapir (a load balancer spreading calls over several nodes)
+    // record-routed the INVITE: the 180 and the 200 carry its Record-Route values, in order
+    // (RFC 3261 §12.1.1), so the caller's ACK and BYE go back through it to this node.
+    let mut w = World::new(Setup::default());
+    let rr = [
+        "<sip:192.0.2.50;lr=on;ftag=x1>",
+        "<sip:198.51.100.7:5070;lr>",
+    ];
+    w.caller.invite_with(w.now, "1000", true, |r| {
+        for v in rr {
+            r.headers.push("Record-Route", v);
+        }
+    });
+    w.establish();
+    let dialog_makers: Vec<_> = w
+        .caller
+        .responses(Method::Invite)
+        .into_iter()
+        .filter(|r| (101..300).contains(&r.status))
+        .collect();
+    assert_eq!(
+        dialog_makers.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![180, 200]
+    );
+    for r in dialog_makers {
+        assert_eq!(
+            r.headers.get_all("Record-Route").collect::<Vec<_>>(),
+            rr,
+            "{} keeps the Record-Route of the INVITE",
+            r.status
+        );
+    }
+    // Leg B is tapir's own dialog: the caller's proxies are not on its path.
+    let b_inv = w.callee.requests(Method::Invite)[0].clone();
+    assert_eq!(b_inv.headers.get_all("Record-Route").count(), 0);
+    w.caller.bye(w.now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.statuses(Method::Bye), vec![200]);
+    assert_eq!(w.outcomes(), vec![Outcome::Completed]);
+}
+
+#[test]
 fn basic_call_hung_up_by_the_callee() {
     let mut w = World::new(Setup::default());
     let invite = w.caller.invite(w.now, "1000", true);

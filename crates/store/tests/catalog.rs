@@ -848,3 +848,44 @@ async fn a_postgres_outage_is_an_error_and_the_catalog_recovers_after_it() {
     c.upsert(&entry("c2", T0)).await.unwrap();
     assert_eq!(c.count().await.unwrap(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_open_one_empty_postgres_catalog_at_once_migrate_it_once() {
+    // Several nodes started together on a fresh database: each runs the migrations at
+    // start, and PostgreSQL's advisory lock makes them take turns, so every version is
+    // applied once and every node opens (no "relation already exists" for the loser).
+    let Some(pg) = common::pg::PgCluster::start() else {
+        return;
+    };
+    let url = pg.create_db("together").await;
+    // Polled together on one task: their connections and migrations still interleave on
+    // the server.
+    let (a, b, c, d) = tokio::join!(
+        Catalog::open(&url),
+        Catalog::open(&url),
+        Catalog::open(&url),
+        Catalog::open(&url)
+    );
+    let nodes: Vec<Catalog> = [a, b, c, d]
+        .into_iter()
+        .map(|r| r.expect("every node opens the catalog"))
+        .collect();
+    for (i, c) in nodes.iter().enumerate() {
+        c.upsert(&entry(&format!("n{i}"), T0)).await.unwrap();
+    }
+    assert_eq!(nodes[0].count().await.unwrap(), 4);
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (applied, versions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT version) FROM _sqlx_migrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let embedded = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!((applied, versions), (embedded, embedded));
+    for c in nodes {
+        c.close().await;
+    }
+}

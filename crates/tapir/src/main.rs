@@ -313,8 +313,45 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
             r = calls.changed() => if r.is_err() { break },
         }
     }
+    // The calls are over; their recordings are still on their way (the recorder runs behind
+    // the call, the finisher analyses and transcodes, the shelf uploads). Exiting now would
+    // leave them for the next start to repair as if the node had crashed.
+    let until = deadline
+        .deadline()
+        .max(tokio::time::Instant::now() + SETTLE_MIN);
+    settle_recordings(&metrics, until).await;
     tracing::info!("tapir stopped");
     Ok(())
+}
+
+/// How long a drain waits at least for the recordings of its last calls, even past
+/// `--drain-seconds`.
+const SETTLE_MIN: Duration = Duration::from_secs(5);
+
+/// Waits until no recording is being written, finished or uploaded, or until `until`; what
+/// is not in storage by then stays in the spool for the next start.
+async fn settle_recordings(metrics: &metrics::Metrics, until: tokio::time::Instant) {
+    let left = || {
+        metrics.recordings_active.get()
+            + metrics.recordings_finishing.get()
+            + metrics.shelf.uploads_pending.get()
+    };
+    if left() > 0 {
+        tracing::info!(
+            recordings = left(),
+            "draining: waiting for recordings to reach storage"
+        );
+    }
+    while left() > 0 {
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(
+                recordings = left(),
+                "recordings not in storage yet; the spool keeps them for the next start"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits for SIGTERM or Ctrl-C. SIGHUP, or a change of the configuration file (its

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub tap_dropped: IntCounter,
     pub recordings_total: IntCounterVec,
     pub recordings_active: IntGauge,
+    pub recordings_finishing: IntGauge,
     pub policy_reloads: IntCounterVec,
     pub announcements: IntCounterVec,
     pub announcement_packets: IntCounter,
@@ -158,6 +159,11 @@ impl Metrics {
         .unwrap();
         let recordings_active =
             IntGauge::new("tapir_recordings_active", "Recordings being written").unwrap();
+        let recordings_finishing = IntGauge::new(
+            "tapir_recordings_finishing",
+            "Recordings ended and not yet handed to storage (metrics, peaks, MP3 transcode)",
+        )
+        .unwrap();
         let policy_reloads = IntCounterVec::new(
             Opts::new(
                 "tapir_policy_reloads_total",
@@ -229,6 +235,7 @@ impl Metrics {
             Box::new(tap_dropped.clone()),
             Box::new(recordings_total.clone()),
             Box::new(recordings_active.clone()),
+            Box::new(recordings_finishing.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -249,6 +256,7 @@ impl Metrics {
             tap_dropped,
             recordings_total,
             recordings_active,
+            recordings_finishing,
             policy_reloads,
             announcements,
             announcement_packets,

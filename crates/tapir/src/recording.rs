@@ -199,7 +199,7 @@ pub struct RecorderThread {
     /// The files of the contacts that have a recording.
     tracks: HashMap<ContactKey, Active>,
     metrics: Arc<Metrics>,
-    finisher: std::sync::mpsc::Sender<Finished>,
+    finisher: FinisherTx,
     tap_drops_seen: u64,
     /// `log.show_numbers`: decision reasons may name stations, which are often numbers.
     show_numbers: bool,
@@ -208,6 +208,27 @@ pub struct RecorderThread {
     /// Stems of files this process finished lately: a contact recorded again after its first
     /// file left the spool gets a new name, so it never replaces the first one in storage.
     finished_stems: std::collections::VecDeque<String>,
+}
+
+/// The finisher's queue. What it holds counts in `tapir_recordings_finishing` until the
+/// finisher has handed it to the shelf, so that "nothing recording, finishing or pending"
+/// means every ended recording is in storage (the drain at SIGTERM waits for that).
+#[derive(Clone)]
+struct FinisherTx {
+    tx: std::sync::mpsc::Sender<Finished>,
+    queued: prometheus::IntGauge,
+}
+
+impl FinisherTx {
+    /// Queues `f`; false when the finisher is gone.
+    fn send(&self, f: Finished) -> bool {
+        self.queued.inc();
+        let sent = self.tx.send(f).is_ok();
+        if !sent {
+            self.queued.dec();
+        }
+        sent
+    }
 }
 
 /// How many finished file names the recorder remembers (an hour at 3 recordings a second).
@@ -233,6 +254,10 @@ pub fn start(
     let (tap_tx, tap_rx) = std::sync::mpsc::sync_channel(tap_queue);
     let (ctl_tx, ctl_rx) = std::sync::mpsc::channel();
     let (fin_tx, fin_rx) = std::sync::mpsc::channel();
+    let fin_tx = FinisherTx {
+        tx: fin_tx,
+        queued: metrics.recordings_finishing.clone(),
+    };
     resume_finishing(&cfg, &fin_tx);
     repair_on_start(&cfg, &fin_tx);
     let outbox = cfg.spool_dir.join(store::OUTBOX_DIR);
@@ -273,7 +298,7 @@ pub const FINISHING_DIR: &str = "finishing";
 /// Hands back to the finisher what a crash left in `spool/finishing/`: recordings whose
 /// result did not reach the outbox are finished again from their WAV (a partial MP3 is
 /// overwritten); leftovers of those that did reach it are removed.
-fn resume_finishing(cfg: &RecordingConfig, finisher: &std::sync::mpsc::Sender<Finished>) {
+fn resume_finishing(cfg: &RecordingConfig, finisher: &FinisherTx) {
     let dir = cfg.spool_dir.join(FINISHING_DIR);
     let outbox = cfg.spool_dir.join(store::OUTBOX_DIR);
     let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -359,7 +384,7 @@ fn to_finishing(path: &Path) -> PathBuf {
 /// Repairs what a crash left in the spool and hands it to the finisher, which transcodes the
 /// recordings of MP3 routes (their sidecar names the format they were meant for) and moves
 /// them to the recordings directory like any other.
-fn repair_on_start(cfg: &RecordingConfig, finisher: &std::sync::mpsc::Sender<Finished>) {
+fn repair_on_start(cfg: &RecordingConfig, finisher: &FinisherTx) {
     match recorder::repair_spool(&cfg.spool_dir) {
         Ok(files) => {
             for f in files {
@@ -459,6 +484,7 @@ fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shel
             // No audio: the decision record alone, kept beside the recordings.
             shelf.send(ShelfMsg::Decision(Box::new(f.meta)));
             metrics.recordings_total.with_label_values(&[label]).inc();
+            metrics.recordings_finishing.dec();
             continue;
         };
         let path = to_finishing(&path);
@@ -509,6 +535,7 @@ fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shel
         }
         // Counted once the file is handed on: from here it is pending until stored.
         metrics.recordings_total.with_label_values(&[result]).inc();
+        metrics.recordings_finishing.dec();
     }
 }
 
@@ -897,7 +924,7 @@ fn finish_track(
     mut t: Track,
     format: Format,
     metrics: &Metrics,
-    finisher: &std::sync::mpsc::Sender<Finished>,
+    finisher: &FinisherTx,
 ) -> Option<String> {
     let mut s = t.sink.take()?;
     let stem = t.path.file_stem().map(|s| s.to_string_lossy().into_owned());
@@ -905,7 +932,6 @@ fn finish_track(
         tracing::error!(contact = call, error = %e, "cannot finish recording");
         t.meta.error.get_or_insert(e.to_string());
     }
-    metrics.recordings_active.dec();
     t.meta.update_from(&t.rec);
     t.meta.complete = true;
     // The audio is WAV until the finisher has transcoded it.
@@ -916,6 +942,8 @@ fn finish_track(
         format,
         interrupted: false,
     });
+    // Only now: in between, the recording counts as finishing, never as nothing.
+    metrics.recordings_active.dec();
     stem
 }
 
@@ -1039,6 +1067,7 @@ mod tests {
         let (finisher, done) = std::sync::mpsc::channel();
         let (shelf, shelf_rx) = ShelfTx::detached();
         std::fs::create_dir_all(cfg.spool_dir.join(store::OUTBOX_DIR)).unwrap();
+        let metrics = Arc::new(Metrics::new());
         Rig {
             t: RecorderThread {
                 cfg,
@@ -1046,8 +1075,11 @@ mod tests {
                 ctl,
                 contacts: contact::Contacts::new(contact::Config::default()),
                 tracks: HashMap::new(),
-                metrics: Arc::new(Metrics::new()),
-                finisher,
+                finisher: FinisherTx {
+                    tx: finisher,
+                    queued: metrics.recordings_finishing.clone(),
+                },
+                metrics,
                 tap_drops_seen: 0,
                 show_numbers: false,
                 shelf,

@@ -192,6 +192,45 @@ fn sigterm_exits_as_soon_as_calls_end() {
 }
 
 #[test]
+fn sigterm_stores_the_recordings_of_the_calls_it_drained_before_it_exits() {
+    // A rolling upgrade: the node drains, its last call ends normally, and the process
+    // exits only once that call's recording is in storage and catalogued, not left in the
+    // spool for the next start to repair as if the node had crashed.
+    let callee_port = free_port("127.0.0.1");
+    let mut t = Tapir::start(BIN, &route(callee_port, "always"), TapirOptions::default());
+    let mut callee = spawn(&t, "uas_tone.xml", callee_port, &[], Some(1000.0));
+    let mut caller = spawn(
+        &t,
+        "uac_tone.xml",
+        free_port("127.0.0.1"),
+        &["-d", "1500"],
+        Some(400.0),
+    );
+    t.wait_metric("tapir_recordings_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+    t.signal("TERM");
+    assert_eq!(caller.wait(Duration::from_secs(20)), 0, "{}", caller.logs());
+    assert_eq!(callee.wait(Duration::from_secs(20)), 0, "{}", callee.logs());
+    let status = t
+        .wait_exit(Duration::from_secs(20))
+        .expect("tapir exits once the call is over and stored");
+    assert!(status.success(), "{status:?}");
+    let stored = files(t.dir.path().join("recordings"), "wav");
+    assert_eq!(stored.len(), 1, "stored before the exit\n{}", t.log());
+    let meta = std::fs::read_to_string(stored[0].with_extension("json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(v["interrupted"], false, "{meta}");
+    assert!(
+        files(t.dir.path().join("spool"), "wav").is_empty(),
+        "nothing left in the spool\n{}",
+        t.log()
+    );
+    let log = t.log();
+    assert!(log.contains("recording stored"), "{log}");
+}
+
+#[test]
 fn sighup_reloads_routes_without_dropping_calls() {
     let first = free_port("127.0.0.1");
     let second = free_port("127.0.0.1");
