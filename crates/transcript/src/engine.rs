@@ -189,11 +189,15 @@ impl<E: BlockingEngine> Engine for WorkerPool<E> {
             let timeout = request.timeout;
             let deadline = Instant::now() + timeout;
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let sent = self
-                .queue
-                .lock()
-                .ok()
-                .and_then(|q| q.as_ref().map(|q| q.send(Task { request, deadline, reply })));
+            let sent = self.queue.lock().ok().and_then(|q| {
+                q.as_ref().map(|q| {
+                    q.send(Task {
+                        request,
+                        deadline,
+                        reply,
+                    })
+                })
+            });
             if !matches!(sent, Some(Ok(()))) {
                 return Err(TranscriptError::Engine("the worker pool is stopped".into()));
             }
@@ -201,7 +205,9 @@ impl<E: BlockingEngine> Engine for WorkerPool<E> {
             // itself (and release its decoder) rather than leave it running unobserved.
             match tokio::time::timeout(timeout + Duration::from_secs(1), answer).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(TranscriptError::Engine("a transcription worker stopped".into())),
+                Ok(Err(_)) => Err(TranscriptError::Engine(
+                    "a transcription worker stopped".into(),
+                )),
                 Err(_) => Err(TranscriptError::Timeout(timeout)),
             }
         })
@@ -272,12 +278,20 @@ mod tests {
             pool.transcribe(request(30, 5000))
         );
         assert!(a.is_ok() && b.is_ok());
-        assert!(t0.elapsed() < Duration::from_millis(550), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_millis(550),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn the_none_engine_transcribes_nothing() {
-        assert!(NoEngine.transcribe(request(8000, 10)).await.unwrap().is_empty());
+        assert!(NoEngine
+            .transcribe(request(8000, 10))
+            .await
+            .unwrap()
+            .is_empty());
         let e: Arc<dyn Engine> = Arc::new(NoEngine);
         assert_eq!(e.name(), "none");
     }

@@ -288,9 +288,10 @@ impl HttpEngine {
             req = req.bearer_auth(key);
         }
         let exchange = async {
-            let mut resp = req.send().await.map_err(|e| {
-                TranscriptError::Engine(format!("POST {}: {e}", self.endpoint))
-            })?;
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| TranscriptError::Engine(format!("POST {}: {e}", self.endpoint)))?;
             let status = resp.status();
             let mut body = Vec::new();
             while let Some(chunk) = resp
@@ -337,13 +338,15 @@ impl Engine for HttpEngine {
                     return Err(TranscriptError::Timeout(request.timeout));
                 }
                 let slice = &samples[(start * 8) as usize..((end * 8) as usize).min(samples.len())];
-                let got = self
-                    .request(slice, &request.language, left)
-                    .await
-                    .map_err(|e| match e {
-                        TranscriptError::Timeout(_) => TranscriptError::Timeout(request.timeout),
-                        e => e,
-                    })?;
+                let got =
+                    self.request(slice, &request.language, left)
+                        .await
+                        .map_err(|e| match e {
+                            TranscriptError::Timeout(_) => {
+                                TranscriptError::Timeout(request.timeout)
+                            }
+                            e => e,
+                        })?;
                 phrases.extend(got.into_iter().map(|mut p| {
                     p.start_ms += start;
                     p.end_ms += start;
@@ -403,7 +406,10 @@ mod tests {
                      {"word":"I","start":1.9,"end":2.0},{"word":"help","start":2.0,"end":2.8}]}"#;
         let p = parse_verbose_json(body, 4000).unwrap();
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].start_ms, p[0].end_ms, p[0].text.as_str()), (0, 1200, "Hello there."));
+        assert_eq!(
+            (p[0].start_ms, p[0].end_ms, p[0].text.as_str()),
+            (0, 1200, "Hello there.")
+        );
         assert_eq!(p[0].words.len(), 2);
         assert_eq!(p[1].words.len(), 4);
         assert_eq!(p[1].words[3].text, "help");
@@ -433,19 +439,38 @@ mod tests {
         ];
         for body in garbage {
             let e = parse_verbose_json(body, 5000).unwrap_err();
-            assert!(matches!(e, TranscriptError::Garbage(_)), "{:?}: {e:?}", String::from_utf8_lossy(body));
+            assert!(
+                matches!(e, TranscriptError::Garbage(_)),
+                "{:?}: {e:?}",
+                String::from_utf8_lossy(body)
+            );
         }
-        for body in [&br#"{"text":"hello there"}"#[..], br#"{"text":"hi","segments":[]}"#] {
-            assert_eq!(parse_verbose_json(body, 5000).unwrap_err(), TranscriptError::NoTiming);
+        for body in [
+            &br#"{"text":"hello there"}"#[..],
+            br#"{"text":"hi","segments":[]}"#,
+        ] {
+            assert_eq!(
+                parse_verbose_json(body, 5000).unwrap_err(),
+                TranscriptError::NoTiming
+            );
         }
-        assert!(parse_verbose_json(br#"{"text":"","segments":[]}"#, 5000).unwrap().is_empty());
-        assert!(parse_verbose_json(br#"{"text":" "}"#, 5000).unwrap().is_empty());
+        assert!(parse_verbose_json(br#"{"text":"","segments":[]}"#, 5000)
+            .unwrap()
+            .is_empty());
+        assert!(parse_verbose_json(br#"{"text":" "}"#, 5000)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn chunks_group_talk_and_skip_silence() {
         assert_eq!(
-            chunks(&[(1000, 2000), (5000, 6000), (700_000, 701_000)], 300, 600_000, 800_000),
+            chunks(
+                &[(1000, 2000), (5000, 6000), (700_000, 701_000)],
+                300,
+                600_000,
+                800_000
+            ),
             vec![(700, 6300), (699_700, 701_300)]
         );
         assert_eq!(chunks(&[(0, 1_300_000)], 0, 600_000, 1_300_000).len(), 3);

@@ -177,7 +177,10 @@ impl Jobs {
     ) -> (Jobs, Vec<Job>) {
         let mut jobs = Jobs::new(config);
         let mut changed = Vec::new();
-        let mut persisted: Vec<Job> = persisted.into_iter().filter(|j| j.state.is_active()).collect();
+        let mut persisted: Vec<Job> = persisted
+            .into_iter()
+            .filter(|j| j.state.is_active())
+            .collect();
         // Oldest first keeps the original order among the resumed.
         persisted.sort_by(|a, b| (a.next_at_ms, &a.contact_id).cmp(&(b.next_at_ms, &b.contact_id)));
         for mut job in persisted {
@@ -394,7 +397,11 @@ mod tests {
             let job = jobs.enqueue(id, "en", 100 + i as i64).unwrap();
             assert_eq!(job.state, JobState::Queued);
         }
-        assert_eq!(jobs.enqueue("a", "en", 200), None, "one active job per recording");
+        assert_eq!(
+            jobs.enqueue("a", "en", 200),
+            None,
+            "one active job per recording"
+        );
         let p = jobs.poll(1000);
         assert_eq!(ids(&p), ["a", "b"]);
         assert_eq!(p.start[0].attempt, 1);
@@ -403,7 +410,13 @@ mod tests {
         assert!(p.changed.iter().all(|j| j.state == JobState::Running));
         // At capacity: wake at the first deadline, not for the queued job.
         assert_eq!(p.wake_at_ms, Some(11_000));
-        assert_eq!(jobs.counts(), Counts { queued: 1, running: 2 });
+        assert_eq!(
+            jobs.counts(),
+            Counts {
+                queued: 1,
+                running: 2
+            }
+        );
         assert!(jobs.poll(1001).start.is_empty());
         let done = jobs.finish("a", 1, Ok(()), 2000).unwrap();
         assert_eq!(done.state, JobState::Done);
@@ -424,13 +437,19 @@ mod tests {
                 .finish("a", attempt, Err(format!("boom {attempt}")), now + 5)
                 .unwrap();
             assert_eq!(job.attempts, attempt);
-            assert_eq!(job.error.as_deref(), Some(format!("boom {attempt}").as_str()));
+            assert_eq!(
+                job.error.as_deref(),
+                Some(format!("boom {attempt}").as_str())
+            );
             if attempt < 3 {
                 assert_eq!(job.state, JobState::Queued);
                 delays.push(job.next_at_ms - (now + 5));
                 // Not before its time.
                 assert!(jobs.poll(job.next_at_ms - 1).start.is_empty());
-                assert_eq!(jobs.poll(job.next_at_ms - 1).wake_at_ms, Some(job.next_at_ms));
+                assert_eq!(
+                    jobs.poll(job.next_at_ms - 1).wake_at_ms,
+                    Some(job.next_at_ms)
+                );
                 now = job.next_at_ms;
             } else {
                 assert_eq!(job.state, JobState::Failed);
@@ -454,14 +473,20 @@ mod tests {
         let job = &p.changed[0];
         assert_eq!(job.contact_id, "a");
         assert_eq!(job.state, JobState::Queued);
-        assert!(job.error.as_deref().unwrap().contains("timed out"), "{job:?}");
+        assert!(
+            job.error.as_deref().unwrap().contains("timed out"),
+            "{job:?}"
+        );
         assert_eq!(job.next_at_ms, 11_000);
         // The hung attempt answers late: ignored.
         assert_eq!(jobs.finish("a", 1, Ok(()), 10_500), None);
         let p = jobs.poll(11_000);
         assert_eq!(p.start[0].attempt, 2);
         assert_eq!(jobs.finish("a", 1, Ok(()), 11_001), None, "still stale");
-        assert_eq!(jobs.finish("a", 2, Ok(()), 11_002).unwrap().state, JobState::Done);
+        assert_eq!(
+            jobs.finish("a", 2, Ok(()), 11_002).unwrap().state,
+            JobState::Done
+        );
         // Unknown jobs and jobs that are not running are ignored.
         assert_eq!(jobs.finish("zz", 1, Ok(()), 0), None);
         jobs.enqueue("q", "en", 20_000);
@@ -494,7 +519,7 @@ mod tests {
             .iter()
             .map(|j| (j.contact_id.as_str(), j.state))
             .collect();
-        changed_ids.sort();
+        changed_ids.sort_by_key(|(id, _)| *id);
         assert_eq!(
             changed_ids,
             [
@@ -503,8 +528,21 @@ mod tests {
                 ("x", JobState::Failed)
             ]
         );
-        assert!(changed.iter().find(|j| j.contact_id == "x").unwrap().error.as_deref().unwrap().contains("restart"));
-        assert_eq!(jobs.counts(), Counts { queued: 3, running: 0 });
+        assert!(changed
+            .iter()
+            .find(|j| j.contact_id == "x")
+            .unwrap()
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("restart"));
+        assert_eq!(
+            jobs.counts(),
+            Counts {
+                queued: 3,
+                running: 0
+            }
+        );
         let p = jobs.poll(50_000);
         assert_eq!(p.start.len(), 2);
         // The attempt of the interrupted run counted: this is attempt 2.
@@ -530,6 +568,9 @@ mod tests {
         let p = jobs.poll(500);
         assert_eq!(ids(&p), ["a"]);
         // One attempt only.
-        assert_eq!(jobs.finish("a", 1, Err("x".into()), 600).unwrap().state, JobState::Failed);
+        assert_eq!(
+            jobs.finish("a", 1, Err("x".into()), 600).unwrap().state,
+            JobState::Failed
+        );
     }
 }

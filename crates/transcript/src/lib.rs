@@ -16,6 +16,8 @@
 //!   bounded retries, a concurrency limit, a per-job timeout and resumption after a restart.
 //! * [`selection`]: which calls are transcribed, and in which language, per route and
 //!   record policy.
+//! * [`worker`]: the async driver of [`Jobs`] over a [`JobHost`] (the node's catalog and
+//!   storage).
 //! * [`resample`]: the 8 → 16 kHz upsampler.
 
 pub mod engine;
@@ -28,6 +30,7 @@ pub mod recording;
 pub mod resample;
 pub mod selection;
 pub mod sentiment;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +41,7 @@ pub use jobs::{Job, JobState, Jobs, JobsConfig, Poll, Start};
 pub use recording::{transcribe_recording, Transcript, TranscriptPhrase};
 pub use selection::Selection;
 pub use sentiment::{Label, Scorer, Sentiment, Vader};
+pub use worker::{AudioFile, JobHost, Worker};
 
 /// One recognised word. Times are milliseconds from the start of the channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -273,7 +273,10 @@ mod tests {
             "en",
             120_000,
             vec![p, phrase(60_000, 90_000, "a b c d e f g h i j")],
-            vec![phrase(0, 6000, "one two"), phrase(3000, 12_000, "three four five six")],
+            vec![
+                phrase(0, 6000, "one two"),
+                phrase(3000, 12_000, "three four five six"),
+            ],
         );
         // Customer: 60 words over 60 s of phrases (30 s of pause between them do not count).
         assert_eq!(t.words(Speaker::Customer), 60);
@@ -293,16 +296,25 @@ mod tests {
             "en",
             10_000,
             vec![phrase(0, 1000, "this is terrible and I am very angry")],
-            vec![phrase(2000, 3000, "I am so sorry, thank you for your patience, great")],
+            vec![phrase(
+                2000,
+                3000,
+                "I am so sorry, thank you for your patience, great",
+            )],
         );
         t.score(&Vader::default());
-        let labels: Vec<Label> = t.phrases.iter().map(|p| p.sentiment.unwrap().label).collect();
+        let labels: Vec<Label> = t
+            .phrases
+            .iter()
+            .map(|p| p.sentiment.unwrap().label)
+            .collect();
         assert_eq!(labels, [Label::Negative, Label::Positive]);
         let avg = t.sentiment_average().unwrap();
-        let want = (t.phrases[0].sentiment.unwrap().score + t.phrases[1].sentiment.unwrap().score)
-            / 2.0;
+        let want =
+            (t.phrases[0].sentiment.unwrap().score + t.phrases[1].sentiment.unwrap().score) / 2.0;
         assert!((avg - want).abs() < 1e-12);
-        let mut german = Transcript::from_channels("t", "de", 1000, vec![phrase(0, 1, "gut")], vec![]);
+        let mut german =
+            Transcript::from_channels("t", "de", 1000, vec![phrase(0, 1, "gut")], vec![]);
         german.score(&Vader::default());
         assert_eq!(german.phrases[0].sentiment, None);
         assert_eq!(german.sentiment_average(), None);

@@ -120,8 +120,14 @@ mod tests {
             let body = &y[200..15800];
             let level = power_db(body, freq, 16000.0);
             let image = power_db(body, 8000.0 - freq, 16000.0);
-            assert!((level - power_db(&x[100..7900], freq, 8000.0)).abs() < 0.5, "{freq}: {level}");
-            assert!(level - image > 60.0, "{freq}: tone {level:.1} dB, image {image:.1} dB");
+            assert!(
+                (level - power_db(&x[100..7900], freq, 8000.0)).abs() < 0.5,
+                "{freq}: {level}"
+            );
+            assert!(
+                level - image > 60.0,
+                "{freq}: tone {level:.1} dB, image {image:.1} dB"
+            );
         }
     }
 
@@ -135,7 +141,9 @@ mod tests {
         assert!(upsample_2x(&[]).is_empty());
         assert_eq!(upsample_2x(&[5]).len(), 2);
         // Full-scale input saturates instead of wrapping.
-        let loud: Vec<i16> = (0..64).map(|i| if i % 2 == 0 { 32767 } else { -32768 }).collect();
+        let loud: Vec<i16> = (0..64)
+            .map(|i| if i % 2 == 0 { 32767 } else { -32768 })
+            .collect();
         let _ = upsample_2x(&loud);
     }
 }

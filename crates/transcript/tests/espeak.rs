@@ -219,10 +219,7 @@ async fn pocketsphinx_finds_the_key_words_on_the_right_channel_in_time() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (path, said) = record(dir.path());
-    let engine = WorkerPool::new(
-        PocketSphinx::new(PocketSphinxConfig::default()).unwrap(),
-        1,
-    );
+    let engine = WorkerPool::new(PocketSphinx::new(PocketSphinxConfig::default()).unwrap(), 1);
     let t = transcribe_recording(&path, &engine, "en-US", Duration::from_secs(300))
         .await
         .unwrap();
@@ -252,14 +249,13 @@ async fn pocketsphinx_finds_the_key_words_on_the_right_channel_in_time() {
                 "{k:?} heard on the wrong channel"
             );
         }
-        let reference: Vec<String> = s
-            .text
-            .split_whitespace()
-            .map(str::to_lowercase)
-            .collect();
+        let reference: Vec<String> = s.text.split_whitespace().map(str::to_lowercase).collect();
         let hypothesis = words_near(&t, s.speaker, s.span_ms, 300);
         let e = edits(&reference, &hypothesis);
-        eprintln!("{:?}: {e} errors in {:?} → {hypothesis:?}", s.speaker, s.text);
+        eprintln!(
+            "{:?}: {e} errors in {:?} → {hypothesis:?}",
+            s.speaker, s.text
+        );
         errors += e;
         total += reference.len();
     }

@@ -70,8 +70,18 @@ impl Default for PocketSphinxConfig {
 impl PocketSphinxConfig {
     fn files(&self) -> [(&'static str, PathBuf); 3] {
         [
-            ("-hmm", self.hmm.clone().unwrap_or_else(|| self.model_dir.join("en-us"))),
-            ("-lm", self.lm.clone().unwrap_or_else(|| self.model_dir.join("en-us.lm.bin"))),
+            (
+                "-hmm",
+                self.hmm
+                    .clone()
+                    .unwrap_or_else(|| self.model_dir.join("en-us")),
+            ),
+            (
+                "-lm",
+                self.lm
+                    .clone()
+                    .unwrap_or_else(|| self.model_dir.join("en-us.lm.bin")),
+            ),
             (
                 "-dict",
                 self.dict
@@ -372,7 +382,8 @@ impl BlockingEngine for PocketSphinx {
         let mut phrases = Vec::with_capacity(cuts.len());
         let mut result = Ok(());
         for (start_ms, end_ms) in cuts {
-            let slice = &samples[(start_ms * 8) as usize..((end_ms * 8) as usize).min(samples.len())];
+            let slice =
+                &samples[(start_ms * 8) as usize..((end_ms * 8) as usize).min(samples.len())];
             let audio = upsample_2x(slice);
             let words = match decoder.decode(&audio, deadline, timeout) {
                 Ok(w) => w,
@@ -444,10 +455,18 @@ mod tests {
     #[test]
     fn utterances_are_padded_merged_and_cut() {
         assert_eq!(
-            utterances(&[(1000, 2000), (2300, 3000), (9000, 9500)], 200, 30_000, 9600),
+            utterances(
+                &[(1000, 2000), (2300, 3000), (9000, 9500)],
+                200,
+                30_000,
+                9600
+            ),
             vec![(800, 3200), (8800, 9600)]
         );
-        assert_eq!(utterances(&[(100, 200)], 200, 30_000, 10_000), vec![(0, 400)]);
+        assert_eq!(
+            utterances(&[(100, 200)], 200, 30_000, 10_000),
+            vec![(0, 400)]
+        );
         assert_eq!(
             utterances(&[(0, 65_000)], 0, 30_000, 70_000),
             vec![(0, 30_000), (30_000, 60_000), (60_000, 65_000)]
