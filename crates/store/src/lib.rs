@@ -12,12 +12,14 @@
 //! * [`search`]: [`Query`], [`Sort`] and the opaque paging cursor.
 //! * [`catalog`]: the [`Catalog`] over SQLite (embedded, the default) or PostgreSQL.
 //! * [`storage`]: [`Storage`] over a local directory (the default) or S3, keys by day.
+//! * [`transcripts`]: transcription jobs, phrases, full-text search and per-call summaries.
 
 pub mod catalog;
 mod error;
 pub mod model;
 pub mod search;
 pub mod storage;
+pub mod transcripts;
 
 pub use catalog::{redact_url, Catalog, CatalogUrl, DEFAULT_SQLITE_PATH};
 pub use error::StoreError;
@@ -26,4 +28,7 @@ pub use search::{Page, Query, Sort, DEFAULT_LIMIT, MAX_LIMIT};
 pub use storage::{
     storage_key, Backoff, ObjectRead, S3Config, Storage, StorageConfig, StoredObject,
     DEFAULT_LOCAL_DIR, PART_SIZE,
+};
+pub use transcripts::{
+    PhraseRow, StoredTranscript, TranscriptHit, TranscriptJob, TranscriptSummary,
 };

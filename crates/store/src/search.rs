@@ -140,6 +140,9 @@ pub struct Query {
     pub min_duration_ms: Option<i64>,
     pub max_duration_ms: Option<i64>,
     pub has_statement: Option<bool>,
+    /// Only recordings with a transcript phrase holding every word of this text (see
+    /// [`crate::transcripts`]).
+    pub text: Option<String>,
     /// Only this state. Without it, soft-deleted entries are left out.
     pub state: Option<State>,
     /// Include soft-deleted entries (when no state is asked for).
@@ -158,6 +161,8 @@ pub(crate) struct Checked {
     pub cursor: Option<Cursor>,
     /// `[prefix, upper)` for the customer number range, `upper` absent when unbounded.
     pub customer_range: Option<(String, Option<String>)>,
+    /// The words of [`Query::text`].
+    pub text: Option<Vec<String>>,
 }
 
 /// The smallest string greater than every string starting with `prefix`, if there is one:
@@ -217,10 +222,15 @@ impl Query {
             None | Some("") => None,
             Some(p) => Some((p.to_string(), prefix_upper_bound(p))),
         };
+        let text = match self.text.as_deref() {
+            None => None,
+            Some(t) => Some(crate::transcripts::search_words(t, "text")?),
+        };
         Ok(Checked {
             limit,
             cursor,
             customer_range,
+            text,
         })
     }
 }
