@@ -6,22 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
-# Speech for the conversation-metrics tests (crates/analysis/tests/espeak.rs).
-command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
-command -v sox >/dev/null 2>&1 || need_apt+=(sox)
-# The catalog tests start a throw-away PostgreSQL cluster from these binaries.
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
-if [ "${#need_apt[@]}" -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-    else
-        echo "missing: ${need_apt[*]} (run as root, or: sudo apt-get install -y ${need_apt[*]})" >&2
-        exit 1
-    fi
-fi
+# What the tests (and the build of the offline transcription engine) need.
+scripts/deps.sh
 
 cargo test --workspace --all-targets
 # Doc tests are not part of --all-targets.
