@@ -76,6 +76,21 @@ pub struct Job {
     pub updated_ms: i64,
 }
 
+impl Job {
+    /// A new job, due at `now_ms`.
+    pub fn queued(contact_id: &str, language: &str, now_ms: i64) -> Job {
+        Job {
+            contact_id: contact_id.to_string(),
+            state: JobState::Queued,
+            attempts: 0,
+            next_at_ms: now_ms,
+            error: None,
+            language: language.to_string(),
+            updated_ms: now_ms,
+        }
+    }
+}
+
 /// Limits of the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobsConfig {
@@ -223,15 +238,7 @@ impl Jobs {
         if self.active.contains_key(contact_id) {
             return None;
         }
-        let job = Job {
-            contact_id: contact_id.to_string(),
-            state: JobState::Queued,
-            attempts: 0,
-            next_at_ms: now_ms,
-            error: None,
-            language: language.to_string(),
-            updated_ms: now_ms,
-        };
+        let job = Job::queued(contact_id, language, now_ms);
         self.insert(job.clone());
         Some(job)
     }

@@ -31,6 +31,9 @@ pub struct AudioFile {
 
 /// What the node provides to the driver.
 pub trait JobHost: Send + Sync + 'static {
+    /// Inserts a new job's row unless the recording already has one, in any state: false
+    /// then (a recording stored twice is transcribed once).
+    fn create(&self, job: &Job) -> BoxFuture<'_, Result<bool, String>>;
     /// Persists a job row (insert or update by contact id).
     fn save(&self, job: &Job) -> BoxFuture<'_, Result<(), String>>;
     /// The recording's audio as a local file.
@@ -85,12 +88,23 @@ impl Worker {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a job for a stored recording; false when it already has an active one.
+    /// Queues a job for a stored recording (the finisher calls this once the recording is
+    /// stored); false when the recording already has a job, active or ended.
     pub async fn enqueue(&self, contact_id: &str, language: &str) -> Result<bool, String> {
+        if self.lock().get(contact_id).is_some() {
+            return Ok(false);
+        }
         let now = self.host.now_ms();
-        let job = self.lock().enqueue(contact_id, language, now);
-        let Some(job) = job else { return Ok(false) };
-        self.host.save(&job).await?;
+        if !self
+            .host
+            .create(&Job::queued(contact_id, language, now))
+            .await?
+        {
+            return Ok(false);
+        }
+        if self.lock().enqueue(contact_id, language, now).is_none() {
+            return Ok(false);
+        }
         self.wake.notify_one();
         Ok(true)
     }

@@ -267,6 +267,14 @@ struct Host {
 }
 
 impl JobHost for Host {
+    fn create(&self, job: &Job) -> BoxFuture<'_, Result<bool, String>> {
+        let mut rows = self.rows.lock().unwrap();
+        let new = !rows.contains_key(&job.contact_id);
+        if new {
+            rows.insert(job.contact_id.clone(), vec![job.clone()]);
+        }
+        Box::pin(async move { Ok(new) })
+    }
     fn save(&self, job: &Job) -> BoxFuture<'_, Result<(), String>> {
         self.rows
             .lock()
