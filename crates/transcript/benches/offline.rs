@@ -35,6 +35,7 @@ fn speak(dir: &Path, i: usize, voice: &str, text: &str) -> Vec<i16> {
         .status()
         .is_ok_and(|s| s.success())
         && Command::new("sox")
+            .arg("-R")
             .arg(&raw)
             .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"])
             .arg(&narrow)

@@ -92,11 +92,27 @@ impl<E: BlockingEngine> Debug for WorkerPool<E> {
     }
 }
 
-/// Lowers the calling thread's CPU priority as far as it goes; failures are logged, not
-/// fatal (a container may forbid it).
-fn lower_priority() {
+/// The CPU priority of a [`WorkerPool`]'s threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Linux `SCHED_IDLE` (else `nice 19`): runs only on CPU time nothing else wants. The
+    /// default, so that transcription never competes with the call path.
+    #[default]
+    Idle,
+    /// `nice 19`: a small share (about 1.5 %) of a contended CPU, never starved outright.
+    Low,
+    /// The process's own priority (tests that measure recognition, not scheduling).
+    Normal,
+}
+
+/// Lowers the calling thread's CPU priority; failures are logged, not fatal (a container
+/// may forbid it).
+fn lower_priority(priority: Priority) {
+    if priority == Priority::Normal {
+        return;
+    }
     #[cfg(target_os = "linux")]
-    {
+    if priority == Priority::Idle {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
         let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
@@ -115,8 +131,13 @@ fn lower_priority() {
 }
 
 impl<E: BlockingEngine> WorkerPool<E> {
-    /// Starts `threads` (at least one) workers named `transcribe-N`.
+    /// Starts `threads` (at least one) workers named `transcribe-N` at [`Priority::Idle`].
     pub fn new(engine: E, threads: usize) -> Self {
+        Self::with_priority(engine, threads, Priority::Idle)
+    }
+
+    /// [`WorkerPool::new`] at the given priority.
+    pub fn with_priority(engine: E, threads: usize, priority: Priority) -> Self {
         let engine = Arc::new(engine);
         let (tx, rx) = mpsc::channel::<Task>();
         let rx = Arc::new(Mutex::new(rx));
@@ -127,7 +148,7 @@ impl<E: BlockingEngine> WorkerPool<E> {
                 std::thread::Builder::new()
                     .name(format!("transcribe-{i}"))
                     .spawn(move || {
-                        lower_priority();
+                        lower_priority(priority);
                         loop {
                             // The lock is held only to take one task.
                             let task = match rx.lock() {

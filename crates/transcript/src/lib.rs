@@ -35,7 +35,7 @@ pub mod worker;
 use serde::{Deserialize, Serialize};
 
 pub use analysis::Speaker;
-pub use engine::{BlockingEngine, BoxFuture, Engine, NoEngine, Request, WorkerPool};
+pub use engine::{BlockingEngine, BoxFuture, Engine, NoEngine, Priority, Request, WorkerPool};
 pub use error::TranscriptError;
 pub use jobs::{Job, JobState, Jobs, JobsConfig, Poll, Start};
 pub use recording::{transcribe_recording, Transcript, TranscriptPhrase};

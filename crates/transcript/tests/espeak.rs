@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use transcript::pocketsphinx::{installed_model, PocketSphinx, PocketSphinxConfig};
-use transcript::{transcribe_recording, Speaker, Transcript, WorkerPool};
+use transcript::{transcribe_recording, Priority, Speaker, Transcript, WorkerPool};
 
 const WER_BOUND: f64 = 0.45;
 
@@ -67,7 +67,10 @@ fn speak(dir: &Path, name: &str, voice: &str, text: &str) -> Clip {
         .status()
         .expect("espeak-ng runs");
     assert!(status.success(), "espeak-ng {voice} {text:?}");
+    // -R: sox dithers with a random seed otherwise, and the test would not hear the same
+    // audio twice.
     let status = Command::new("sox")
+        .arg("-R")
         .arg(&raw)
         .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"])
         .arg(&narrow)
@@ -220,7 +223,7 @@ async fn pocketsphinx_finds_the_key_words_on_the_right_channel_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let (path, said) = record(dir.path());
     let engine = WorkerPool::new(PocketSphinx::new(PocketSphinxConfig::default()).unwrap(), 1);
-    let t = transcribe_recording(&path, &engine, "en-US", Duration::from_secs(300))
+    let t = transcribe_recording(&path, &engine, "en-US", Duration::from_secs(600))
         .await
         .unwrap();
     assert_eq!(t.engine, "pocketsphinx");

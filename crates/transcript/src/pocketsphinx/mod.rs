@@ -261,8 +261,8 @@ impl Decoder {
                             text: clean.to_lowercase(),
                             first_frame: sf,
                             last_frame: ef,
-                            probability: (p.is_finite() && (0.0..=1.0).contains(&p))
-                                .then_some(p as f32),
+                            // exp of a log posterior: ≤ 1 but for rounding.
+                            probability: p.is_finite().then(|| p.clamp(0.0, 1.0) as f32),
                         });
                     }
                 }
