@@ -47,7 +47,48 @@ pub fn analyze_file(
     path: impl AsRef<Path>,
     config: AnalysisConfig,
 ) -> Result<Analysis, AnalysisError> {
-    let path = path.as_ref();
+    let mut analyzer = Analyzer::new(config)?;
+    feed_file(path.as_ref(), &mut |s| analyzer.push(s))?;
+    Ok(analyzer.finish())
+}
+
+/// The two channels of a recording, decoded (8 kHz, 16 bit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Channels {
+    /// Channel 1.
+    pub customer: Vec<i16>,
+    /// Channel 2.
+    pub agent: Vec<i16>,
+}
+
+/// Decodes a recording in either format (told apart as [`analyze_file`] does) into its two
+/// channels, for consumers that need the samples themselves (a speech recogniser). A lone
+/// last sample of an incomplete frame is dropped.
+pub fn read_channels(path: impl AsRef<Path>) -> Result<Channels, AnalysisError> {
+    let mut ch = Channels::default();
+    let mut pending: Option<i16> = None;
+    feed_file(path.as_ref(), &mut |samples| {
+        let mut rest = samples;
+        if let Some(c) = pending {
+            let Some((&a, tail)) = rest.split_first() else {
+                return;
+            };
+            ch.customer.push(c);
+            ch.agent.push(a);
+            pending = None;
+            rest = tail;
+        }
+        let (whole, odd) = rest.split_at(rest.len() & !1);
+        for f in whole.chunks_exact(2) {
+            ch.customer.push(f[0]);
+            ch.agent.push(f[1]);
+        }
+        pending = odd.first().copied();
+    })?;
+    Ok(ch)
+}
+
+fn feed_file(path: &Path, push: &mut dyn FnMut(&[i16])) -> Result<(), AnalysisError> {
     let io = |source| AnalysisError::Io {
         path: path.to_owned(),
         source,
@@ -62,9 +103,9 @@ pub fn analyze_file(
     };
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     if wav {
-        analyze_wav_reader(BufReader::new(file), config)
+        feed_wav(BufReader::new(file), push)
     } else {
-        analyze_mp3_reader(file, config)
+        feed_mp3(file, push)
     }
 }
 
@@ -75,6 +116,12 @@ pub fn analyze_wav_reader<R: Read>(
     config: AnalysisConfig,
 ) -> Result<Analysis, AnalysisError> {
     let mut analyzer = Analyzer::new(config)?;
+    feed_wav(reader, &mut |s| analyzer.push(s))?;
+    Ok(analyzer.finish())
+}
+
+/// Reads a stereo 8 kHz WAV stream and hands its interleaved samples to `push` in chunks.
+fn feed_wav<R: Read>(reader: R, push: &mut dyn FnMut(&[i16])) -> Result<(), AnalysisError> {
     let wav = hound::WavReader::new(reader)?;
     let spec = wav.spec();
     if spec.channels != 2
@@ -110,13 +157,13 @@ pub fn analyze_wav_reader<R: Read>(
         for (s, b) in samples.iter_mut().zip(bytes[..whole].chunks_exact(2)) {
             *s = i16::from_le_bytes([b[0], b[1]]);
         }
-        analyzer.push(&samples[..whole / 2]);
+        push(&samples[..whole / 2]);
         carry = have - whole;
         if carry == 1 {
             bytes[0] = bytes[whole];
         }
     }
-    Ok(analyzer.finish())
+    Ok(())
 }
 
 /// Analyses an MP3 stream. A frame that does not decode is skipped, as a player would.
@@ -125,6 +172,15 @@ pub fn analyze_mp3_reader<R: Read + Send + Sync + 'static>(
     config: AnalysisConfig,
 ) -> Result<Analysis, AnalysisError> {
     let mut analyzer = Analyzer::new(config)?;
+    feed_mp3(reader, &mut |s| analyzer.push(s))?;
+    Ok(analyzer.finish())
+}
+
+/// Decodes a stereo 8 kHz MP3 stream and hands its interleaved samples to `push`.
+fn feed_mp3<R: Read + Send + Sync + 'static>(
+    reader: R,
+    push: &mut dyn FnMut(&[i16]),
+) -> Result<(), AnalysisError> {
     let source = MediaSourceStream::new(Box::new(ReadOnlySource::new(reader)), Default::default());
     let mut hint = Hint::new();
     hint.with_extension("mp3");
@@ -177,7 +233,7 @@ pub fn analyze_mp3_reader<R: Read + Send + Sync + 'static>(
             _ => buffer.insert(SampleBuffer::new(needed, spec)),
         };
         buf.copy_interleaved_ref(decoded);
-        analyzer.push(buf.samples());
+        push(buf.samples());
     }
-    Ok(analyzer.finish())
+    Ok(())
 }

@@ -30,7 +30,10 @@ mod decode;
 
 use serde::{Deserialize, Serialize};
 
-pub use decode::{analyze_file, analyze_mp3, analyze_mp3_reader, analyze_wav, analyze_wav_reader};
+pub use decode::{
+    analyze_file, analyze_mp3, analyze_mp3_reader, analyze_wav, analyze_wav_reader, read_channels,
+    Channels,
+};
 pub use metrics::{ConversationMetrics, Speaker, SpeakerSpan};
 pub use peaks::{Peaks, WavesurferPeaks};
 

@@ -275,6 +275,22 @@ mod files {
     }
 
     #[test]
+    fn a_recording_reads_back_as_its_two_channels() {
+        let audio = conversation();
+        let (_dir, path) = record(Format::Wav, &audio);
+        let ch = crate::read_channels(&path).unwrap();
+        let customer: Vec<i16> = audio.iter().step_by(2).copied().collect();
+        let agent: Vec<i16> = audio.iter().skip(1).step_by(2).copied().collect();
+        assert_eq!(ch.customer, customer);
+        assert_eq!(ch.agent, agent);
+        // An MP3 decodes to two channels of the same length, give or take the codec's frames.
+        let (_dir, mp3) = record(Format::Mp3, &audio);
+        let ch = crate::read_channels(&mp3).unwrap();
+        assert_eq!(ch.customer.len(), ch.agent.len());
+        assert!(ch.customer.len() >= customer.len(), "{}", ch.customer.len());
+    }
+
+    #[test]
     fn a_recorded_wav_gives_the_same_analysis_as_its_samples() {
         let audio = conversation();
         let (_dir, path) = record(Format::Wav, &audio);

@@ -163,6 +163,26 @@ impl ChannelVad {
     }
 }
 
+/// Talk spans of one 8 kHz mono channel in milliseconds (start, end exclusive), found by the
+/// same detector and smoothing as the conversation metrics. Used to cut a channel into
+/// utterances for a speech recogniser.
+pub fn talk_spans(samples: &[i16]) -> Vec<(u64, u64)> {
+    let mut vad = ChannelVad::default();
+    for (i, frame) in samples.chunks(FRAME_SAMPLES).enumerate() {
+        let energy: u64 = frame
+            .iter()
+            .map(|&s| (i32::from(s) * i32::from(s)) as u64)
+            .sum();
+        vad.frame(i as u64, energy, frame.len());
+    }
+    let duration_ms = samples.len() as u64 * 1000 / u64::from(SAMPLE_RATE);
+    vad.finish()
+        .into_iter()
+        .map(|(s, e)| (s * FRAME_MS, (e * FRAME_MS).min(duration_ms)))
+        .filter(|(s, e)| e > s)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +201,17 @@ mod tests {
 
     fn repeat(level: Option<f64>, frames: usize) -> impl Iterator<Item = Option<f64>> {
         std::iter::repeat_n(level, frames)
+    }
+
+    #[test]
+    fn talk_spans_of_a_mono_channel_are_in_milliseconds() {
+        let mut samples = vec![0i16; 8000];
+        for (i, s) in samples[2400..4000].iter_mut().enumerate() {
+            *s = ((i as f64 * 0.3).sin() * 8000.0) as i16;
+        }
+        assert_eq!(talk_spans(&samples), vec![(300, 500)]);
+        assert!(talk_spans(&[]).is_empty());
+        assert!(talk_spans(&[0; 7999]).is_empty());
     }
 
     #[test]

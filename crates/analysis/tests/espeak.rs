@@ -60,7 +60,10 @@ fn speak(dir: &Path, name: &str, voice: &str, text: &str) -> Clip {
         .status()
         .expect("espeak-ng runs");
     assert!(status.success(), "espeak-ng {voice} {text:?}");
+    // -R: sox dithers with a random seed otherwise, and the test would not hear the same
+    // audio twice.
     let status = Command::new("sox")
+        .arg("-R")
         .arg(&raw)
         .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"])
         .arg(&narrow)

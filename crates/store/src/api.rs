@@ -526,6 +526,7 @@ mod tests {
                 limit: 20,
                 cursor: None,
                 restrict: None,
+                text: None,
             }
         );
         assert_eq!(Query::from_params(&[]).unwrap(), Query::default());

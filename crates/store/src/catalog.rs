@@ -478,7 +478,8 @@ fn limit(n: u32) -> i64 {
 /// spelled as the partial indexes spell it so the planner can use them; `$probe_duration`
 /// says whether a duration range is probed before choosing its index (see `search`).
 macro_rules! backend {
-    ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr, $probe_duration:literal) => {
+    ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr, $probe_duration:literal,
+     $text_filter:path) => {
         #[derive(Debug, Clone)]
         pub struct $name {
             pub(crate) pool: $pool,
@@ -797,6 +798,9 @@ macro_rules! backend {
                 if let Some(v) = q.min_overtalk_ms {
                     qb.push(" AND overtalk_ms >= ").push_bind(v);
                 }
+                if let Some(words) = &c.text {
+                    $text_filter(&mut qb, words);
+                }
                 match q.has_statement {
                     Some(true) => {
                         qb.push(concat!(" AND has_statement = ", $true));
@@ -1057,14 +1061,23 @@ macro_rules! backend {
     };
 }
 
-backend!(SqliteCatalog, Sqlite, SqlitePool, "1", CLAIM_SQLITE, true);
+backend!(
+    SqliteCatalog,
+    Sqlite,
+    SqlitePool,
+    "1",
+    CLAIM_SQLITE,
+    true,
+    crate::transcripts::push_text_filter_sqlite
+);
 backend!(
     PostgresCatalog,
     Postgres,
     PgPool,
     "TRUE",
     CLAIM_POSTGRES,
-    false
+    false,
+    crate::transcripts::push_text_filter_postgres
 );
 
 impl SqliteCatalog {

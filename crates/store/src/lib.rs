@@ -18,6 +18,7 @@
 //!   functions for the HTTP adapter.
 //! * [`access`]: users, sessions, API tokens and the audit log of the review page, as
 //!   [`Catalog`] methods; [`audit`]: the audit log's hash chain.
+//! * [`transcripts`]: transcription jobs, phrases, full-text search and per-call summaries.
 
 pub mod access;
 pub mod api;
@@ -28,6 +29,7 @@ pub mod model;
 pub mod search;
 pub mod shelf;
 pub mod storage;
+pub mod transcripts;
 
 pub use access::{
     AuditOrder, AuditPage, AuditQuery, ChainVerdict, NewToken, NewUser, SessionRecord, TokenRecord,
@@ -44,4 +46,7 @@ pub use shelf::{Delivered, Parcel, Reconciled, Shelf, ShelfConfig, OUTBOX_DIR, Q
 pub use storage::{
     storage_key, Backoff, ObjectRead, S3Config, Storage, StorageConfig, StoredObject,
     DEFAULT_LOCAL_DIR, PART_SIZE,
+};
+pub use transcripts::{
+    PhraseRow, StoredTranscript, TranscriptHit, TranscriptJob, TranscriptSummary,
 };

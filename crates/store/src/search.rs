@@ -173,7 +173,10 @@ pub struct Query {
     pub min_silence_ms: Option<i64>,
     /// Recordings where both sides talked over each other at least this long in all.
     pub min_overtalk_ms: Option<i64>,
-    /// Only this state.
+    /// Only recordings with a transcript phrase holding every word of this text (see
+    /// [`crate::transcripts`]).
+    pub text: Option<String>,
+    /// Only this state. Without it, soft-deleted entries are left out.
     pub state: Option<State>,
     /// Include soft-deleted entries; without it they are left out, unless `state` is
     /// `deleted` (purged entries, which are soft-deleted too).
@@ -194,6 +197,8 @@ pub(crate) struct Checked {
     pub cursor: Option<Cursor>,
     /// `[prefix, upper)` for the customer number range, `upper` absent when unbounded.
     pub customer_range: Option<(String, Option<String>)>,
+    /// The words of [`Query::text`].
+    pub text: Option<Vec<String>>,
 }
 
 /// The smallest string greater than every string starting with `prefix`, if there is one:
@@ -260,10 +265,15 @@ impl Query {
             None | Some("") => None,
             Some(p) => Some((p.to_string(), prefix_upper_bound(p))),
         };
+        let text = match self.text.as_deref() {
+            None => None,
+            Some(t) => Some(crate::transcripts::search_words(t, "text")?),
+        };
         Ok(Checked {
             limit,
             cursor,
             customer_range,
+            text,
         })
     }
 }

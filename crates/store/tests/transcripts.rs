@@ -1,0 +1,290 @@
+//! Transcripts in the catalog on SQLite and a real PostgreSQL: job rows, stored phrases and
+//! summaries, full-text search with escaped highlights, the search filter by text, and the
+//! transcript leaving with a purged recording.
+
+mod common;
+
+use serde_json::json;
+use store::{
+    Catalog, Entry, PhraseRow, Query, State, StoreError, StoredTranscript, TranscriptJob,
+    TranscriptSummary,
+};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn entry(id: &str, start: i64, agent: &str) -> Entry {
+    let meta = recorder::RecordingMetadata {
+        contact_id: id.into(),
+        from: "+4930111".into(),
+        to: "201".into(),
+        route: "pbx".into(),
+        direction: "inbound".into(),
+        start_unix_ms: start as u64,
+        duration_ms: 60_000,
+        agent_id: Some(agent.into()),
+        ..Default::default()
+    };
+    Entry::from_metadata(&meta, "node-a", State::Stored, start).unwrap()
+}
+
+fn job(id: &str, node: &str, state: &str, next_at_ms: i64) -> TranscriptJob {
+    TranscriptJob {
+        contact_id: id.into(),
+        node: node.into(),
+        state: state.into(),
+        attempts: 0,
+        next_at_ms,
+        error: None,
+        engine: "pocketsphinx".into(),
+        language: "en".into(),
+        updated_ms: next_at_ms,
+    }
+}
+
+fn phrase(speaker: &str, start_ms: i64, text: &str, sentiment: Option<f64>) -> PhraseRow {
+    PhraseRow {
+        speaker: speaker.into(),
+        start_ms,
+        end_ms: start_ms + 1500,
+        text: text.into(),
+        sentiment,
+        words: json!([{"start_ms": start_ms, "end_ms": start_ms + 300, "text": text.split(' ').next()}]),
+    }
+}
+
+fn transcript(id: &str, phrases: Vec<PhraseRow>) -> StoredTranscript {
+    StoredTranscript {
+        summary: TranscriptSummary {
+            contact_id: id.into(),
+            engine: "pocketsphinx".into(),
+            language: "en".into(),
+            phrase_count: 0,
+            sentiment_avg: Some(0.25),
+            customer_wpm: Some(150.0),
+            agent_wpm: Some(171.5),
+            created_ms: T0,
+        },
+        phrases,
+    }
+}
+
+async fn jobs_are_rows_a_node_resumes(c: Catalog) {
+    let a = job("c1", "node-a", "queued", T0);
+    assert!(c.insert_transcript_job(&a).await.unwrap());
+    assert!(
+        !c.insert_transcript_job(&a).await.unwrap(),
+        "a recording gets one job"
+    );
+    let mut running = job("c2", "node-a", "running", T0 - 5);
+    running.attempts = 2;
+    running.error = Some("the engine did not answer within 30s".into());
+    c.save_transcript_job(&running).await.unwrap();
+    c.save_transcript_job(&job("c3", "node-b", "queued", T0))
+        .await
+        .unwrap();
+    c.save_transcript_job(&job("c4", "node-a", "done", T0))
+        .await
+        .unwrap();
+    let active: Vec<String> = c
+        .active_transcript_jobs("node-a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.contact_id)
+        .collect();
+    assert_eq!(active, ["c2", "c1"]);
+    assert_eq!(c.transcript_job("c2").await.unwrap().unwrap(), running);
+    // An update replaces the row.
+    let mut done = running.clone();
+    done.state = "failed".into();
+    done.attempts = 3;
+    c.save_transcript_job(&done).await.unwrap();
+    assert_eq!(c.transcript_job("c2").await.unwrap().unwrap(), done);
+    assert_eq!(c.transcript_job("nope").await.unwrap(), None);
+}
+
+async fn a_transcript_is_stored_replaced_and_summarised(c: Catalog) {
+    c.upsert(&entry("c1", T0, "anna")).await.unwrap();
+    let t = transcript(
+        "c1",
+        vec![
+            phrase("agent", 1000, "thank you for calling", Some(0.36)),
+            phrase("customer", 3000, "my invoice is wrong", Some(-0.47)),
+        ],
+    );
+    c.store_transcript(&t).await.unwrap();
+    let got = c.transcript("c1").await.unwrap().unwrap();
+    assert_eq!(got.phrases, t.phrases);
+    assert_eq!(got.summary.phrase_count, 2);
+    assert_eq!(got.summary.agent_wpm, Some(171.5));
+    // A second run replaces the first.
+    let t2 = transcript("c1", vec![phrase("agent", 500, "hello", None)]);
+    c.store_transcript(&t2).await.unwrap();
+    let got = c.transcript("c1").await.unwrap().unwrap();
+    assert_eq!(got.phrases, t2.phrases);
+    assert_eq!(got.summary.phrase_count, 1);
+    assert!(c
+        .search_transcripts("invoice", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let sums = c
+        .transcript_summaries(&["c1".into(), "c9".into()])
+        .await
+        .unwrap();
+    assert_eq!(sums.len(), 1);
+    assert_eq!(sums[0].sentiment_avg, Some(0.25));
+    assert!(c.transcript_summaries(&[]).await.unwrap().is_empty());
+    assert_eq!(c.transcript("c9").await.unwrap(), None);
+}
+
+async fn search_finds_words_highlighted_and_escaped(c: Catalog) {
+    c.upsert(&entry("c1", T0, "anna")).await.unwrap();
+    c.upsert(&entry("c2", T0 + 1000, "bert")).await.unwrap();
+    c.upsert(&entry("c3", T0 + 2000, "anna")).await.unwrap();
+    c.store_transcript(&transcript(
+        "c1",
+        vec![
+            phrase("customer", 1000, "I want to cancel my contract", None),
+            phrase("agent", 4000, "I will send the refund by email", None),
+        ],
+    ))
+    .await
+    .unwrap();
+    c.store_transcript(&transcript(
+        "c2",
+        vec![phrase(
+            "customer",
+            2000,
+            "Cancel it <script>alert(1)</script> & now",
+            None,
+        )],
+    ))
+    .await
+    .unwrap();
+
+    // A word only the agent said, in one call.
+    let hits = c.search_transcripts("REFUND", 0).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].contact_id, "c1");
+    assert_eq!(hits[0].speaker, "agent");
+    assert_eq!(hits[0].start_ms, 4000);
+    assert!(
+        hits[0].snippet_html.contains("<mark>refund</mark>"),
+        "{}",
+        hits[0].snippet_html
+    );
+    // A word nobody said.
+    assert!(c.search_transcripts("lawyer", 0).await.unwrap().is_empty());
+    // Both calls, newest first; engine text is escaped around the marks.
+    let hits = c.search_transcripts("cancel", 0).await.unwrap();
+    let ids: Vec<&str> = hits.iter().map(|h| h.contact_id.as_str()).collect();
+    assert_eq!(ids, ["c2", "c1"]);
+    let s = &hits[0].snippet_html;
+    assert!(s.contains("<mark>Cancel</mark>"), "{s}");
+    // SQLite keeps the tag as text (escaped); PostgreSQL's headline drops tags: never markup.
+    assert!(!s.contains("<script>") && s.contains("alert(1)"), "{s}");
+    if c.backend() == "sqlite" {
+        assert!(s.contains("&lt;script&gt;"), "{s}");
+    }
+    assert!(s.contains("&amp;"), "{s}");
+    // Every word must be in the phrase; syntax characters are only separators.
+    assert_eq!(
+        c.search_transcripts("cancel contract", 0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.search_transcripts("\"cancel\" OR (x", 0)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert!(c.search_transcripts("cancel*", 0).await.unwrap().len() == 2);
+    for bad in ["", "*** ((("] {
+        assert!(matches!(
+            c.search_transcripts(bad, 0).await,
+            Err(StoreError::BadQuery { param: "q", .. })
+        ));
+    }
+    assert!(matches!(
+        c.search_transcripts("x", 1001).await,
+        Err(StoreError::BadQuery { param: "limit", .. })
+    ));
+
+    // The recordings search filters by text, with the other filters.
+    let q = |text: &str, agent: Option<&str>| Query {
+        text: Some(text.into()),
+        agent: agent.map(str::to_string),
+        ..Default::default()
+    };
+    let ids =
+        |p: store::Page| -> Vec<String> { p.entries.into_iter().map(|e| e.contact_id).collect() };
+    assert_eq!(ids(c.search(&q("refund", None)).await.unwrap()), ["c1"]);
+    assert_eq!(
+        ids(c.search(&q("cancel", None)).await.unwrap()),
+        ["c2", "c1"]
+    );
+    assert_eq!(
+        ids(c.search(&q("cancel", Some("anna"))).await.unwrap()),
+        ["c1"]
+    );
+    assert!(ids(c.search(&q("lawyer", None)).await.unwrap()).is_empty());
+    assert!(matches!(
+        c.search(&q("  ", None)).await,
+        Err(StoreError::BadQuery { param: "text", .. })
+    ));
+
+    // Soft-deleted recordings leave the results; a purge takes the transcript with it.
+    c.soft_delete("c2", T0 + 10).await.unwrap();
+    let ids_after: Vec<String> = c
+        .search_transcripts("cancel", 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.contact_id)
+        .collect();
+    assert_eq!(ids_after, ["c1"]);
+    assert!(c.mark_purged("c2", T0 + 20).await.unwrap());
+    assert_eq!(c.transcript("c2").await.unwrap(), None);
+    assert!(c.transcript("c1").await.unwrap().is_some());
+}
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}", dir.path().join("tapir.db").display());
+                    let c = store::Catalog::open(&url).await.unwrap();
+                    super::$case(c.clone()).await;
+                    c.close().await;
+                }
+            )*
+        }
+
+        /// One cluster for all cases; each case gets a database of its own.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres_all_cases() {
+            let Some(pg) = common::pg::PgCluster::start() else { return };
+            $(
+                let url = pg.create_db(stringify!($case)).await;
+                let c = Catalog::open(&url).await.unwrap();
+                eprintln!("postgres: {}", stringify!($case));
+                $case(c.clone()).await;
+                c.close().await;
+            )*
+        }
+    };
+}
+
+cases!(
+    jobs_are_rows_a_node_resumes,
+    a_transcript_is_stored_replaced_and_summarised,
+    search_finds_words_highlighted_and_escaped,
+);
