@@ -63,6 +63,7 @@ spool_dir = "$work/spool"
 recordings_dir = "$work/recordings"
 format = "$rec"
 EOF
+      # tapir runs in $work: its embedded catalog (tapir.db) is created there.
     fi
     start_tapir "$cfg" "$work"
     target=$TAPIR_SIP; pids=$TAPIR_PID ;;
@@ -113,7 +114,7 @@ if [ "$sut" = tapir ]; then
   if [ "$rec" != none ]; then
     # Wait for every recording to be finished (MP3: transcoded) and catalogued.
     for _ in $(seq 1 600); do
-      n=$(find "$work/recordings" -name '*.json' 2>/dev/null | wc -l)
+      n=$(find "$work/recordings" -name '*.json' ! -name '*.peaks.json' 2>/dev/null | wc -l)
       [ "$n" -ge "$calls" ] && [ "$(metric tapir_recordings_active)" = 0 ] && break
       sleep 1
     done
@@ -156,6 +157,8 @@ if sut == "tapir":
     if rec != "none":
         metas = []
         for p in glob.glob(f"{work}/recordings/**/*.json", recursive=True):
+            if p.endswith(".peaks.json"):
+                continue
             try:
                 metas.append(json.load(open(p)))
             except ValueError:

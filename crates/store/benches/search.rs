@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use store::{Catalog, Entry, Query, Sort, State, Statement};
+use store::{Catalog, Entry, Query, Restriction, Sort, State, Statement};
 
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
@@ -198,7 +198,48 @@ fn filters() -> Vec<(&'static str, MakeQuery)> {
             min_duration_ms: Some(10 * 60_000),
             ..Default::default()
         }),
+        // What the review page runs: every search carries the viewer's restriction.
+        ("an agent's view (restricted to 1 agent)", |r| Query {
+            restrict: Some(Restriction {
+                agents: vec![format!("agent{}", r.below(AGENTS))],
+                teams: vec![],
+            }),
+            ..Default::default()
+        }),
+        ("a supervisor's view (3 teams + own agent)", |r| Query {
+            restrict: Some(supervisor(r)),
+            ..Default::default()
+        }),
+        ("a supervisor's view + 7 days", |r| {
+            let from = T0 + r.below(SPAN_DAYS as u64 - 7) as i64 * DAY;
+            Query {
+                restrict: Some(supervisor(r)),
+                from_ms: Some(from),
+                to_ms: Some(from + 7 * DAY),
+                ..Default::default()
+            }
+        }),
+        ("a supervisor's view + queue", |r| Query {
+            restrict: Some(supervisor(r)),
+            queue: Some(format!("queue{}", r.below(QUEUES))),
+            ..Default::default()
+        }),
+        ("an unknown agent's view (empty)", |_| Query {
+            restrict: Some(Restriction {
+                agents: vec!["nobody".into()],
+                teams: vec![],
+            }),
+            ..Default::default()
+        }),
     ]
+}
+
+fn supervisor(r: &mut Rng) -> Restriction {
+    let t = r.below(TEAMS);
+    Restriction {
+        agents: vec![format!("agent{}", r.below(AGENTS))],
+        teams: (0..3).map(|i| format!("team{}", (t + i) % TEAMS)).collect(),
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {

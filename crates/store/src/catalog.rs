@@ -138,6 +138,26 @@ struct EntryRow {
     metrics: Option<Json<serde_json::Value>>,
 }
 
+/// The `(column, start_ms, contact_id)` index of the most selective equality filter of `q`,
+/// for a search sorted by start: the agent's (500 agents in a typical centre), else the
+/// queue's, else the team's.
+fn equality_index(q: &Query) -> Option<&'static str> {
+    // An agent's view (restricted to one agent, no team) is an agent filter too.
+    let one_agent = q.restrict.as_ref().is_some_and(|r| {
+        let (agents, teams) = r.terms();
+        agents.len() == 1 && teams.is_empty()
+    });
+    if q.agent.is_some() || one_agent {
+        Some("recordings_agent")
+    } else if q.queue.is_some() {
+        Some("recordings_queue")
+    } else if q.team.is_some() {
+        Some("recordings_team")
+    } else {
+        None
+    }
+}
+
 /// A whole-number field of the conversation metrics, as a searchable column.
 fn metric_i64(m: &Option<serde_json::Value>, field: &str) -> Option<i64> {
     m.as_ref()?.get(field)?.as_i64()
@@ -461,7 +481,7 @@ macro_rules! backend {
     ($name:ident, $db:ty, $pool:ty, $true:literal, $claim:expr, $probe_duration:literal) => {
         #[derive(Debug, Clone)]
         pub struct $name {
-            pool: $pool,
+            pub(crate) pool: $pool,
             url: String,
         }
 
@@ -705,11 +725,20 @@ macro_rules! backend {
 
             async fn search(&self, q: &Query) -> Result<Page, StoreError> {
                 let c = q.check()?;
-                let mut qb = QueryBuilder::<$db>::new(concat!(
-                    "SELECT ",
-                    entry_cols!(),
-                    " FROM recordings WHERE 1 = 1"
-                ));
+                let mut qb =
+                    QueryBuilder::<$db>::new(concat!("SELECT ", entry_cols!(), " FROM recordings"));
+                // SQLite has no range statistics: given an agent (team, queue) and a time
+                // window it walked the start index over the window, checking the agent on
+                // each of its ~19,000 rows (99 ms at 1,000,000 recordings), instead of the
+                // agent's own index, which holds the agent's rows in start order and serves
+                // the window and the sort at once. Name that index for it. PostgreSQL's
+                // planner finds it itself.
+                if $probe_duration && q.sort.column() == "start_ms" {
+                    if let Some(idx) = equality_index(q) {
+                        qb.push(" INDEXED BY ").push(idx);
+                    }
+                }
+                qb.push(" WHERE 1 = 1");
                 if let Some(v) = q.from_ms {
                     qb.push(" AND start_ms >= ").push_bind(v);
                 }
@@ -777,14 +806,40 @@ macro_rules! backend {
                     }
                     None => {}
                 }
-                match q.state {
-                    Some(s) => {
-                        qb.push(" AND state = ").push_bind(s.as_str());
+                if let Some(r) = &q.restrict {
+                    // A viewer's restriction: nothing outside it, and nothing at all when it
+                    // names no agent and no team.
+                    let (agents, teams) = r.terms();
+                    if agents.is_empty() && teams.is_empty() {
+                        qb.push(" AND 1 = 0");
+                    } else {
+                        qb.push(" AND (");
+                        let mut first = true;
+                        for (col, vals) in [("agent", agents), ("team", teams)] {
+                            if vals.is_empty() {
+                                continue;
+                            }
+                            if !first {
+                                qb.push(" OR ");
+                            }
+                            first = false;
+                            qb.push(col).push(" IN (");
+                            let mut list = qb.separated(", ");
+                            for v in vals {
+                                list.push_bind(v);
+                            }
+                            qb.push(")");
+                        }
+                        qb.push(")");
                     }
-                    None if !q.include_deleted => {
-                        qb.push(" AND deleted_at_ms IS NULL");
-                    }
-                    None => {}
+                }
+                if let Some(s) = q.state {
+                    qb.push(" AND state = ").push_bind(s.as_str());
+                }
+                // A soft-deleted entry keeps its state (`stored`) until it is purged, so a
+                // search by state would find it unless told not to.
+                if !q.include_deleted && q.state != Some(State::Deleted) {
+                    qb.push(" AND deleted_at_ms IS NULL");
                 }
                 let col = q.sort.column();
                 let (cmp, dir) = if q.sort.descending() {

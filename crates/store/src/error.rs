@@ -29,6 +29,9 @@ pub enum StoreError {
     /// A search parameter is out of range or malformed; `param` names it.
     #[error("invalid search parameter {param}: {reason}")]
     BadQuery { param: &'static str, reason: String },
+    /// A request named a parameter the endpoint does not take.
+    #[error("unknown parameter {param}")]
+    UnknownParam { param: String },
     /// The storage configuration is unusable (bad endpoint, missing bucket...).
     #[error("storage config: {0}")]
     StorageConfig(String),
@@ -51,6 +54,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A user or token of that name exists already.
+    #[error("{what} {name:?} exists already")]
+    Exists { what: &'static str, name: String },
     /// An object key is not acceptable (empty, `..`, or characters the stores reject).
     #[error("invalid storage key {0:?}")]
     BadKey(String),
@@ -70,6 +76,15 @@ impl StoreError {
             op,
             key: key.to_string(),
             source,
+        }
+    }
+
+    /// The request parameter at fault, for errors caused by the request's parameters.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            StoreError::BadQuery { param, .. } => Some(param),
+            StoreError::UnknownParam { param } => Some(param),
+            _ => None,
         }
     }
 

@@ -125,6 +125,35 @@ impl Cursor {
     }
 }
 
+/// What a viewer may see, applied to a search as a mandatory filter: entries whose agent is
+/// one of `agents` or whose team is one of `teams`. Empty strings match nothing, and a
+/// restriction with neither agents nor teams matches no entry at all (never every entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restriction {
+    pub agents: Vec<String>,
+    pub teams: Vec<String>,
+}
+
+/// The most agents plus teams a restriction may name.
+pub const MAX_RESTRICTION: usize = 1000;
+
+impl Restriction {
+    /// The agents and teams that can match, empty strings left out.
+    pub(crate) fn terms(&self) -> (Vec<String>, Vec<String>) {
+        let keep =
+            |v: &[String]| -> Vec<String> { v.iter().filter(|s| !s.is_empty()).cloned().collect() };
+        (keep(&self.agents), keep(&self.teams))
+    }
+
+    /// True when the restriction lets this entry through (the same rule as the SQL).
+    pub fn admits(&self, agent: Option<&str>, team: Option<&str>) -> bool {
+        let hit = |v: &[String], x: Option<&str>| {
+            x.is_some_and(|x| !x.is_empty() && v.iter().any(|s| s == x))
+        };
+        hit(&self.agents, agent) || hit(&self.teams, team)
+    }
+}
+
 /// A search: every field set narrows it. Time bounds apply to the start of the call and are
 /// half-open (`from_ms` included, `to_ms` excluded); duration bounds are inclusive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -144,15 +173,18 @@ pub struct Query {
     pub min_silence_ms: Option<i64>,
     /// Recordings where both sides talked over each other at least this long in all.
     pub min_overtalk_ms: Option<i64>,
-    /// Only this state. Without it, soft-deleted entries are left out.
+    /// Only this state.
     pub state: Option<State>,
-    /// Include soft-deleted entries (when no state is asked for).
+    /// Include soft-deleted entries; without it they are left out, unless `state` is
+    /// `deleted` (purged entries, which are soft-deleted too).
     pub include_deleted: bool,
     pub sort: Sort,
     /// Page size, 1..=[`MAX_LIMIT`]; 0 means [`DEFAULT_LIMIT`].
     pub limit: u32,
     /// From a previous page's [`Page::next`]; it must come from a search with the same sort.
     pub cursor: Option<String>,
+    /// Only what a viewer may see (see [`Restriction`]); `None` is no restriction.
+    pub restrict: Option<Restriction>,
 }
 
 /// A checked query, ready for a backend.
@@ -217,6 +249,13 @@ impl Query {
             }
             None => None,
         };
+        if self
+            .restrict
+            .as_ref()
+            .is_some_and(|r| r.agents.len() + r.teams.len() > MAX_RESTRICTION)
+        {
+            return Err(bad("restrict", "more than 1000 agents and teams"));
+        }
         let customer_range = match self.customer_prefix.as_deref() {
             None | Some("") => None,
             Some(p) => Some((p.to_string(), prefix_upper_bound(p))),
@@ -353,6 +392,34 @@ mod tests {
         ] {
             assert_eq!(s >= "+4930" && s < upper.as_str(), inside, "{s}");
         }
+    }
+
+    #[test]
+    fn a_restriction_admits_only_its_agents_and_teams() {
+        let r = Restriction {
+            agents: vec!["anna".into(), "".into()],
+            teams: vec!["complaints".into()],
+        };
+        assert!(r.admits(Some("anna"), None));
+        assert!(r.admits(Some("bert"), Some("complaints")));
+        assert!(!r.admits(Some("bert"), Some("sales")));
+        assert!(!r.admits(None, None));
+        assert!(!r.admits(Some(""), Some("")), "an empty agent is no agent");
+        assert!(!Restriction::default().admits(Some("anna"), Some("complaints")));
+        let big = Query {
+            restrict: Some(Restriction {
+                agents: vec!["a".into(); 1001],
+                teams: vec![],
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            big.check(),
+            Err(StoreError::BadQuery {
+                param: "restrict",
+                ..
+            })
+        ));
     }
 
     #[test]

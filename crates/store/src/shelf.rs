@@ -414,7 +414,7 @@ impl Shelf {
     /// what it cannot read to the quarantine, marks stored the entries whose verified file is
     /// already in storage, and marks interrupted the entries of this node still `recording`
     /// whose file is neither in the spool nor the outbox (`live_stems`: stems of files the
-    /// spool repair found).
+    /// spool repair or the finisher will deliver; their files in the outbox are left alone).
     pub async fn reconcile(
         &self,
         spool: &Path,
@@ -436,6 +436,17 @@ impl Shelf {
         names.sort();
         let mut stems: Vec<String> = live_stems.to_vec();
         for path in &names {
+            // A file whose recording is still being repaired or finished is not ours yet.
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if live_stems.iter().any(|s| {
+                name.strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+            }) {
+                continue;
+            }
             match classify(path, &names) {
                 OutboxFile::Audio => {
                     match RecordingMetadata::read_from(&recorder::sidecar_path(path)) {

@@ -1,4 +1,7 @@
-//! HTTP: Prometheus `/metrics` and the control API (`/calls`, hang-up).
+//! HTTP: Prometheus `/metrics`, the control API (`/calls`, hang-up) and the recordings API
+//! (`/api/v1`, see [`api`]).
+
+pub mod api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +29,10 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     inputs: mpsc::Sender<Input>,
     recorder: crate::recording::RecTx,
+    catalog: store::Catalog,
+    storage: store::Storage,
 ) -> std::io::Result<SocketAddr> {
+    let recordings = api::router(api::ApiState::new(catalog, storage, metrics.clone()));
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(|| async { "ok" }))
@@ -40,10 +46,13 @@ pub async fn serve(
             metrics,
             inputs,
             recorder,
-        });
+        })
+        .merge(recordings);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
+        // The peer's address tells the recordings API who is asking (see api::Viewer).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }

@@ -14,6 +14,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod auth;
 mod config;
 mod engine;
 mod http;
@@ -24,6 +25,7 @@ mod relay;
 mod relay_srtp;
 mod shelf;
 mod tls;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +57,16 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
+    // Access control, in the catalog of `--config` (users.rs).
+    /// Manage the users of the review page.
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(users::TokenCommand),
+    /// Check or export the audit log.
+    #[command(subcommand)]
+    Audit(users::AuditCommand),
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -88,6 +100,9 @@ fn main() -> std::process::ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             return std::process::ExitCode::SUCCESS;
         }
+        Some(Command::User(c)) => return users::run(cli.config.as_deref(), users::Task::User(c)),
+        Some(Command::Token(c)) => return users::run(cli.config.as_deref(), users::Task::Token(c)),
+        Some(Command::Audit(c)) => return users::run(cli.config.as_deref(), users::Task::Audit(c)),
         None => {}
     }
     // Taken before reading, so an edit made while tapir starts is not missed.
@@ -253,6 +268,8 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         metrics.clone(),
         handle.inputs.clone(),
         rec_ctl,
+        opened.catalog.clone(),
+        opened.storage.clone(),
     )
     .await
     .context("cannot start the HTTP server")?;

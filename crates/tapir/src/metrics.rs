@@ -24,6 +24,7 @@ pub struct Metrics {
     pub srtp_dropped: IntCounterVec,
     pub calls_encrypted: IntCounter,
     pub tls_handshake_failures: IntCounterVec,
+    pub api_requests: IntCounterVec,
     pub shelf: ShelfMetrics,
 }
 
@@ -205,8 +206,17 @@ impl Metrics {
             &["side"],
         )
         .unwrap();
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "tapir_api_requests_total",
+                "Requests to the recordings API (/api/v1), by endpoint (method and route, or unknown) and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .unwrap();
         for c in [
             Box::new(tls_handshake_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(api_requests.clone()),
             Box::new(srtp_dropped.clone()),
             Box::new(calls_encrypted.clone()),
             Box::new(policy_reloads.clone()),
@@ -253,6 +263,7 @@ impl Metrics {
             srtp_dropped,
             calls_encrypted,
             tls_handshake_failures,
+            api_requests,
         }
     }
 

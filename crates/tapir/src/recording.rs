@@ -258,6 +258,7 @@ pub fn start(
         tx: fin_tx,
         queued: metrics.recordings_finishing.clone(),
     };
+    resume_finishing(&cfg, &fin_tx);
     repair_on_start(&cfg, &fin_tx);
     let outbox = cfg.spool_dir.join(store::OUTBOX_DIR);
     std::fs::create_dir_all(&outbox)
@@ -286,6 +287,98 @@ pub fn start(
         .name("tapir-recorder".into())
         .spawn(move || t.run())?;
     Ok((tap_tx, RecTx(ctl_tx)))
+}
+
+/// Subdirectory of the spool where the finisher works: a finished recording is renamed there
+/// before its metrics, peaks and transcode, so the spool's repair never takes it for an
+/// interrupted call, and a crash in the middle (mid-transcode) leaves it there to be finished
+/// again at the next start.
+pub const FINISHING_DIR: &str = "finishing";
+
+/// Hands back to the finisher what a crash left in `spool/finishing/`: recordings whose
+/// result did not reach the outbox are finished again from their WAV (a partial MP3 is
+/// overwritten); leftovers of those that did reach it are removed.
+fn resume_finishing(cfg: &RecordingConfig, finisher: &FinisherTx) {
+    let dir = cfg.spool_dir.join(FINISHING_DIR);
+    let outbox = cfg.spool_dir.join(store::OUTBOX_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut wavs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+        .collect();
+    wavs.sort();
+    for wav in wavs {
+        let name = wav.file_name().map(PathBuf::from).unwrap_or_default();
+        let delivered = ["wav", "mp3"]
+            .iter()
+            .any(|ext| outbox.join(&name).with_extension(ext).exists());
+        let side = recorder::sidecar_path(&wav);
+        if delivered {
+            for f in [
+                wav.clone(),
+                wav.with_extension("mp3"),
+                side,
+                peaks_path(&wav),
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+            continue;
+        }
+        // The sidecar is beside the WAV, or already moved to the outbox.
+        let meta = RecordingMetadata::read_from(&side).or_else(|_| {
+            RecordingMetadata::read_from(&recorder::sidecar_path(&outbox.join(&name)))
+        });
+        match meta {
+            Ok(mut meta) => {
+                tracing::warn!(file = %wav.display(), "finishing a recording a crash interrupted after the call");
+                let target = meta.format;
+                meta.format = Format::Wav;
+                let _ = finisher.send(Finished {
+                    path: Some(wav),
+                    interrupted: meta.interrupted,
+                    meta,
+                    format: target,
+                });
+            }
+            Err(e) => {
+                tracing::error!(file = %wav.display(), error = %e, "a finished recording without readable metadata; moved to the quarantine");
+                let q = cfg.spool_dir.join(store::QUARANTINE_DIR);
+                let _ = std::fs::create_dir_all(&q);
+                let _ = std::fs::rename(&wav, q.join(&name));
+            }
+        }
+    }
+}
+
+/// Renames a finished spool file (and its sidecar) into `spool/finishing/`; returns its new
+/// path, or the old one when the rename failed (the file is then finished where it is).
+fn to_finishing(path: &Path) -> PathBuf {
+    let (Some(spool), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    if spool.file_name().is_some_and(|n| n == FINISHING_DIR) {
+        return path.to_path_buf();
+    }
+    let dir = spool.join(FINISHING_DIR);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the finishing directory");
+        return path.to_path_buf();
+    }
+    let to = dir.join(name);
+    let side = recorder::sidecar_path(path);
+    if side.exists() {
+        let _ = std::fs::rename(&side, recorder::sidecar_path(&to));
+    }
+    match std::fs::rename(path, &to) {
+        Ok(()) => to,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot move to the finishing directory");
+            path.to_path_buf()
+        }
+    }
 }
 
 /// Repairs what a crash left in the spool and hands it to the finisher, which transcodes the
@@ -394,6 +487,7 @@ fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shel
             metrics.recordings_finishing.dec();
             continue;
         };
+        let path = to_finishing(&path);
         // Metrics and peaks from the WAV, before any transcode: reading it costs about 1/48,000
         // of the call's length, decoding an MP3 twenty times more.
         let peaks = analyse(&path, &mut f.meta);
@@ -402,8 +496,8 @@ fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shel
             let mp3 = path.with_extension("mp3");
             match recorder::transcode_wav_to_mp3(&path, &mp3, SinkOptions::default()) {
                 Ok(_) => {
-                    let _ = std::fs::remove_file(&path);
-                    let _ = std::fs::remove_file(recorder::sidecar_path(&path));
+                    // The WAV stays until the MP3 is in the outbox: a crash before that
+                    // finishes it again from the WAV.
                     f.meta.format = Format::Mp3;
                     audio = mp3;
                 }
@@ -428,6 +522,9 @@ fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shel
             "ok"
         };
         if let Some(dest) = move_to(&audio, &outbox) {
+            if audio != path {
+                let _ = std::fs::remove_file(&path);
+            }
             tracing::info!(file = %dest.display(), duration_ms = f.meta.duration_ms, "recording finished");
             shelf.send(ShelfMsg::Deliver(Box::new(store::Parcel {
                 audio: dest,

@@ -219,10 +219,18 @@ pub async fn open(
     })
 }
 
-/// Audio files at the top of the spool: recordings a crash interrupted, which the recorder's
-/// repair will deliver (the reconciliation must not call them lost).
+/// Audio files at the top of the spool (recordings a crash interrupted, which the recorder's
+/// repair will deliver) and in `spool/finishing/` (finished calls whose finishing a crash
+/// interrupted, which the finisher takes up again): the reconciliation must neither call
+/// them lost nor quarantine their companions in the outbox.
 pub fn spool_stems(spool: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(spool) else {
+    let mut v = audio_stems(spool);
+    v.extend(audio_stems(&spool.join(crate::recording::FINISHING_DIR)));
+    v
+}
+
+fn audio_stems(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok().map(|e| e.path()))

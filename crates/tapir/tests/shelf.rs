@@ -83,7 +83,12 @@ fn wait_until(what: &str, t: &Tapir, timeout: Duration, mut f: impl FnMut() -> b
 #[test]
 fn a_recorded_call_is_catalogued_and_stored_by_day_with_its_hash() {
     let callee_port = free_port("127.0.0.1");
-    let t = start(callee_port, "", Vec::new());
+    // With the periodic fdatasync on: the recording is the same, only more durable.
+    let t = start(
+        callee_port,
+        "[recording]\nsync_while_recording = true",
+        Vec::new(),
+    );
     call(&t, callee_port);
     t.wait_metric(
         "tapir_recordings_total{result=\"ok\"}",
@@ -403,4 +408,105 @@ fn an_unreachable_catalog_at_start_is_an_error_naming_it_without_the_password() 
         "the password is never printed: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn retention_follows_the_record_policy_that_recorded_the_call() {
+    let callee_port = free_port("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[stations.default]\noutbound = \"on_demand\"\ninbound_direct = \"on_demand\"\ninbound_ivr = \"on_demand\"\n\n\
+         [[record_policies]]\nname = \"complaints\"\n[record_policies.filter]\n",
+    )
+    .unwrap();
+    let t = Tapir::start(
+        BIN,
+        &format!(
+            "[[routes]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:{callee_port}\"\ncustomer = \"caller\"\n"
+        ),
+        TapirOptions {
+            extra: format!(
+                "[recording]\npolicy_file = \"{}\"\n[storage]\n\
+                 retention = {{ days = 30, routes = {{ pbx = 90 }}, policies = {{ complaints = 365 }} }}\n",
+                policy.display()
+            ),
+            ..Default::default()
+        },
+    );
+    call(&t, callee_port);
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    let e = entries(&t);
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        e[0].retention_days,
+        Some(365),
+        "the policy's period beats the route's"
+    );
+    assert_eq!(e[0].retain_until_ms, Some(e[0].start_ms + 365 * 86_400_000));
+}
+
+/// The state a `kill -9` in the middle of an MP3 transcode leaves: the finished WAV and its
+/// sidecar in `spool/finishing/`, a partial MP3 beside them.
+#[test]
+fn a_crash_mid_transcode_is_finished_again_at_start_and_stored_once() {
+    let callee_port = free_port("127.0.0.1");
+    let mut t = start(callee_port, "", Vec::new());
+    t.kill9();
+    let fin = t.dir.path().join("spool").join("finishing");
+    std::fs::create_dir_all(&fin).unwrap();
+    let wav = fin.join("crash-1.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for i in 0..16_000u32 {
+        let s = ((i as f64 * 0.3).sin() * 8000.0) as i16;
+        w.write_sample(s).unwrap();
+        w.write_sample(-s).unwrap();
+    }
+    w.finalize().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let meta = serde_json::json!({
+        "contact_id": "crash-1", "route": "rec", "direction": "inbound", "from": "a", "to": "b",
+        "start_unix_ms": now, "duration_ms": 2000, "format": "mp3", "complete": true,
+        "call_id_customer": "crash-1-a@example.com",
+    });
+    std::fs::write(fin.join("crash-1.json"), meta.to_string()).unwrap();
+    std::fs::write(fin.join("crash-1.mp3"), b"\xff\xfb partial").unwrap();
+    let t = t.restart();
+    t.wait_metric(
+        "tapir_uploads_total{result=\"ok\"}",
+        Duration::from_secs(20),
+        |v| v == 1.0,
+    );
+    let e = entries(&t);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].contact_id, "crash-1");
+    assert_eq!(e[0].format, "mp3");
+    assert_eq!(e[0].state, store::State::Stored);
+    let rec = t.dir.path().join("recordings");
+    let mp3 = files_under(&rec, "mp3");
+    assert_eq!(mp3.len(), 1, "{mp3:?}");
+    assert_eq!(e[0].sha256.as_deref(), Some(sha(&mp3[0]).as_str()));
+    assert!(
+        std::fs::metadata(&mp3[0]).unwrap().len() > 1000,
+        "a whole MP3, not the partial one"
+    );
+    assert!(files_under(&rec, "wav").is_empty());
+    assert!(files_under(&fin, "wav").is_empty() && files_under(&fin, "mp3").is_empty());
+    assert!(t
+        .log()
+        .contains("finishing a recording a crash interrupted"));
 }
