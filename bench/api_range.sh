@@ -75,22 +75,25 @@ EOF
 
 wait_quiet
 start_tapir "$work/tapir.toml" "$work"
+# A reading token, as a CRM or the review page's player would present (access control is on).
+TOKEN=$(cd "$work" && "$TAPIR_BIN" --config "$work/tapir.toml" token add bench --scope read 2>/dev/null)
+AUTH="Authorization: Bearer $TOKEN"
 URL="http://$TAPIR_HTTP/api/v1/recordings/$ID/audio"
 for i in $(seq 1 600); do
-  state=$(curl -s "http://$TAPIR_HTTP/api/v1/recordings/$ID" | python3 -c 'import json,sys
+  state=$(curl -s -H "$AUTH" "http://$TAPIR_HTTP/api/v1/recordings/$ID" | python3 -c 'import json,sys
 try: print(json.load(sys.stdin).get("state", ""))
 except Exception: print("")')
   [ "$state" = stored ] && break
   [ "$i" = 600 ] && { echo "the recording was never stored" >&2; cat "$work/tapir.log" >&2; exit 1; }
   sleep 0.1
 done
-KEY=$(curl -s "http://$TAPIR_HTTP/api/v1/recordings/$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["storage_key"])')
+KEY=$(curl -s -H "$AUTH" "http://$TAPIR_HTTP/api/v1/recordings/$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["storage_key"])')
 FILE="$work/recordings/$KEY"
 SIZE=$(stat -c %s "$FILE")
 log "stored as $KEY, $SIZE bytes"
 
 # One answer, byte for byte.
-curl -s -o "$work/part" -H 'Range: bytes=1000000-1999999' "$URL"
+curl -s -o "$work/part" -H "$AUTH" -H 'Range: bytes=1000000-1999999' "$URL"
 dd if="$FILE" bs=1000000 skip=1 count=1 status=none of="$work/want"
 cmp "$work/part" "$work/want" || { echo "the range differs from the stored file" >&2; exit 1; }
 
@@ -103,7 +106,7 @@ series() {
   : >"$out"
   for i in $(seq 1 "$N"); do
     [ "$cold" = 1 ] && drop_cache
-    curl -s -o /dev/null -H 'Range: bytes=1000000-1999999' \
+    curl -s -o /dev/null -H "$AUTH" -H 'Range: bytes=1000000-1999999' \
       -w '%{http_code} %{size_download} %{time_connect} %{time_starttransfer} %{time_total}\n' "$URL" >>"$out"
   done
   python3 - "$name" "$out" <<'PY'

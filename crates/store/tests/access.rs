@@ -553,6 +553,63 @@ async fn a_restriction_limits_every_search(c: Catalog, _url: String) {
     assert_eq!(admitted, ids(r(&["anna"], &["sales"])).await);
 }
 
+/// More recordings in a view than the SQLite planner's restriction probe counts (5000), and
+/// fewer: both plans (the start index, the agent and team indexes) page like the oracle.
+async fn wide_and_narrow_views_page_alike(c: Catalog, _url: String) {
+    let all: Vec<Entry> = (0..6000i64)
+        .map(|i| {
+            let agent = format!("agent{}", i % 50);
+            let team = format!("team{}", i % 10);
+            entry(
+                &format!("w{i:05}"),
+                T0 + (i * 7919) % 6000 * 1000,
+                Some(&agent),
+                Some(&team),
+            )
+        })
+        .collect();
+    c.upsert_many(&all).await.unwrap();
+    let names = |prefix: &str, n: &[u32]| -> Vec<String> {
+        n.iter().map(|i| format!("{prefix}{i}")).collect()
+    };
+    for r in [
+        Restriction {
+            agents: names("agent", &[3]),
+            teams: names("team", &[1, 2]),
+        },
+        Restriction {
+            agents: names("agent", &[3]),
+            teams: names("team", &[0, 1, 2, 3, 4, 5, 6, 7, 8]),
+        },
+        Restriction {
+            agents: names("agent", &[1, 2]),
+            teams: vec![],
+        },
+    ] {
+        let mut want: Vec<&Entry> = all
+            .iter()
+            .filter(|e| r.admits(e.agent.as_deref(), e.team.as_deref()))
+            .collect();
+        want.sort_by_key(|e| std::cmp::Reverse((e.start_ms, e.contact_id.clone())));
+        let want: Vec<String> = want.iter().map(|e| e.contact_id.clone()).collect();
+        let mut q = Query {
+            restrict: Some(r.clone()),
+            limit: 700,
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        loop {
+            let p = c.search(&q).await.unwrap();
+            got.extend(p.entries.into_iter().map(|e| e.contact_id));
+            match p.next {
+                Some(n) => q.cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "{r:?}");
+    }
+}
+
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -591,4 +648,5 @@ cases!(
     an_edited_or_deleted_audit_entry_breaks_the_chain,
     concurrent_appends_never_fork_the_chain,
     a_restriction_limits_every_search,
+    wide_and_narrow_views_page_alike,
 );
