@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 # What the tests (and the build of the offline transcription engine) need.
 scripts/deps.sh
 
+# The helper programs the black-box tests start (the test S3 server, the SRTP load generator)
+# live in another package than the tests that use them, so cargo test alone does not build them.
+cargo build -p tapir -p tapir-tests --bins
 cargo test --workspace --all-targets
 # Doc tests are not part of --all-targets.
 cargo test --workspace --doc
