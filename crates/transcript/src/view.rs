@@ -7,7 +7,7 @@
 //! escaped ([`escape`]); the document has no script and loads nothing.
 
 use serde::Serialize;
-use store::{StoredTranscript, TranscriptJob};
+use store::{StoredTranscript, TranscriptJob, TranscriptSummary};
 
 use crate::sentiment::{Label, Sentiment};
 
@@ -99,6 +99,23 @@ impl TranscriptView {
             error: if done { None } else { job.error.clone() },
             phrases,
         }
+    }
+}
+
+/// Adds a transcript's talking speed to a recording's conversation metrics (the
+/// `customer_words_per_minute` and `agent_words_per_minute` they leave empty until a
+/// transcript exists). Metrics that are absent (not computed) stay absent.
+pub fn add_talking_speed(metrics: &mut Option<serde_json::Value>, summary: &TranscriptSummary) {
+    if let Some(serde_json::Value::Object(m)) = metrics {
+        let wpm = |v: Option<f64>| {
+            v.filter(|v| v.is_finite())
+                .map_or(serde_json::Value::Null, serde_json::Value::from)
+        };
+        m.insert(
+            "customer_words_per_minute".into(),
+            wpm(summary.customer_wpm),
+        );
+        m.insert("agent_words_per_minute".into(), wpm(summary.agent_wpm));
     }
 }
 
@@ -254,7 +271,7 @@ pub fn html(heading: &Heading, view: &TranscriptView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use store::{PhraseRow, TranscriptSummary};
+    use store::PhraseRow;
 
     fn job(state: &str, error: Option<&str>) -> TranscriptJob {
         TranscriptJob {
@@ -393,6 +410,21 @@ mod tests {
             !h.contains("http://") && !h.contains("https://"),
             "loads nothing"
         );
+    }
+
+    #[test]
+    fn talking_speed_joins_the_metrics() {
+        let s = stored().summary;
+        let mut m = Some(serde_json::json!({"duration_ms": 1000,
+            "customer_words_per_minute": null, "agent_words_per_minute": null}));
+        add_talking_speed(&mut m, &s);
+        let m = m.unwrap();
+        assert_eq!(m["customer_words_per_minute"], 120.0);
+        assert_eq!(m["agent_words_per_minute"], serde_json::Value::Null);
+        assert_eq!(m["duration_ms"], 1000);
+        let mut none = None;
+        add_talking_speed(&mut none, &s);
+        assert_eq!(none, None);
     }
 
     #[test]
