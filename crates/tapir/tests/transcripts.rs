@@ -12,7 +12,7 @@
 //!   (another agent's is 404), searches only their own, and viewing and downloading are
 //!   audited; an engine that answers 500, garbage, untimed text or hangs is retried and then
 //!   marked failed with the reason while another recording's job completes; kill -9 mid-job
-//!   and a restart resume the job, which completes.
+//!   and a restart resume the job, which completes (its audio fetched from S3).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -1015,18 +1015,33 @@ fn failing_engines_are_retried_then_failed_while_other_jobs_complete() {
 #[test]
 fn a_job_interrupted_by_kill_9_resumes_after_the_restart() {
     // The first request is held (the engine is busy when the node dies), later ones answered.
+    // Recordings are kept in S3: each attempt fetches the audio from the bucket.
     let fake = Fake::start(|_, _| Reply::Hang);
+    let s3 = tapir_tests::s3::S3Process::start(BIN);
     let callee_port = free_port("127.0.0.1");
     let t = Tapir::start(
         BIN,
         &route(callee_port),
         TapirOptions {
-            extra: fake.config("max_attempts = 3\ntimeout_s = 60"),
+            extra: format!(
+                "[storage]\n{}\n\n{}",
+                s3.storage_toml(),
+                fake.config("max_attempts = 3\ntimeout_s = 60")
+            ),
+            env: tapir_tests::s3::env(),
             ..Default::default()
         },
     );
     tone_call(&t, callee_port, 400.0, 1000.0, 2000, &[]);
     let id = wait_stored(&t, 1);
+    assert!(
+        tapir_tests::files_under(&s3.root.path().join(tapir_tests::s3::BUCKET), "wav").len() == 1,
+        "the recording is in the bucket"
+    );
+    assert!(
+        tapir_tests::files_under(&t.dir.path().join("recordings"), "wav").is_empty(),
+        "and not on the local disk"
+    );
     wait_transcript(&t, &id, "running", Duration::from_secs(30));
     wait_until("the request held", &t, Duration::from_secs(30), || {
         (fake.hanging() > 0).then_some(())

@@ -179,19 +179,17 @@ impl Worker {
         let (jobs, changed) = Jobs::restore(config, persisted, now);
         let active = jobs.counts();
         *self.lock() = jobs;
+        self.observer.counts(active);
         for job in &changed {
             self.persist(job).await;
         }
-        self.observer.counts(active);
         self.wake.notify_one();
         active.queued + active.running
     }
 
-    /// Saves a changed row and reports its outcome.
+    /// Reports a changed row's outcome, then saves it (so that whoever sees the row has seen
+    /// the report too: metrics never lag the catalog).
     async fn persist(&self, job: &Job) {
-        if let Err(e) = self.host.save(job).await {
-            tracing::warn!(contact_id = %job.contact_id, error = %e, "transcript job row not saved");
-        }
         if let Some(o) = Outcome::of(job) {
             match o {
                 Outcome::Failed => tracing::warn!(contact_id = %job.contact_id,
@@ -203,6 +201,9 @@ impl Worker {
                 Outcome::Done => {}
             }
             self.observer.outcome(job, o);
+        }
+        if let Err(e) = self.host.save(job).await {
+            tracing::warn!(contact_id = %job.contact_id, error = %e, "transcript job row not saved");
         }
     }
 
@@ -252,11 +253,11 @@ impl Worker {
                 let poll = jobs.poll(now);
                 (poll, jobs.counts())
             };
-            for job in &poll.changed {
-                self.persist(job).await;
-            }
             if !poll.changed.is_empty() {
                 self.observer.counts(counts);
+            }
+            for job in &poll.changed {
+                self.persist(job).await;
             }
             for start in poll.start {
                 let me = self.clone();
@@ -315,8 +316,8 @@ impl Worker {
             (job, jobs.counts())
         };
         if let Some(job) = job {
-            self.persist(&job).await;
             self.observer.counts(counts);
+            self.persist(&job).await;
         }
         self.wake.notify_one();
     }
