@@ -9,6 +9,7 @@ pub use tempfile;
 pub mod baresip;
 pub mod s3;
 pub mod sdes;
+pub mod site;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -2,6 +2,7 @@
 //! (`/api/v1`, see [`api`]).
 
 pub mod api;
+pub mod pages;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,17 +34,27 @@ pub async fn serve(
     storage: store::Storage,
     auth: Option<Arc<crate::auth::Auth>>,
 ) -> std::io::Result<SocketAddr> {
-    let mut recordings =
-        api::router(api::ApiState::new(catalog, storage, metrics.clone()).with_auth(auth.clone()));
+    let mut recordings = api::router(
+        api::ApiState::new(catalog.clone(), storage, metrics.clone()).with_auth(auth.clone()),
+    );
     // Access control (auth.rs): the recordings API needs a session or a token, the control
     // API a token with the control scope; /metrics and /health stay open.
+    // The review pages (pages.rs) sit beside the API behind the same Auth, with their own
+    // middleware (a browser is sent to /login rather than answered 401).
     if let Some(a) = &auth {
         use axum::middleware::from_fn_with_state;
+        a.register(&metrics.registry);
         recordings = recordings
             .layer(from_fn_with_state(a.clone(), crate::auth::require_viewer))
-            .merge(crate::auth::routes(a.clone()));
+            .merge(crate::auth::routes(a.clone()))
+            .merge(pages::router(pages::PagesState {
+                catalog: catalog.clone(),
+                auth: a.clone(),
+                metrics: metrics.clone(),
+            }));
         tokio::spawn(crate::auth::purge_loop(a.clone()));
     }
+    recordings = recordings.merge(pages::assets_router(metrics.clone()));
     let control = Router::new()
         .route("/calls", get(list_calls))
         .route("/calls/{id}/hangup", post(hang_up))

@@ -129,7 +129,10 @@ mod tests {
     fn assets_have_types_hashes_and_cache_rules() {
         let js = get("app.js").unwrap();
         assert_eq!(js.content_type, "text/javascript; charset=utf-8");
-        assert_eq!(get("app.css").unwrap().content_type, "text/css; charset=utf-8");
+        assert_eq!(
+            get("app.css").unwrap().content_type,
+            "text/css; charset=utf-8"
+        );
         assert_eq!(js.hash().len(), 16);
         assert_eq!(js.url(), format!("/assets/app.js?v={}", js.hash()));
         assert_eq!(js.cache_control(Some(js.hash())), IMMUTABLE);
@@ -149,7 +152,10 @@ mod tests {
         for name in ["wavesurfer.esm.js", "regions.esm.js", "timeline.esm.js"] {
             let text = std::str::from_utf8(get(name).unwrap().bytes).unwrap();
             assert!(!text.contains("import "), "{name} imports nothing");
-            assert!(!text.contains("https://"), "{name} loads nothing from elsewhere");
+            assert!(
+                !text.contains("https://"),
+                "{name} loads nothing from elsewhere"
+            );
         }
         let license = std::str::from_utf8(get("LICENSE-wavesurfer.txt").unwrap().bytes).unwrap();
         assert!(license.starts_with("BSD 3-Clause License"));

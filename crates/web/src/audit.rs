@@ -228,8 +228,15 @@ fn verdict(v: &ChainVerdict) -> Markup {
 /// The audit page.
 pub fn audit_page(chrome: &Chrome<'_>, v: AuditView<'_>) -> Markup {
     let f = v.filter;
-    let from_utc = f.from.as_deref().and_then(|s| time("from", s).ok()).map(iso_utc);
-    let to_utc = f.to.as_deref().and_then(|s| time("to", s).ok()).map(iso_utc);
+    let from_utc = f
+        .from
+        .as_deref()
+        .and_then(|s| time("from", s).ok())
+        .map(iso_utc);
+    let to_utc =
+        f.to.as_deref()
+            .and_then(|s| time("to", s).ok())
+            .map(iso_utc);
     page(
         chrome,
         "Audit log",
@@ -328,7 +335,10 @@ mod tests {
             f.next_href(41),
             "/audit?actor=anna&action=role_change&from=2026-03-01T09%3A30%3A00Z&cursor=41"
         );
-        assert_eq!(AuditFilter::default().export_href(ExportFormat::Jsonl), "/audit/export?format=jsonl");
+        assert_eq!(
+            AuditFilter::default().export_href(ExportFormat::Jsonl),
+            "/audit/export?format=jsonl"
+        );
         for bad in [
             &[("action", "sudo")][..],
             &[("cursor", "x")],

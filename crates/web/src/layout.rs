@@ -194,7 +194,10 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains(r#"<form class="logout" method="post" action="/logout">"#));
-        assert!(html.contains(r#"name="csrf" value="&quot;&gt;&lt;script&gt;"#), "{html}");
+        assert!(
+            html.contains(r#"name="csrf" value="&quot;&gt;&lt;script&gt;"#),
+            "{html}"
+        );
         assert!(html.contains(r#"<meta name="csrf-token""#));
         assert!(html.contains("/assets/app.js?v="));
         let anon = page(&Chrome::anonymous(), "Log in", html! {}).into_string();

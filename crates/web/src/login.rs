@@ -41,7 +41,11 @@ impl LoginNotice {
 
 /// The login page. `next` is where to go after the login (a path of this site; the POST
 /// handler checks it again), `username` refills the field after a failure.
-pub fn login_page(next: Option<&str>, notice: Option<LoginNotice>, username: Option<&str>) -> Markup {
+pub fn login_page(
+    next: Option<&str>,
+    notice: Option<LoginNotice>,
+    username: Option<&str>,
+) -> Markup {
     page(
         &Chrome::anonymous(),
         "Log in",
@@ -77,8 +81,12 @@ mod tests {
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("Wrong username or password."));
         assert!(html.contains(r#"action="/login""#));
-        let t = login_page(None, Some(LoginNotice::Throttled { retry_after_s: 900 }), None)
-            .into_string();
+        let t = login_page(
+            None,
+            Some(LoginNotice::Throttled { retry_after_s: 900 }),
+            None,
+        )
+        .into_string();
         assert!(t.contains("Try again in 15 minutes."), "{t}");
         assert!(t.contains(r#"value="/recordings""#));
         assert_eq!(

@@ -137,7 +137,9 @@ pub fn markers(e: &Entry, metrics: Option<&ConversationMetrics>) -> Vec<Marker> 
             });
         }
         if s.kind != SegmentKind::Full {
-            let end = s.end_frame.map_or(e.duration_ms as f64 / 1000.0, frame_secs);
+            let end = s
+                .end_frame
+                .map_or(e.duration_ms as f64 / 1000.0, frame_secs);
             out.push(Marker {
                 kind: "segment",
                 start,
@@ -353,9 +355,9 @@ pub fn recording_page(chrome: &Chrome<'_>, e: &Entry, opts: RecordingOptions) ->
     let metrics = conversation_metrics(e);
     let marks = markers(e, metrics.as_ref());
     let marks_json = serde_json::to_string(&marks).unwrap_or_else(|_| "[]".into());
-    let duration = metrics
-        .as_ref()
-        .map_or(e.duration_ms as f64 / 1000.0, |m| m.duration_ms as f64 / 1000.0);
+    let duration = metrics.as_ref().map_or(e.duration_ms as f64 / 1000.0, |m| {
+        m.duration_ms as f64 / 1000.0
+    });
     let format = e.format.to_ascii_uppercase();
     let title = format!("Recording {}", e.contact_id);
     page(
@@ -425,7 +427,12 @@ mod tests {
     use analysis::{Speaker, SpeakerSpan};
     use store::State;
 
-    fn seg(kind: SegmentKind, frames: (u64, Option<u64>), call: (u64, Option<u64>), why: &str) -> Segment {
+    fn seg(
+        kind: SegmentKind,
+        frames: (u64, Option<u64>),
+        call: (u64, Option<u64>),
+        why: &str,
+    ) -> Segment {
         Segment {
             kind,
             start_frame: frames.0,
@@ -441,13 +448,27 @@ mod tests {
     fn call_time_maps_into_the_file_across_stopped_spans() {
         // 0-10 s recorded, call 10-20 s not, call 20-30 s recorded as file 10-20 s.
         let segs = [
-            seg(SegmentKind::Full, (0, Some(80_000)), (0, Some(10_000)), "start"),
-            seg(SegmentKind::Full, (80_000, Some(160_000)), (20_000, Some(30_000)), "resume"),
+            seg(
+                SegmentKind::Full,
+                (0, Some(80_000)),
+                (0, Some(10_000)),
+                "start",
+            ),
+            seg(
+                SegmentKind::Full,
+                (80_000, Some(160_000)),
+                (20_000, Some(30_000)),
+                "resume",
+            ),
         ];
         assert_eq!(call_to_file_ms(&segs, 5_000), Some(5_000));
         assert_eq!(call_to_file_ms(&segs, 15_000), Some(10_000), "in the gap");
         assert_eq!(call_to_file_ms(&segs, 25_000), Some(15_000));
-        assert_eq!(call_to_file_ms(&segs, 99_000), Some(20_000), "after the end");
+        assert_eq!(
+            call_to_file_ms(&segs, 99_000),
+            Some(20_000),
+            "after the end"
+        );
         assert_eq!(call_to_file_ms(&[], 1), None);
     }
 
@@ -464,12 +485,24 @@ mod tests {
 
     fn metrics(spans: &[(Speaker, u64, u64)], duration_ms: u64) -> ConversationMetrics {
         let pick = |who| -> Vec<(u64, u64)> {
-            spans.iter().filter(|s| s.0 == who).map(|s| (s.1, s.2)).collect()
+            spans
+                .iter()
+                .filter(|s| s.0 == who)
+                .map(|s| (s.1, s.2))
+                .collect()
         };
-        let mut m = ConversationMetrics::from_spans(&pick(Speaker::Customer), &pick(Speaker::Agent), duration_ms);
+        let mut m = ConversationMetrics::from_spans(
+            &pick(Speaker::Customer),
+            &pick(Speaker::Agent),
+            duration_ms,
+        );
         m.spans = spans
             .iter()
-            .map(|&(speaker, start_ms, end_ms)| SpeakerSpan { speaker, start_ms, end_ms })
+            .map(|&(speaker, start_ms, end_ms)| SpeakerSpan {
+                speaker,
+                start_ms,
+                end_ms,
+            })
             .collect();
         m
     }
@@ -479,9 +512,24 @@ mod tests {
         let mut e = hostile_entry();
         e.duration_ms = 30_000;
         e.segments = vec![
-            seg(SegmentKind::Full, (0, Some(80_000)), (0, Some(10_000)), "start"),
-            seg(SegmentKind::Paused, (80_000, Some(120_000)), (10_000, Some(15_000)), XSS),
-            seg(SegmentKind::Full, (120_000, Some(240_000)), (15_000, Some(30_000)), "resume"),
+            seg(
+                SegmentKind::Full,
+                (0, Some(80_000)),
+                (0, Some(10_000)),
+                "start",
+            ),
+            seg(
+                SegmentKind::Paused,
+                (80_000, Some(120_000)),
+                (10_000, Some(15_000)),
+                XSS,
+            ),
+            seg(
+                SegmentKind::Full,
+                (120_000, Some(240_000)),
+                (15_000, Some(30_000)),
+                "resume",
+            ),
         ];
         e.statements = vec![Statement {
             id: "st-1".into(),
@@ -490,7 +538,12 @@ mod tests {
             start_ms: e.start_ms,
             duration_ms: 2000,
             format: "wav".into(),
-            segments: vec![seg(SegmentKind::Full, (0, Some(16_000)), (20_000, Some(22_000)), "statement terms")],
+            segments: vec![seg(
+                SegmentKind::Full,
+                (0, Some(16_000)),
+                (20_000, Some(22_000)),
+                "statement terms",
+            )],
             state: State::Stored,
             storage_key: None,
             size_bytes: None,
@@ -500,8 +553,8 @@ mod tests {
         let m = metrics(
             &[
                 (Speaker::Customer, 500, 2000),
-                (Speaker::Agent, 3500, 5000), // a 1.5 s pause before
-                (Speaker::Customer, 5200, 6000), // 200 ms: too short to mark
+                (Speaker::Agent, 3500, 5000),     // a 1.5 s pause before
+                (Speaker::Customer, 5200, 6000),  // 200 ms: too short to mark
                 (Speaker::Agent, 12_000, 13_000), // a 6 s silence before
             ],
             30_000,
@@ -524,11 +577,24 @@ mod tests {
         assert_eq!(marks[5].label, "silence 6.0 s");
         // Many pauses: only the longest are marked.
         let many: Vec<(Speaker, u64, u64)> = (0..2000u64)
-            .map(|i| (if i % 2 == 0 { Speaker::Customer } else { Speaker::Agent }, i * 3000, i * 3000 + 1500 + i % 7))
+            .map(|i| {
+                (
+                    if i % 2 == 0 {
+                        Speaker::Customer
+                    } else {
+                        Speaker::Agent
+                    },
+                    i * 3000,
+                    i * 3000 + 1500 + i % 7,
+                )
+            })
             .collect();
         let m = metrics(&many, 6_000_000);
         let marks = markers(&e, Some(&m));
-        let quiet = marks.iter().filter(|m| m.kind == "pause" || m.kind == "silence").count();
+        let quiet = marks
+            .iter()
+            .filter(|m| m.kind == "pause" || m.kind == "silence")
+            .count();
         assert_eq!(quiet, MAX_QUIET_MARKERS);
     }
 
@@ -546,25 +612,41 @@ mod tests {
             start_ms: e.start_ms,
             duration_ms: 1000,
             format: XSS.into(),
-            segments: vec![seg(SegmentKind::Full, (0, Some(8000)), (500, Some(1500)), XSS)],
+            segments: vec![seg(
+                SegmentKind::Full,
+                (0, Some(8000)),
+                (500, Some(1500)),
+                XSS,
+            )],
             state: State::Stored,
             storage_key: Some(XSS.into()),
             size_bytes: None,
             sha256: Some(XSS.into()),
             updated_ms: 0,
         }];
-        e.metrics = Some(serde_json::to_value(metrics(&[(Speaker::Customer, 0, 1000)], 65_000)).unwrap());
-        let html = recording_page(&Chrome::anonymous(), &e, RecordingOptions::default()).into_string();
+        e.metrics =
+            Some(serde_json::to_value(metrics(&[(Speaker::Customer, 0, 1000)], 65_000)).unwrap());
+        let html =
+            recording_page(&Chrome::anonymous(), &e, RecordingOptions::default()).into_string();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         // The markers' JSON is an attribute: its quotes and brackets are escaped too.
-        assert!(html.contains(r#"data-markers="[{&quot;kind&quot;:&quot;segment-start&quot;"#), "{html}");
-        assert!(html.contains(r#"src="/api/v1/recordings/c-%3Cscript%3Ealert%281%29%3C%2Fscript%3E/audio""#));
+        assert!(
+            html.contains(r#"data-markers="[{&quot;kind&quot;:&quot;segment-start&quot;"#),
+            "{html}"
+        );
+        assert!(html.contains(
+            r#"src="/api/v1/recordings/c-%3Cscript%3Ealert%281%29%3C%2Fscript%3E/audio""#
+        ));
         assert!(html.contains("/peaks?buckets=4000"));
         assert!(html.contains(r#"data-duration="65""#));
         assert!(html.contains("Talk-to-listen ratio"));
         assert!(html.contains(r#"id="wpm-customer""#));
-        assert!(html.contains(r#"<section class="transcript" id="transcript" hidden"#) || html.contains(r#"id="transcript" class="transcript" hidden"#), "{html}");
+        assert!(
+            html.contains(r#"<section class="transcript" id="transcript" hidden"#)
+                || html.contains(r#"id="transcript" class="transcript" hidden"#),
+            "{html}"
+        );
     }
 
     #[test]
@@ -572,7 +654,8 @@ mod tests {
         let mut e = hostile_entry();
         e.metrics = None;
         e.format = "mp3".into();
-        let html = recording_page(&Chrome::anonymous(), &e, RecordingOptions::default()).into_string();
+        let html =
+            recording_page(&Chrome::anonymous(), &e, RecordingOptions::default()).into_string();
         assert!(html.contains("No conversation metrics"));
         assert!(html.contains("Download MP3"));
         assert!(html.contains(r#"<audio id="audio""#) || html.contains("<audio "));

@@ -181,7 +181,7 @@ fn sort_mark(form: &SearchForm, column: Column) -> &'static str {
 fn text_field(form: &SearchForm, name: &str, label: &str, hint: &str) -> Markup {
     html! {
         label { (label)
-            input name=(name) value=[form.get(name)] placeholder=(hint);
+            input name=(name) value=[form.get(name)] placeholder=[(!hint.is_empty()).then_some(hint)];
         }
     }
 }
@@ -390,7 +390,9 @@ pub(crate) mod tests {
             ("bogus", "1"),
             ("sort", "agent"),
         ] {
-            let err = SearchForm::from_params(&pairs(&[(k, v)])).query().unwrap_err();
+            let err = SearchForm::from_params(&pairs(&[(k, v)]))
+                .query()
+                .unwrap_err();
             match &err {
                 WebError::BadParam { param, .. } => assert_eq!(param, k, "{err}"),
                 other => panic!("{other:?}"),
@@ -427,12 +429,27 @@ pub(crate) mod tests {
             "/recordings?agent=anna+%26+bert&from=2026-03-01T09%3A30%3A00Z"
         );
         assert_eq!(SearchForm::default().first_href(), "/recordings");
-        let html = search_page(&Chrome::anonymous(), &f, &[hostile_entry()], Some("6e6578742f"), None)
-            .into_string();
-        assert!(html.contains(r#"rel="next" href="/recordings?agent=anna+%26+bert&amp;from="#), "{html}");
+        let html = search_page(
+            &Chrome::anonymous(),
+            &f,
+            &[hostile_entry()],
+            Some("6e6578742f"),
+            None,
+        )
+        .into_string();
+        assert!(
+            html.contains(r#"rel="next" href="/recordings?agent=anna+%26+bert&amp;from="#),
+            "{html}"
+        );
         assert!(html.contains("← First page"));
-        let last = search_page(&Chrome::anonymous(), &SearchForm::default(), &[], None, None)
-            .into_string();
+        let last = search_page(
+            &Chrome::anonymous(),
+            &SearchForm::default(),
+            &[],
+            None,
+            None,
+        )
+        .into_string();
         assert!(!last.contains("rel=\"next\"") && !last.contains("First page"));
         assert!(last.contains("No recordings match."));
     }
@@ -445,16 +462,22 @@ pub(crate) mod tests {
             .collect();
         let f = SearchForm::from_params(&raw);
         let err = f.query().unwrap_err().to_string();
-        let html =
-            search_page(&Chrome::anonymous(), &f, &[hostile_entry()], Some(XSS), Some(&err))
-                .into_string();
+        let html = search_page(
+            &Chrome::anonymous(),
+            &f,
+            &[hostile_entry()],
+            Some(XSS),
+            Some(&err),
+        )
+        .into_string();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(
             html.contains("/recordings/c-%3Cscript%3Ealert%281%29%3C%2Fscript%3E"),
             "the id is a path segment"
         );
-        assert!(html.contains(r#"<time datetime="2026-03-01T09:30:05Z">2026-03-01 09:30:05 UTC</time>"#));
+        assert!(html
+            .contains(r#"<time datetime="2026-03-01T09:30:05Z">2026-03-01 09:30:05 UTC</time>"#));
         assert!(html.contains(">1:05<"), "the duration");
         assert_eq!(path_segment("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
     }

@@ -73,10 +73,7 @@ pub fn human_utc(ms: i64) -> String {
 /// `2026-03-01T09:30`: the value of a `datetime-local` field, in UTC.
 pub fn datetime_local(ms: i64) -> String {
     let p = parts(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}",
-        p.y, p.mo, p.d, p.h, p.mi
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}", p.y, p.mo, p.d, p.h, p.mi)
 }
 
 fn num(s: &str, min: i64, max: i64) -> Option<i64> {
@@ -91,12 +88,27 @@ fn num(s: &str, min: i64, max: i64) -> Option<i64> {
 pub fn parse_datetime_local(v: &str) -> Option<i64> {
     let (date, clock) = v.trim().split_once(['T', ' '])?;
     let mut d = date.splitn(3, '-');
-    let y = d.next().filter(|y| y.len() == 4).and_then(|y| num(y, 1, 9999))?;
-    let mo = d.next().filter(|m| m.len() == 2).and_then(|m| num(m, 1, 12))? as u32;
-    let day = d.next().filter(|x| x.len() == 2).and_then(|x| num(x, 1, 31))? as u32;
+    let y = d
+        .next()
+        .filter(|y| y.len() == 4)
+        .and_then(|y| num(y, 1, 9999))?;
+    let mo = d
+        .next()
+        .filter(|m| m.len() == 2)
+        .and_then(|m| num(m, 1, 12))? as u32;
+    let day = d
+        .next()
+        .filter(|x| x.len() == 2)
+        .and_then(|x| num(x, 1, 31))? as u32;
     let mut c = clock.splitn(3, ':');
-    let h = c.next().filter(|h| h.len() == 2).and_then(|h| num(h, 0, 23))?;
-    let mi = c.next().filter(|m| m.len() == 2).and_then(|m| num(m, 0, 59))?;
+    let h = c
+        .next()
+        .filter(|h| h.len() == 2)
+        .and_then(|h| num(h, 0, 23))?;
+    let mi = c
+        .next()
+        .filter(|m| m.len() == 2)
+        .and_then(|m| num(m, 0, 59))?;
     let s = match c.next() {
         None => 0,
         Some(s) => num(s.split('.').next().unwrap_or(""), 0, 59)?,
@@ -146,7 +158,10 @@ mod tests {
             parse_datetime_local("2026-03-01T09:30:05"),
             Some(1_772_357_405_000)
         );
-        assert_eq!(parse_datetime_local("2024-02-29T00:00"), Some(1_709_164_800_000));
+        assert_eq!(
+            parse_datetime_local("2024-02-29T00:00"),
+            Some(1_709_164_800_000)
+        );
         assert_eq!(iso_utc(-1), "1969-12-31T23:59:59Z");
         for bad in [
             "",

@@ -54,7 +54,10 @@ fn short(name: &str, v: Option<&str>) -> Result<Option<String>, WebError> {
         return Ok(None);
     };
     if v.chars().count() > MAX_FIELD {
-        return Err(WebError::form(name, format!("longer than {MAX_FIELD} characters")));
+        return Err(WebError::form(
+            name,
+            format!("longer than {MAX_FIELD} characters"),
+        ));
     }
     if v.chars().any(char::is_control) {
         return Err(WebError::form(name, "control characters"));
@@ -99,10 +102,18 @@ impl NewUserForm {
     pub fn parse(pairs: &[(String, String)]) -> Result<NewUserForm, WebError> {
         let f = fields(
             pairs,
-            &["username", "display_name", "role", "agent_id", "teams", "password"],
+            &[
+                "username",
+                "display_name",
+                "role",
+                "agent_id",
+                "teams",
+                "password",
+            ],
         )?;
-        let username =
-            normalize_username(get(&f, "username").ok_or_else(|| WebError::form("username", "missing"))?)?;
+        let username = normalize_username(
+            get(&f, "username").ok_or_else(|| WebError::form("username", "missing"))?,
+        )?;
         let role = role(get(&f, "role"))?;
         let agent_id = short("agent_id", get(&f, "agent_id"))?;
         let teams = teams(get(&f, "teams"))?;
@@ -415,14 +426,61 @@ mod tests {
         assert_eq!(u.teams, ["sales", "complaints"]);
         assert_eq!(u.agent_id, None);
         for (bad, why) in [
-            (&[("username", XSS), ("role", "admin"), ("password", "long enough")][..], "username"),
-            (&[("username", "a"), ("role", "root"), ("password", "long enough")], "role"),
-            (&[("username", "a"), ("role", "agent"), ("password", "long enough")], "agent id"),
-            (&[("username", "a"), ("role", "supervisor"), ("password", "long enough")], "team"),
-            (&[("username", "a"), ("role", "admin"), ("password", "short")], "password"),
+            (
+                &[
+                    ("username", XSS),
+                    ("role", "admin"),
+                    ("password", "long enough"),
+                ][..],
+                "username",
+            ),
+            (
+                &[
+                    ("username", "a"),
+                    ("role", "root"),
+                    ("password", "long enough"),
+                ],
+                "role",
+            ),
+            (
+                &[
+                    ("username", "a"),
+                    ("role", "agent"),
+                    ("password", "long enough"),
+                ],
+                "agent id",
+            ),
+            (
+                &[
+                    ("username", "a"),
+                    ("role", "supervisor"),
+                    ("password", "long enough"),
+                ],
+                "team",
+            ),
+            (
+                &[("username", "a"), ("role", "admin"), ("password", "short")],
+                "password",
+            ),
             (&[("username", "a"), ("role", "admin")], "password"),
-            (&[("username", "a"), ("role", "admin"), ("password", "long enough"), ("is_admin", "1")], "field"),
-            (&[("username", "a"), ("username", "b"), ("role", "admin"), ("password", "long enough")], "more than once"),
+            (
+                &[
+                    ("username", "a"),
+                    ("role", "admin"),
+                    ("password", "long enough"),
+                    ("is_admin", "1"),
+                ],
+                "field",
+            ),
+            (
+                &[
+                    ("username", "a"),
+                    ("username", "b"),
+                    ("role", "admin"),
+                    ("password", "long enough"),
+                ],
+                "more than once",
+            ),
         ] {
             let e = NewUserForm::parse(&pairs(bad)).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
@@ -444,10 +502,14 @@ mod tests {
         assert_eq!(c.fields, ["display_name", "teams"]);
         assert_eq!(c.update.role.as_deref(), Some("supervisor"));
         assert_eq!(c.update.agent_id, None, "unchanged");
-        let same = ChangeForm::parse(&pairs(&[("role", "agent"), ("agent_id", "201"), ("display_name", "anna")]))
-            .unwrap()
-            .changes(&cur, "root")
-            .unwrap();
+        let same = ChangeForm::parse(&pairs(&[
+            ("role", "agent"),
+            ("agent_id", "201"),
+            ("display_name", "anna"),
+        ]))
+        .unwrap()
+        .changes(&cur, "root")
+        .unwrap();
         assert!(same.is_empty(), "{same:?}");
         let root = record("root", "admin");
         let demote = ChangeForm::parse(&pairs(&[("role", "agent"), ("agent_id", "1")])).unwrap();
@@ -456,7 +518,10 @@ mod tests {
         assert!(check_disable("root", "root").is_err());
         assert!(check_disable("root", "anna").is_ok());
         assert!(parse_password(&pairs(&[("password", "1234567")])).is_err());
-        assert_eq!(parse_password(&pairs(&[("password", "12345678")])).unwrap(), "12345678");
+        assert_eq!(
+            parse_password(&pairs(&[("password", "12345678")])).unwrap(),
+            "12345678"
+        );
     }
 
     #[test]

@@ -1,0 +1,416 @@
+//! The review pages through the real binary: what each role sees of the recordings list and
+//! of one recording (an id outside the viewer's restriction is the same 404 as one that does
+//! not exist, for the page, the audio and the peaks), redirects to the login page without a
+//! session, the login page's messages, the admins' pages, user management on the page (CSRF,
+//! origin, bad bodies, every change audited and the chain intact), the assets' cache rules
+//! and the page metrics.
+
+use std::time::Duration;
+
+use tapir_tests::site::{agent_call, recording_route, Session, Site, PASSWORD};
+use tapir_tests::{free_port, parse_metric, Tapir, TapirOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tapir");
+
+fn site() -> (Site, u16) {
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(
+        BIN,
+        &recording_route(callee_port),
+        TapirOptions {
+            extra: "[access]\nenabled = true\n".into(),
+            ..Default::default()
+        },
+    );
+    (
+        Site {
+            t,
+            bin: BIN.to_string(),
+        },
+        callee_port,
+    )
+}
+
+/// The recording ids linked from a list page.
+fn listed(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find("href=\"/recordings/") {
+        rest = &rest[i + "href=\"/recordings/".len()..];
+        let end = rest.find('"').unwrap();
+        out.push(rest[..end].to_string());
+    }
+    out.sort();
+    out
+}
+
+fn page(site: &Site, path: &str, s: &Session) -> String {
+    let r = site.get(path, Some(s));
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    assert!(
+        r.header("content-type").unwrap().starts_with("text/html"),
+        "{path}"
+    );
+    r.text()
+}
+
+#[test]
+fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
+    let (site, callee) = site();
+    site.add_user("anna", "agent", &["--agent-id", "anna"]);
+    site.add_user("bert", "agent", &["--agent-id", "bert"]);
+    site.add_user("sue", "supervisor", &["--team", "complaints"]);
+    site.add_user("root", "admin", &[]);
+    agent_call(&site.t, callee, "anna", "sales", "+4930111", 1500);
+    agent_call(&site.t, callee, "bert", "complaints", "+4940222", 1500);
+    let root = site.login("root");
+    let ids = site.wait_stored(&root, 2, Duration::from_secs(30));
+    let (bert_id, anna_id) = (ids[0].clone(), ids[1].clone());
+
+    // No session: every page sends the browser to the login page, and back afterwards.
+    for (path, next) in [
+        ("/recordings", "%2Frecordings"),
+        (&format!("/recordings/{anna_id}") as &str, ""),
+        ("/users", "%2Fusers"),
+        ("/audit?actor=x", "%2Faudit%3Factor%3Dx"),
+    ] {
+        let r = site.get(path, None);
+        assert_eq!(r.status, 303, "{path}");
+        let loc = r.header("location").unwrap();
+        assert!(loc.starts_with("/login?next="), "{path}: {loc}");
+        if !next.is_empty() {
+            assert_eq!(loc, format!("/login?next={next}"), "{path}");
+        }
+    }
+    assert_eq!(site.get("/", None).header("location"), Some("/login"));
+    assert_eq!(
+        site.get("/", Some(&root)).header("location"),
+        Some("/recordings")
+    );
+    let forged = Session {
+        cookie: "tapir_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        csrf: String::new(),
+    };
+    assert_eq!(site.get("/recordings", Some(&forged)).status, 303);
+    // The login page, and its answers to a browser.
+    let login = site.get("/login?next=/recordings", None);
+    assert_eq!(login.status, 200);
+    assert!(login.text().contains(r#"action="/login""#));
+    let wrong = site.login_raw("anna", "not the password", true);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        wrong.text().contains("Wrong username or password."),
+        "{}",
+        wrong.text()
+    );
+    let api_wrong = site.login_raw("anna", "not the password", false);
+    assert_eq!(api_wrong.status, 401);
+    assert!(api_wrong
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+
+    // An agent sees their own recording only, whatever the filters; another's is a 404
+    // exactly like an id that does not exist, for the page, the audio and the peaks.
+    let anna = site.login("anna");
+    assert_eq!(
+        listed(&page(&site, "/recordings", &anna)),
+        [anna_id.clone()]
+    );
+    for q in ["agent=bert", "team=complaints", "agent=ghost", "team=ghost"] {
+        let html = page(&site, &format!("/recordings?{q}"), &anna);
+        assert!(listed(&html).is_empty(), "{q}");
+        assert!(html.contains("No recordings match."), "{q}");
+    }
+    let own = page(&site, &format!("/recordings/{anna_id}"), &anna);
+    assert!(own.contains(&format!("/api/v1/recordings/{anna_id}/peaks")));
+    assert!(own.contains("+4930111"));
+    let theirs = site.get(&format!("/recordings/{bert_id}"), Some(&anna));
+    let nobody = site.get("/recordings/1700000000000-does-not-exist", Some(&anna));
+    assert_eq!((theirs.status, nobody.status), (404, 404));
+    assert_eq!(theirs.text(), nobody.text(), "a refusal reads like a miss");
+    for tail in ["/audio", "/peaks", ""] {
+        let r = site.get(&format!("/api/v1/recordings/{bert_id}{tail}"), Some(&anna));
+        assert_eq!(r.status, 404, "bert's {tail}: {}", r.text());
+    }
+    assert_eq!(
+        site.get(&format!("/api/v1/recordings/{anna_id}/peaks"), Some(&anna))
+            .status,
+        200
+    );
+    for admin_page in ["/users", "/audit", "/audit/export?format=csv"] {
+        assert_eq!(
+            site.get(admin_page, Some(&anna)).status,
+            403,
+            "{admin_page}"
+        );
+    }
+    let bad = site.get("/recordings?min_duration=long", Some(&anna));
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("min_duration"), "{}", bad.text());
+
+    // A supervisor sees their team; an admin everything.
+    let sue = site.login("sue");
+    assert_eq!(listed(&page(&site, "/recordings", &sue)), [bert_id.clone()]);
+    assert_eq!(
+        site.get(&format!("/recordings/{anna_id}"), Some(&sue))
+            .status,
+        404
+    );
+    let mut both = vec![anna_id.clone(), bert_id.clone()];
+    both.sort();
+    assert_eq!(listed(&page(&site, "/recordings", &root)), both);
+    assert_eq!(
+        listed(&page(&site, "/recordings?number=%2B4940", &root)),
+        [bert_id.clone()]
+    );
+    assert_eq!(
+        listed(&page(&site, "/recordings?sort=duration_asc&limit=1", &root)).len(),
+        1
+    );
+
+    // User management: with the CSRF token and from this site only.
+    let carl = [
+        ("username", "carl"),
+        ("display_name", "Carl <b>C</b>"),
+        ("role", "agent"),
+        ("agent_id", "carl"),
+        ("teams", ""),
+        ("password", "carls first pw"),
+    ];
+    let r = site.post_form("/users", &root, None, &carl);
+    assert_eq!(r.status, 403, "without the CSRF token: {}", r.text());
+    let r = site.post_form("/users", &root, Some(&anna.csrf), &carl);
+    assert_eq!(r.status, 403, "another session's token");
+    let r = site.post_form("/users", &anna, Some(&anna.csrf), &carl);
+    assert_eq!(r.status, 403, "an agent may not");
+    let r = tapir_tests::site::request(
+        site.t.http,
+        "POST",
+        "/users",
+        &[
+            ("Cookie", &root.cookie),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &tapir_tests::site::form(&[("csrf", &root.csrf), ("username", "carl")]),
+    );
+    assert_eq!(r.status, 403, "a foreign origin");
+    assert_eq!(
+        site.login_raw("carl", "carls first pw", false).status,
+        401,
+        "not made"
+    );
+    let r = site.post_form("/users", &root, Some(&root.csrf), &carl);
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/users?done=added&user=carl"));
+    let users = page(&site, "/users?done=added&user=carl", &root);
+    assert!(users.contains("User carl added."));
+    assert!(users.contains("Carl &lt;b&gt;C&lt;/b&gt;"), "escaped");
+    let r = site.post_form("/users", &root, Some(&root.csrf), &carl);
+    assert_eq!(r.status, 409, "taken");
+    let r = site.post_form(
+        "/users",
+        &root,
+        Some(&root.csrf),
+        &[
+            ("username", "dora"),
+            ("role", "agent"),
+            ("password", "long enough"),
+        ],
+    );
+    assert_eq!(r.status, 400, "an agent without agent id");
+    assert!(r.text().contains("agent id"), "{}", r.text());
+    // Bad bodies: not a form, too large.
+    let json = tapir_tests::site::request(
+        site.t.http,
+        "POST",
+        "/users",
+        &[
+            ("Cookie", &root.cookie),
+            ("X-CSRF-Token", &root.csrf),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"username":"eve"}"#,
+    );
+    assert_eq!(json.status, 400, "{}", json.text());
+    let big = "x".repeat(20_000);
+    let r = site.post_form("/users", &root, Some(&root.csrf), &[("display_name", &big)]);
+    assert_eq!(r.status, 413);
+
+    let carl_s = site.login_with("carl", "carls first pw");
+    assert_eq!(
+        page(&site, "/recordings", &carl_s)
+            .matches("href=\"/recordings/")
+            .count(),
+        0
+    );
+    // A role change (audited as such) ends carl's sessions.
+    let r = site.post_form(
+        "/users/carl",
+        &root,
+        Some(&root.csrf),
+        &[
+            ("display_name", "Carl"),
+            ("role", "supervisor"),
+            ("agent_id", "carl"),
+            ("teams", "sales, complaints"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(
+        site.get("/recordings", Some(&carl_s)).status,
+        303,
+        "session ended"
+    );
+    let carl_s = site.login_with("carl", "carls first pw");
+    assert_eq!(
+        listed(&page(&site, "/recordings", &carl_s)),
+        both,
+        "now a supervisor of both teams"
+    );
+    // Disable, enable, a new password; an admin cannot disable themselves.
+    assert_eq!(
+        site.post_form("/users/carl/disable", &root, Some(&root.csrf), &[])
+            .status,
+        303
+    );
+    assert_eq!(site.login_raw("carl", "carls first pw", false).status, 401);
+    assert_eq!(
+        site.post_form("/users/carl/enable", &root, Some(&root.csrf), &[])
+            .status,
+        303
+    );
+    let r = site.post_form(
+        "/users/carl/password",
+        &root,
+        Some(&root.csrf),
+        &[("password", "short")],
+    );
+    assert_eq!(r.status, 400);
+    let r = site.post_form(
+        "/users/carl/password",
+        &root,
+        Some(&root.csrf),
+        &[("password", "carls second pw")],
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(site.login_raw("carl", "carls first pw", false).status, 401);
+    site.login_with("carl", "carls second pw");
+    let r = site.post_form("/users/root/disable", &root, Some(&root.csrf), &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        site.post_form("/users/ghost/disable", &root, Some(&root.csrf), &[])
+            .status,
+        404
+    );
+    let r = site.post_form(
+        "/users/root",
+        &root,
+        Some(&root.csrf),
+        &[("role", "agent"), ("agent_id", "root")],
+    );
+    assert_eq!(r.status, 400, "no admin demotes themselves");
+
+    // The audit page, its export and the chain check.
+    let audit = page(&site, "/audit?actor=root", &root);
+    assert!(audit.contains("role_change"), "{audit}");
+    let csv = site.get("/audit/export?format=csv&action=role_change", Some(&root));
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-disposition").unwrap().contains(".csv"));
+    let csv = csv.text();
+    assert!(csv.starts_with(access::audit::CSV_HEADER), "{csv}");
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let r = site.post_form("/audit/verify", &root, Some(&root.csrf), &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains(r#"data-intact="true""#), "{}", r.text());
+    assert_eq!(
+        site.post_form("/audit/verify", &root, None, &[]).status,
+        403
+    );
+
+    let jsonl = site.cli(&["audit", "export"], "");
+    let entries: Vec<_> = jsonl
+        .lines()
+        .map(|l| access::audit::parse_json_line(l).unwrap())
+        .collect();
+    access::audit::verify_chain(&entries).unwrap();
+    let has = |actor: &str, action: &str, target: &str| {
+        entries
+            .iter()
+            .any(|e| e.actor == actor && e.action == action && e.target.as_deref() == Some(target))
+    };
+    for (actor, action, target) in [
+        ("root", "user_add", "carl"),
+        ("root", "role_change", "carl"),
+        ("root", "user_update", "carl"),
+        ("root", "user_disable", "carl"),
+        ("root", "user_enable", "carl"),
+        ("root", "passwd", "carl"),
+        ("root", "audit_export", "audit_log"),
+        ("anna", "view", anna_id.as_str()),
+    ] {
+        assert!(has(actor, action, target), "{actor} {action} {target}");
+    }
+    let role = entries.iter().find(|e| e.action == "role_change").unwrap();
+    assert_eq!(
+        role.detail,
+        serde_json::json!({"from": "agent", "to": "supervisor"})
+    );
+    assert!(entries
+        .iter()
+        .any(|e| e.actor == "anna" && e.action == "search"));
+    assert!(!jsonl.contains("carls first pw") && !jsonl.contains(PASSWORD));
+    assert!(
+        !site.t.log().contains("carls second pw"),
+        "no password in the log"
+    );
+
+    // The assets: content types and cache rules; the page links the current hash.
+    let html = page(&site, "/recordings", &root);
+    let at = html.find("/assets/app.js?v=").unwrap();
+    let url = &html[at..at + html[at..].find('"').unwrap()];
+    let js = site.get(url, None);
+    assert_eq!(js.status, 200);
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(
+        js.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let stale = site.get("/assets/app.js?v=0000", None);
+    assert_eq!(stale.header("cache-control"), Some("no-cache"));
+    assert_eq!(site.get("/assets/wavesurfer.esm.js", None).status, 200);
+    assert_eq!(site.get("/assets/nope.js", None).status, 404);
+    let csp = site.get("/recordings", Some(&root));
+    assert!(csp
+        .header("content-security-policy")
+        .unwrap()
+        .starts_with("default-src 'none'; script-src 'self';"));
+    assert_eq!(csp.header("cache-control"), Some("no-store"));
+
+    let m = site.t.metrics();
+    assert!(
+        parse_metric(&m, "tapir_logins_total{outcome=\"success\"}") >= 6.0,
+        "{m}"
+    );
+    assert!(parse_metric(&m, "tapir_logins_total{outcome=\"failed\"}") >= 3.0);
+    assert!(
+        parse_metric(
+            &m,
+            "tapir_page_requests_total{page=\"recordings\",status=\"200\"}"
+        ) >= 5.0
+    );
+    assert!(
+        parse_metric(
+            &m,
+            "tapir_page_requests_total{page=\"recording\",status=\"404\"}"
+        ) >= 3.0
+    );
+}
