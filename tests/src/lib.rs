@@ -7,6 +7,7 @@
 pub use tempfile;
 
 pub mod baresip;
+pub mod browser;
 pub mod s3;
 pub mod sdes;
 pub mod site;

@@ -322,19 +322,29 @@ impl Site {
 /// `callee_port`.
 pub fn agent_call(t: &Tapir, callee_port: u16, agent: &str, team: &str, number: &str, ms: u32) {
     let d = ms.to_string();
-    crate::call(
-        t,
-        (
-            "uac_tone_agent.xml",
-            Some(400.0),
-            &[
-                "-d", &d, "-key", "agent", agent, "-key", "team", team, "-key", "queue", "q1",
-                "-key", "number", number,
-            ],
-        ),
-        ("uas_tone.xml", Some(1000.0), &[]),
+    let mut b = crate::Sipp::party(
+        "callee",
+        "uas_tone.xml",
+        "127.0.0.1",
         callee_port,
+        None,
+        Some(1000.0),
+        &[],
     );
+    let mut a = crate::Sipp::party(
+        "caller",
+        "uac_tone_agent.xml",
+        "127.0.0.1",
+        crate::free_port("127.0.0.1"),
+        Some(t),
+        Some(400.0),
+        &[
+            "-d", &d, "-key", "agent", agent, "-key", "team", team, "-key", "queue", "q1", "-key",
+            "number", number,
+        ],
+    );
+    let timeout = Duration::from_millis(u64::from(ms)) + Duration::from_secs(30);
+    crate::expect_success(t, &mut [&mut a, &mut b], timeout);
 }
 
 /// The route of a site whose calls all go to `callee_port` and are recorded.

@@ -259,12 +259,12 @@ fn metrics_table(m: Option<&ConversationMetrics>) -> Markup {
                              td #talk-ratio { @match m.talk_to_listen_ratio { Some(r) => { (format!("{r:.2}")) }, None => { "—" } } } }
                         tr { th { "Customer talk" } td { (clock(m.customer_talk_ms as i64)) } }
                         tr { th { "Agent talk" } td { (clock(m.agent_talk_ms as i64)) } }
-                        tr { th { "Average pause" } td { (ms_opt(m.average_pause_ms)) " (" (m.pause_count) " pauses)" } }
+                        tr { th { "Average pause" } td { (ms_opt(m.average_pause_ms)) " (" (m.pause_count) (if m.pause_count == 1 { " pause)" } else { " pauses)" }) } }
                         tr { th { "Longest customer monologue" } td { (seconds(m.longest_customer_monologue_ms as i64)) } }
                         tr { th { "Longest agent monologue" } td { (seconds(m.longest_agent_monologue_ms as i64)) } }
                         tr { th { "Switches" } td { (m.switches) } }
                         tr { th { "Switches per hour" } td { @match m.switches_per_hour { Some(s) => { (format!("{s:.1}")) }, None => { "—" } } } }
-                        tr { th { "Overtalk" } td { (seconds(m.overtalk_ms as i64)) " (" (m.overtalk_count) " times)" } }
+                        tr { th { "Overtalk" } td { (seconds(m.overtalk_ms as i64)) " (" (m.overtalk_count) (if m.overtalk_count == 1 { " time)" } else { " times)" }) } }
                         tr { th { "Silences over 4 s" } td { (m.silences_over_4s) } }
                         tr { th { "Longest silence" } td { (seconds(m.longest_silence_ms as i64)) } }
                         tr { th { "Talking speed, customer (words/min)" } td #wpm-customer { (wpm(m.customer_words_per_minute)) } }
@@ -377,9 +377,11 @@ pub fn recording_page(chrome: &Chrome<'_>, e: &Entry, opts: RecordingOptions) ->
             {
                 div.lanes {
                     div.lane-labels { span.customer { "Customer" } span.agent { "Agent" } }
-                    div #waveform.waveform {}
+                    div.wave {
+                        div #waveform.waveform {}
+                        div #timeline {}
+                    }
                 }
-                div #timeline {}
                 p #waveform-state.meta {}
                 audio #audio controls preload="metadata" src=(api(e, "/audio")) {}
                 div.controls {
