@@ -414,3 +414,147 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
         ) >= 3.0
     );
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM: (ca, cert, key).
+fn pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pages test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "pages 127.0.0.1");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// One HTTPS request to 127.0.0.1, trusting `ca`.
+fn https(
+    port: u16,
+    ca: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> tapir_tests::site::Resp {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let req =
+        tapir_tests::site::request_bytes(&format!("127.0.0.1:{port}"), method, path, headers, body);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+            let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            s.write_all(&req).await.unwrap();
+            let mut raw = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await;
+            tapir_tests::site::read_answer(&raw)
+        })
+}
+
+#[test]
+fn https_serves_the_pages_and_the_session_cookie_is_secure() {
+    let (ca, cert, key) = pki();
+    let certs = tapir_tests::tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (certs.path().join("http.pem"), certs.path().join("http.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let t = Tapir::start(
+        BIN,
+        &recording_route(free_port("127.0.0.1")),
+        TapirOptions {
+            extra: "[access]\nenabled = true\n".into(),
+            env: vec![
+                (
+                    "TAPIR_HTTP__TLS_CERT".into(),
+                    format!("\"{}\"", cert_path.display()),
+                ),
+                (
+                    "TAPIR_HTTP__TLS_KEY".into(),
+                    format!("\"{}\"", key_path.display()),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let site = Site {
+        t,
+        bin: BIN.to_string(),
+    };
+    site.add_user("anna", "agent", &["--agent-id", "anna"]);
+    let port = site.t.http.port();
+
+    // The login over HTTPS: the cookie is Secure, __Host- named, HttpOnly, SameSite=Strict.
+    let r = https(
+        port,
+        &ca,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", &format!("https://127.0.0.1:{port}")),
+        ],
+        &tapir_tests::site::form(&[
+            ("username", "anna"),
+            ("password", PASSWORD),
+            ("next", "/recordings"),
+        ]),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let set = r.header("set-cookie").unwrap().to_string();
+    assert!(set.starts_with("__Host-tapir_session="), "{set}");
+    for attr in ["; Secure", "; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+        assert!(set.contains(attr), "{attr}: {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = https(port, &ca, "GET", "/recordings", &[("Cookie", &cookie)], b"");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("My recordings"));
+    // The same token under the plain-HTTP name is no session over HTTPS.
+    let plain_name = cookie.replace("__Host-tapir_session=", "tapir_session=");
+    let r = https(
+        port,
+        &ca,
+        "GET",
+        "/recordings",
+        &[("Cookie", &plain_name)],
+        b"",
+    );
+    assert_eq!(r.status, 303);
+    // The listener speaks HTTPS only.
+    let plain = tapir_tests::site::request(site.t.http, "GET", "/health", &[], b"");
+    assert_eq!(plain.status, 0, "plain HTTP gets no HTTP answer");
+    let m = https(port, &ca, "GET", "/metrics", &[], b"").text();
+    assert!(
+        tapir_tests::parse_metric(&m, "tapir_tls_handshake_failures_total{side=\"https\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(tapir_tests::parse_metric(&m, "tapir_logins_total{outcome=\"success\"}") >= 1.0);
+}
