@@ -119,7 +119,7 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
     let anna = site.login("anna");
     assert_eq!(
         listed(&page(&site, "/recordings", &anna)),
-        [anna_id.clone()]
+        [anna_id.as_str()]
     );
     for q in ["agent=bert", "team=complaints", "agent=ghost", "team=ghost"] {
         let html = page(&site, &format!("/recordings?{q}"), &anna);
@@ -155,7 +155,7 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
 
     // A supervisor sees their team; an admin everything.
     let sue = site.login("sue");
-    assert_eq!(listed(&page(&site, "/recordings", &sue)), [bert_id.clone()]);
+    assert_eq!(listed(&page(&site, "/recordings", &sue)), [bert_id.as_str()]);
     assert_eq!(
         site.get(&format!("/recordings/{anna_id}"), Some(&sue))
             .status,
@@ -166,7 +166,7 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
     assert_eq!(listed(&page(&site, "/recordings", &root)), both);
     assert_eq!(
         listed(&page(&site, "/recordings?number=%2B4940", &root)),
-        [bert_id.clone()]
+        [bert_id.as_str()]
     );
     assert_eq!(
         listed(&page(&site, "/recordings?sort=duration_asc&limit=1", &root)).len(),
