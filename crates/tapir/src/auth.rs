@@ -547,7 +547,7 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
 }
 
 /// `POST /logout` (a session with its CSRF token): ends the session, clears the cookie,
-/// 303 to `/login`.
+/// 303 to the login page (which then says so).
 async fn logout(State(auth): State<Arc<Auth>>, caller: Caller) -> Response {
     if let Some(s) = &caller.session {
         if let Err(e) = auth.catalog.delete_session(&s.token_hash).await {
@@ -556,7 +556,11 @@ async fn logout(State(auth): State<Arc<Auth>>, caller: Caller) -> Response {
     }
     auth.audit(caller.audit(Action::Logout, None, json!({})))
         .await;
-    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    let mut r = (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/login?logged_out=1")],
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&auth.cookie.clear()) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

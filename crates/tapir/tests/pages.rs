@@ -95,6 +95,11 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
     // The login page, and its answers to a browser.
     let login = site.get("/login?next=/recordings", None);
     assert_eq!(login.status, 200);
+    assert!(!login.text().contains("logged out"));
+    assert!(site
+        .get("/login?logged_out=1", None)
+        .text()
+        .contains("You are logged out."));
     assert!(login.text().contains(r#"action="/login""#));
     let wrong = site.login_raw("anna", "not the password", true);
     assert_eq!(wrong.status, 401);
@@ -155,7 +160,10 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
 
     // A supervisor sees their team; an admin everything.
     let sue = site.login("sue");
-    assert_eq!(listed(&page(&site, "/recordings", &sue)), [bert_id.as_str()]);
+    assert_eq!(
+        listed(&page(&site, "/recordings", &sue)),
+        [bert_id.as_str()]
+    );
     assert_eq!(
         site.get(&format!("/recordings/{anna_id}"), Some(&sue))
             .status,

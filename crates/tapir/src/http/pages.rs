@@ -298,7 +298,8 @@ async fn root(State(s): State<PagesState>, headers: HeaderMap) -> Response {
     }
 }
 
-/// `GET /login[?next=/path]`: the form (a logged-in user goes on to `next`).
+/// `GET /login[?next=/path][&logged_out=1]`: the form (a logged-in user goes on to
+/// `next`); after a logout it says so.
 async fn login_page(
     State(s): State<PagesState>,
     headers: HeaderMap,
@@ -314,9 +315,13 @@ async fn login_page(
             return redirect(next.as_deref().unwrap_or("/recordings"));
         }
     }
+    let notice = p
+        .iter()
+        .any(|(k, _)| k == "logged_out")
+        .then_some(web::login::LoginNotice::LoggedOut);
     html(
         StatusCode::OK,
-        web::login::login_page(next.as_deref(), None, None),
+        web::login::login_page(next.as_deref(), notice, None),
     )
 }
 
