@@ -48,9 +48,19 @@ function timeFields() {
           hidden.type = 'hidden';
           hidden.name = input.name;
           hidden.value = d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+          hidden.dataset.utcCopy = '1';
+          input.dataset.name = input.name;
           input.removeAttribute('name');
           form.appendChild(hidden);
         }
+      }
+    });
+    // Back to this page from the results (the page cache): the form as it was before.
+    window.addEventListener('pageshow', () => {
+      for (const h of $$('input[data-utc-copy]', form)) h.remove();
+      for (const input of $$('input, select', form)) {
+        input.disabled = false;
+        if (input.dataset.name) { input.name = input.dataset.name; delete input.dataset.name; }
       }
     });
   }
