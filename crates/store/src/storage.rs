@@ -3,7 +3,8 @@
 //!
 //! [`Storage::put_file`] streams a local file up (in parts above [`PART_SIZE`]), hashing it
 //! on the way, then verifies what the store holds: its size from a `HEAD`, and its SHA-256 by
-//! reading it back (unless the config turns that off). Only a verified object may be marked
+//! reading it back (unless the config turns that off). A local directory on the spool's
+//! filesystem gets a hard link instead of a copy, hashed once as it is stored. Only a verified object may be marked
 //! stored in the catalog. [`Storage::put_file_retrying`] repeats a failed upload with backoff,
 //! so a store that goes away and comes back costs time, never the file.
 //!
@@ -356,6 +357,11 @@ impl Storage {
     /// computed on the way.
     pub async fn put_file(&self, key: &str, file: &Path) -> Result<StoredObject, StoreError> {
         let location = self.path(key)?;
+        if let Kind::Local(fs) = &*self.kind {
+            if let Some(o) = link_local(fs, &location, key, file).await? {
+                return Ok(o);
+            }
+        }
         let mut f = tokio::fs::File::open(file)
             .await
             .map_err(io_err("open", file))?;
@@ -567,6 +573,84 @@ impl Storage {
 
 /// `LocalFileSystem` renames a finished upload into place but does not sync it: do so, file
 /// and directory, so a stored recording survives power loss.
+/// Local storage on the spool's filesystem: the spool file is hard-linked under its key
+/// instead of copied, so storing a recording writes no audio a second time (a copy would
+/// double the disk writes of every recorded call). The link is made under a temporary name
+/// and renamed over the key (a hard link cannot replace a file), then the file and its
+/// directory are synced. Verification reads the stored object once, hashing it: it is the
+/// spool's inode, which nothing writes once it reached the outbox.
+///
+/// `None` when the two are on different filesystems (or links are not supported there):
+/// the caller copies instead.
+async fn link_local(
+    fs: &LocalFileSystem,
+    location: &ObjectPath,
+    key: &str,
+    file: &Path,
+) -> Result<Option<StoredObject>, StoreError> {
+    let dest = fs
+        .path_to_filesystem(location)
+        .map_err(|e| StoreError::storage("locate", location.as_ref(), e))?;
+    let src = file.to_path_buf();
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || -> Result<Option<StoredObject>, StoreError> {
+        use std::io::{ErrorKind, Read};
+        use std::os::unix::fs::MetadataExt;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
+        let tmp = dir.join(format!(".{name}.link-{}", std::process::id()));
+        let src_meta = std::fs::metadata(&src).map_err(io_err("stat", &src))?;
+        let same_file = |p: &Path| {
+            std::fs::metadata(p)
+                .is_ok_and(|m| m.dev() == src_meta.dev() && m.ino() == src_meta.ino())
+        };
+        // Already linked (a retry after a crash): renaming a link over another link of the
+        // same file would do nothing and leave the temporary name behind.
+        if !same_file(&dest) {
+            let _ = std::fs::remove_file(&tmp);
+            match std::fs::hard_link(&src, &tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StoreError::io("link", &src, e));
+                }
+                // EXDEV (another filesystem), EPERM/ENOTSUP (no links there): copy instead.
+                Err(_) => return Ok(None),
+            }
+            let renamed = std::fs::rename(&tmp, &dest);
+            let _ = std::fs::remove_file(&tmp);
+            renamed.map_err(io_err("rename", &dest))?;
+        }
+        let mut f = std::fs::File::open(&dest).map_err(io_err("open", &dest))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err("read", &dest))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        f.sync_all().map_err(io_err("sync", &dest))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync dir", dir))?;
+        Ok(Some(StoredObject {
+            key,
+            size,
+            sha256: hex::encode(h.finalize()),
+            attempts: 1,
+        }))
+    })
+    .await
+    .map_err(|e| StoreError::io("link", file, std::io::Error::other(e)))?
+}
+
 async fn sync_local(fs: &LocalFileSystem, location: &ObjectPath) -> Result<(), StoreError> {
     let path = fs
         .path_to_filesystem(location)
