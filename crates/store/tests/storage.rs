@@ -196,6 +196,18 @@ async fn local_storage_links_on_one_filesystem_and_copies_across() {
         );
         assert_eq!(std::fs::read(&stored).unwrap(), data);
     }
+    // Hashed by the caller: linked without reading it again, the size checked.
+    let hashed = write_file(dir.path(), "hashed.wav", &data);
+    let o = storage
+        .put_hashed_file("2024/03/01/hashed.wav", &hashed, 300_000, &sha(&data))
+        .await
+        .unwrap();
+    assert_eq!(o.sha256, sha(&data));
+    let e = storage
+        .put_hashed_file("2024/03/01/hashed.wav", &hashed, 299_999, &sha(&data))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Verify { .. }), "{e}");
     // A missing spool file is an error, not an empty object.
     let e = storage
         .put_file("2024/03/01/gone.wav", &dir.path().join("gone.wav"))
