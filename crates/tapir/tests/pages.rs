@@ -450,6 +450,18 @@ fn https(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> tapir_tests::site::Resp {
+    try_https(port, ca, method, path, headers, body).expect("TLS handshake")
+}
+
+/// [`https`], or the handshake's error.
+fn try_https(
+    port: u16,
+    ca: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<tapir_tests::site::Resp> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     use std::sync::Arc;
@@ -478,12 +490,11 @@ fn https(
             let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
             let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                 .connect(name, tcp)
-                .await
-                .unwrap();
-            s.write_all(&req).await.unwrap();
+                .await?;
+            s.write_all(&req).await?;
             let mut raw = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await;
-            tapir_tests::site::read_answer(&raw)
+            Ok(tapir_tests::site::read_answer(&raw))
         })
 }
 
@@ -565,4 +576,21 @@ fn https_serves_the_pages_and_the_session_cookie_is_secure() {
         "{m}"
     );
     assert!(tapir_tests::parse_metric(&m, "tapir_logins_total{outcome=\"success\"}") >= 1.0);
+
+    // SIGHUP: a certificate from another CA is in force for new connections, the old one gone.
+    let (ca2, cert2, key2) = pki();
+    std::fs::write(&cert_path, cert2).unwrap();
+    std::fs::write(&key_path, key2).unwrap();
+    site.t.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !site.t.log().contains("HTTPS certificate reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", site.t.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = try_https(port, &ca2, "GET", "/health", &[], b"").expect("the reloaded certificate");
+    assert_eq!(r.status, 200);
+    assert!(
+        try_https(port, &ca, "GET", "/health", &[], b"").is_err(),
+        "the old certificate is gone"
+    );
 }
