@@ -341,6 +341,73 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
         403
     );
 
+    // An admin's legal hold and deletion on the recording page: CSRF-checked, the API's
+    // rules (no deletion under a hold), audited; agents have no such buttons nor rights.
+    let bert_page = format!("/recordings/{bert_id}");
+    assert!(page(&site, &bert_page, &root).contains("Place on legal hold"));
+    assert!(!page(&site, &format!("/recordings/{anna_id}"), &anna).contains("Delete recording"));
+    let hold_on = [("hold", "on")];
+    assert_eq!(
+        site.post_form(
+            &format!("/recordings/{anna_id}/hold"),
+            &anna,
+            Some(&anna.csrf),
+            &hold_on
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        site.post_form(&format!("{bert_page}/hold"), &root, None, &hold_on)
+            .status,
+        403
+    );
+    assert_eq!(
+        site.post_form(
+            &format!("{bert_page}/hold"),
+            &root,
+            Some(&root.csrf),
+            &[("hold", "maybe")]
+        )
+        .status,
+        400
+    );
+    let r = site.post_form(
+        &format!("{bert_page}/hold"),
+        &root,
+        Some(&root.csrf),
+        &hold_on,
+    );
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some(bert_page.as_str()))
+    );
+    let held = page(&site, &bert_page, &root);
+    assert!(held.contains("On legal hold") && held.contains("Release the legal hold"));
+    let r = site.post_form(&format!("{bert_page}/delete"), &root, Some(&root.csrf), &[]);
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = site.post_form(
+        &format!("{bert_page}/hold"),
+        &root,
+        Some(&root.csrf),
+        &[("hold", "off")],
+    );
+    assert_eq!(r.status, 303);
+    let r = site.post_form(&format!("{bert_page}/delete"), &root, Some(&root.csrf), &[]);
+    assert_eq!((r.status, r.header("location")), (303, Some("/recordings")));
+    assert_eq!(site.get(&bert_page, Some(&root)).status, 404);
+    assert!(!listed(&page(&site, "/recordings", &root)).contains(&bert_id));
+    assert_eq!(
+        site.post_form(
+            "/recordings/1700000000000-none/delete",
+            &root,
+            Some(&root.csrf),
+            &[]
+        )
+        .status,
+        404
+    );
+
     let jsonl = site.cli(&["audit", "export"], "");
     let entries: Vec<_> = jsonl
         .lines()
@@ -361,6 +428,8 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
         ("root", "passwd", "carl"),
         ("root", "audit_export", "audit_log"),
         ("anna", "view", anna_id.as_str()),
+        ("root", "legal_hold", bert_id.as_str()),
+        ("root", "delete", bert_id.as_str()),
     ] {
         assert!(has(actor, action, target), "{actor} {action} {target}");
     }

@@ -310,6 +310,16 @@ async function transcript(audio) {
   });
 }
 
+// Forms that destroy something ask first (data-confirm holds the question).
+function confirmations() {
+  for (const form of $$('form[data-confirm]')) {
+    form.addEventListener('submit', (ev) => {
+      if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
+    });
+  }
+}
+
 localTimes();
 timeFields();
 player();
+confirmations();

@@ -418,8 +418,42 @@ pub fn recording_page(chrome: &Chrome<'_>, e: &Entry, opts: RecordingOptions) ->
             (segments_table(e))
             (statements_table(e))
             (transcript_pane(e))
+            @if opts.admin {
+                (admin_actions(chrome, e))
+            }
         },
     )
+}
+
+/// An admin's legal hold and deletion: plain forms (they work without the script), each
+/// with the session's CSRF token. A held recording cannot be deleted, so its delete button
+/// is disabled and says why.
+fn admin_actions(chrome: &Chrome<'_>, e: &Entry) -> Markup {
+    let base = format!("/recordings/{}", path_segment(&e.contact_id));
+    html! {
+        section #admin.admin {
+            h2 { "Retention" }
+            p {
+                @if e.legal_hold { "On legal hold: it is kept past its retention and cannot be deleted." }
+                @else { "Not on legal hold." }
+            }
+            form method="post" action={ (base) "/hold" } {
+                input type="hidden" name="csrf" value=[chrome.csrf];
+                input type="hidden" name="hold" value=(if e.legal_hold { "off" } else { "on" });
+                button #hold type="submit" {
+                    @if e.legal_hold { "Release the legal hold" } @else { "Place on legal hold" }
+                }
+            }
+            form method="post" action={ (base) "/delete" }
+                data-confirm="Delete this recording? Its audio is purged and cannot be restored." {
+                input type="hidden" name="csrf" value=[chrome.csrf];
+                button #delete.danger type="submit" disabled[e.legal_hold]
+                    title=[e.legal_hold.then_some("A recording on legal hold cannot be deleted")] {
+                    "Delete recording"
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -212,6 +212,12 @@ pub fn router(state: PagesState) -> Router {
             get(recording).layer(guard()).layer(counted("recording")),
         )
         .route(
+            "/recordings/{id}/{action}",
+            post(recording_action)
+                .layer(guard())
+                .layer(counted("recording_action")),
+        )
+        .route(
             "/audit",
             get(audit_page).layer(guard()).layer(counted("audit")),
         )
@@ -405,6 +411,100 @@ async fn recording(
         StatusCode::OK,
         web::recording::recording_page(&chrome(&caller, Nav::Recordings), &e, opts),
     )
+}
+
+/// `POST /recordings/{id}/hold` (`hold=on|off`) and `/recordings/{id}/delete`: an admin's
+/// legal hold and soft delete from the recording page, with the API's rules (a held
+/// recording is not deleted, a purged one has nothing to hold) and the same audit entries.
+/// The browser goes back to the page (or to the list after a deletion).
+async fn recording_action(
+    caller: Caller,
+    State(s): State<PagesState>,
+    Path((id, action)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let need = match action.as_str() {
+        "hold" => Need::LegalHold,
+        "delete" => Need::Delete,
+        _ => {
+            return error(
+                Some(&caller),
+                StatusCode::NOT_FOUND,
+                "There is no such page.",
+            )
+        }
+    };
+    let e = match s.catalog.get(&id).await {
+        Ok(Some(e)) if access::may_view(&caller.viewer, &e) && !is_deleted(&e) => e,
+        Ok(_) => return not_found(&caller),
+        Err(e) => return unavailable(Some(&caller), &e),
+    };
+    if !access::allows(&caller.viewer, need) {
+        return forbidden(&caller);
+    }
+    let body = match form_body(&caller, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let page = format!("/recordings/{}", web::search::path_segment(&id));
+    let now = now_ms();
+    if need == Need::LegalHold {
+        let on = match body
+            .iter()
+            .find(|(k, _)| k == "hold")
+            .map(|(_, v)| v.as_str())
+        {
+            Some("on") => true,
+            Some("off") => false,
+            _ => {
+                return error(
+                    Some(&caller),
+                    StatusCode::BAD_REQUEST,
+                    "The form needs hold=on or hold=off.",
+                )
+            }
+        };
+        if e.purged_at_ms.is_some() {
+            return not_found(&caller);
+        }
+        match s.catalog.set_legal_hold(&id, on, now).await {
+            Ok(true) => {}
+            Ok(false) => return not_found(&caller),
+            Err(e) => return unavailable(Some(&caller), &e),
+        }
+        tracing::info!(contact_id = %id, legal_hold = on, "legal hold changed on the recording page");
+        s.auth
+            .audit(caller.audit(
+                Action::LegalHold,
+                Some(&id),
+                json!({ "hold": on, "page": true }),
+            ))
+            .await;
+        return redirect(&page);
+    }
+    let outcome = match s.catalog.soft_delete(&id, now).await {
+        Ok(o) => o,
+        Err(e) => return unavailable(Some(&caller), &e),
+    };
+    s.auth
+        .audit(caller.audit(
+            Action::Delete,
+            Some(&id),
+            json!({ "outcome": format!("{outcome:?}").to_lowercase(), "page": true }),
+        ))
+        .await;
+    match outcome {
+        store::DeleteOutcome::Deleted => {
+            tracing::info!(contact_id = %id, "recording deleted on the recording page (soft delete; the audio is purged later)");
+            redirect("/recordings")
+        }
+        store::DeleteOutcome::Held => error(
+            Some(&caller),
+            StatusCode::CONFLICT,
+            "This recording is on legal hold: release the hold before deleting it.",
+        ),
+        store::DeleteOutcome::AlreadyDeleted | store::DeleteOutcome::NotFound => not_found(&caller),
+    }
 }
 
 /// The audit page with `filter`, and the chain's verdict when just checked.
