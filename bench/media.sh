@@ -28,6 +28,15 @@
 # counters. Environment: LOAD_SH (default /work/shared/bench/load.sh), KEEP=1 (keep the work
 # directory with its recordings and logs; removed otherwise), bench/lib.sh's.
 # Runs vary (shared 2-core machine): repeat and compare means.
+#
+# Transcription (tapir, with REC): TRANSCRIBE=pocketsphinx (or none, the default) sets
+# [transcripts] engine, TRANSCRIBE_CONCURRENCY its concurrency (default 1); BACKLOG_CALLS=N
+# first runs an unmeasured load of N calls of the same length and waits for their recordings,
+# so that with an engine their transcription jobs run during the measured load (run the
+# engine-off comparison with the same backlog). TAPIR_EXTRA_CONFIG=FILE appends a file to the
+# configuration. The result then adds the CPU of the transcription threads during the load,
+# the call path's CPU per call-second without them (`cpu_ms_per_call_s_call_path`), and the
+# transcripts finished meanwhile; relay and recording counters count the measured load only.
 set -u
 . "$(dirname "$0")/lib.sh"
 
@@ -67,6 +76,13 @@ recordings_dir = "$work/recordings"
 format = "$rec"
 EOF
       # tapir runs in $work: its embedded catalog (tapir.db) is created there.
+      if [ "${TRANSCRIBE:-none}" != none ]; then
+        printf '\n[transcripts]\nengine = "%s"\nconcurrency = %s\n' \
+          "$TRANSCRIBE" "${TRANSCRIBE_CONCURRENCY:-1}" >>"$cfg"
+      fi
+    fi
+    if [ -n "${TAPIR_EXTRA_CONFIG:-}" ]; then
+      { echo; cat "$TAPIR_EXTRA_CONFIG"; } >>"$cfg"
     fi
     start_tapir "$cfg" "$work"
     target=$TAPIR_SIP; pids=$TAPIR_PID ;;
@@ -77,8 +93,36 @@ EOF
   *) echo "unknown SUT $sut" >&2; exit 2 ;;
 esac
 
+# CPU ticks of tapir's transcription threads (named transcribe-N).
+transcribe_ticks() {
+  [ "$sut" = tapir ] || { echo 0; return; }
+  cat /proc/"$TAPIR_PID"/task/*/stat 2>/dev/null | awk '$2 ~ /^\(transcribe-/ {s += $14 + $15} END {print s + 0}'
+}
+metric_or0() { if [ "$sut" = tapir ]; then metric "$@"; else echo 0; fi; }
+
+backlog=${BACKLOG_CALLS:-0}
+if [ "$backlog" -gt 0 ] && [ "$sut" = tapir ]; then
+  log "backlog: $backlog calls of ${dur}s first (not measured)"
+  "$LOAD_SH" "$target" "$backlog" "$dur" "$rate" >"$work/backlog.out"
+  for _ in $(seq 1 600); do
+    n=$(find "$work/recordings" -name '*.json' ! -name '*.peaks.json' 2>/dev/null | wc -l)
+    [ "$n" -ge "$backlog" ] && [ "$(metric tapir_recordings_active)" = 0 ] \
+      && [ "$(metric tapir_uploads_pending)" = 0 ] && break
+    sleep 1
+  done
+  find "$work/recordings" -name '*.json' ! -name '*.peaks.json' | sort >"$work/backlog.txt"
+  log "backlog stored: $(wc -l <"$work/backlog.txt") recordings; transcript jobs queued $(metric_or0 tapir_transcript_jobs 'queued'), running $(metric_or0 tapir_transcript_jobs 'running')"
+fi
+touch "$work/backlog.txt"
+
 wait_quiet
 sleep 1
+ra0=$(metric_or0 tapir_rtp_packets_relayed_total 'a_rtp"')
+rb0=$(metric_or0 tapir_rtp_packets_relayed_total 'b_rtp"')
+dropped0=$(metric_or0 tapir_rtp_packets_dropped_total)
+tapd0=$(metric_or0 tapir_tap_dropped_total)
+done0=$(metric_or0 tapir_transcripts_total 'done')
+tr0=$(transcribe_ticks)
 # shellcheck disable=SC2086
 rss0=$(for p in $pids; do rss_kb "$p"; done | awk '{s+=$1} END {print s}')
 # shellcheck disable=SC2086
@@ -103,22 +147,25 @@ WATCH_PIDS="$pids" "$LOAD_SH" "$target" "$calls" "$dur" "$rate" | tee "$work/loa
 t_load_end=$(date +%s.%N)
 # shellcheck disable=SC2086
 c_load=$(cpu_ticks_sum $pids)
+tr1=$(transcribe_ticks)
+done1=$(metric_or0 tapir_transcripts_total 'done')
+jobs_left=$(metric_or0 tapir_transcript_jobs)
 rcv1=$(udp_rcvbuf_errors); inerr1=$(udp_noports)
 rm -f "$work/sampling"
 wait "$drops_pid" "$echo_drops_pid"
 
 relayed_a=0 relayed_b=0 dropped=0 tap_dropped=0 drop_detail=""
 if [ "$sut" = tapir ]; then
-  relayed_a=$(metric tapir_rtp_packets_relayed_total 'a_rtp"')
-  relayed_b=$(metric tapir_rtp_packets_relayed_total 'b_rtp"')
-  dropped=$(metric tapir_rtp_packets_dropped_total)
-  tap_dropped=$(metric tapir_tap_dropped_total)
+  relayed_a=$(( $(metric tapir_rtp_packets_relayed_total 'a_rtp"') - ra0 ))
+  relayed_b=$(( $(metric tapir_rtp_packets_relayed_total 'b_rtp"') - rb0 ))
+  dropped=$(( $(metric tapir_rtp_packets_dropped_total) - dropped0 ))
+  tap_dropped=$(( $(metric tapir_tap_dropped_total) - tapd0 ))
   drop_detail=$(curl -s "http://$TAPIR_HTTP/metrics" | grep '^tapir_rtp_packets_dropped_total' | tr ' \n' '=,')
   if [ "$rec" != none ]; then
     # Wait for every recording to be finished (MP3: transcoded) and catalogued.
     for _ in $(seq 1 600); do
       n=$(find "$work/recordings" -name '*.json' ! -name '*.peaks.json' 2>/dev/null | wc -l)
-      [ "$n" -ge "$calls" ] && [ "$(metric tapir_recordings_active)" = 0 ] && break
+      [ "$n" -ge $((calls + backlog)) ] && [ "$(metric tapir_recordings_active)" = 0 ] && break
       sleep 1
     done
   fi
@@ -130,10 +177,13 @@ load_work=$(awk '/^work dir:/ {print $3}' "$work/load.out")
 
 python3 - "$work" "$sut" "$rec" "$calls" "$dur" "$rss0" "$pss0" "$c0" "$c_load" "$c_done" "$HZ" \
   "$t_load_end" "$t_done" "$relayed_a" "$relayed_b" "$dropped" "$tap_dropped" "$rcv0" "$rcv1" \
-  "$inerr0" "$inerr1" "$load_work" "$drop_detail" "$(cat "$work/udp_drops.txt")" "$(cat "$work/echo_drops.txt")" <<'PY'
+  "$inerr0" "$inerr1" "$load_work" "$drop_detail" "$(cat "$work/udp_drops.txt")" "$(cat "$work/echo_drops.txt")" \
+  "${TRANSCRIBE:-none}" "$backlog" "$tr0" "$tr1" "$done0" "$done1" "$jobs_left" <<'PY'
 import glob, json, os, struct, sys
 (work, sut, rec, calls, dur, rss0, pss0, c0, c_load, c_done, hz, t_load_end, t_done, ra, rb,
- dropped, tap_dropped, rcv0, rcv1, inerr0, inerr1, load_work, drop_detail, sock, echo) = sys.argv[1:]
+ dropped, tap_dropped, rcv0, rcv1, inerr0, inerr1, load_work, drop_detail, sock, echo,
+ transcribe, backlog, tr0, tr1, done0, done1, jobs_left) = sys.argv[1:]
+skip = set(l.strip() for l in open(f"{work}/backlog.txt") if l.strip())
 calls, dur, hz = int(calls), int(dur), int(hz)
 mem = [tuple(map(int, l.split()[1:3])) for l in open(f"{work}/mem.txt") if len(l.split()) == 3]
 rss_peak = max((m[0] for m in mem), default=0)
@@ -152,6 +202,14 @@ cpu_load = (int(c_load) - int(c0)) / hz
 cpu_all = (int(c_done) - int(c0)) / hz
 out += [f"cpu_ms_per_call_s_incl_finish={1000 * cpu_all / (calls * dur):.3f}",
         f"finish_wait_s={float(t_done) - float(t_load_end):.1f}"]
+if sut == "tapir" and (transcribe != "none" or int(backlog) > 0):
+    tr_cpu = (int(tr1) - int(tr0)) / hz
+    out += [f"transcribe={transcribe}", f"backlog={backlog}",
+            f"cpu_ms_per_call_s_load={1000 * cpu_load / (calls * dur):.3f}",
+            f"transcribe_cpu_s_during_load={tr_cpu:.1f}",
+            f"cpu_ms_per_call_s_call_path={1000 * (cpu_load - tr_cpu) / (calls * dur):.3f}",
+            f"transcripts_done_during_load={int(done1) - int(done0)}",
+            f"transcript_jobs_left={jobs_left}"]
 if sut == "tapir":
     out += [f"relayed_a_rtp={ra}", f"relayed_b_rtp={rb}", f"dropped={dropped}",
             f"tap_dropped={tap_dropped}"]
@@ -160,7 +218,7 @@ if sut == "tapir":
     if rec != "none":
         metas = []
         for p in glob.glob(f"{work}/recordings/**/*.json", recursive=True):
-            if p.endswith(".peaks.json"):
+            if p.endswith(".peaks.json") or p in skip:
                 continue
             try:
                 metas.append(json.load(open(p)))
@@ -180,7 +238,7 @@ if sut == "tapir":
         exts = {}
         for p in glob.glob(f"{work}/recordings/**/*", recursive=True):
             e = os.path.splitext(p)[1]
-            if e in (".wav", ".mp3"):
+            if e in (".wav", ".mp3") and os.path.splitext(p)[0] + ".json" not in skip:
                 exts[e] = exts.get(e, 0) + 1
         out.append("files=" + ",".join(f"{k}:{v}" for k, v in sorted(exts.items())))
 else:

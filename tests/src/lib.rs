@@ -601,6 +601,71 @@ pub fn write_pcma_pcap(path: &Path, spans: &[Audio]) {
     write_pcap(path, &list);
 }
 
+/// Writes one PCMA stream (payload type 8, 20 ms packets, one SSRC) of 8 kHz samples, for
+/// SIPp's `play_pcap_audio` (speech made with [`espeak`], for instance).
+pub fn write_pcma_samples_pcap(path: &Path, samples: &[i16]) {
+    let mut list = Vec::new();
+    for (i, chunk) in samples.chunks(160).enumerate() {
+        let mut rtp = vec![0u8; 12 + chunk.len()];
+        let i = i as u32;
+        media::rtp::write_header(&mut rtp, i == 0, 8, i as u16, i * 160, 0x5eec_0001);
+        for (b, x) in rtp[12..].iter_mut().zip(chunk) {
+            *b = media::codec::encode_pcma(*x);
+        }
+        list.push((u64::from(i) * 20_000, rtp));
+    }
+    write_pcap(path, &list);
+}
+
+/// Whether `espeak-ng` and `sox` are installed. Without them a test that needs speech fails
+/// when `CI=true` (the test command installs them) and is skipped otherwise, saying so.
+pub fn speech_tools_present() -> bool {
+    let ok = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let present = ok("espeak-ng") && ok("sox");
+    if !present {
+        let msg = "espeak-ng and sox are required: apt-get install -y espeak-ng sox";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("skipping: {msg}");
+    }
+    present
+}
+
+/// `text` spoken by espeak-ng's `voice` at 150 words per minute, as 8 kHz 16-bit samples
+/// (what a telephone line carries), with where its speech starts and ends (samples above
+/// −40 dBFS). `sox -R` makes the resampling deterministic.
+pub fn espeak(dir: &Path, name: &str, voice: &str, text: &str) -> (Vec<i16>, (usize, usize)) {
+    let raw = dir.join(format!("{name}.22k.wav"));
+    let narrow = dir.join(format!("{name}.wav"));
+    let status = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", "150", "-w"])
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .expect("espeak-ng runs");
+    assert!(status.success(), "espeak-ng {voice} {text:?}");
+    let status = Command::new("sox")
+        .arg("-R")
+        .arg(&raw)
+        .args(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"])
+        .arg(&narrow)
+        .status()
+        .expect("sox runs");
+    assert!(status.success(), "sox {}", raw.display());
+    let mut r = hound::WavReader::open(&narrow).unwrap();
+    let samples: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let loud = |s: &i16| s.unsigned_abs() >= 328;
+    let first = samples.iter().position(loud).expect("speech");
+    let last = samples.iter().rposition(loud).unwrap() + 1;
+    (samples, (first, last))
+}
+
 /// SSRC of the stream [`phone_keying`] builds.
 pub const PHONE_SSRC: u32 = 0x5eed_f00d;
 
@@ -810,6 +875,33 @@ impl Sipp {
             Some(f) => Sipp::spawn_with_tone(name, &a, f, 20.0),
             None => Sipp::spawn(name, &a),
         }
+    }
+
+    /// Starts one party like [`Sipp::party`], whose scenario plays `audio` (8 kHz samples,
+    /// sent as PCMA) as its `tone.pcap`.
+    pub fn party_with_audio(
+        name: &str,
+        scenario: &str,
+        port: u16,
+        toward: Option<&Tapir>,
+        audio: &[i16],
+        extra: &[&str],
+    ) -> Sipp {
+        let ip = "127.0.0.1";
+        let mut a = sipp_args(scenario, ip, port);
+        if let Some(t) = toward {
+            a.insert(0, format!("{ip}:{}", t.sip_port));
+        }
+        a.extend([
+            "-mp".into(),
+            free_media_port(ip).to_string(),
+            "-m".into(),
+            "1".into(),
+        ]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let dir = tempfile::tempdir().unwrap();
+        write_pcma_samples_pcap(&dir.path().join("tone.pcap"), audio);
+        Self::spawn_in(name, &a, dir)
     }
 
     fn spawn_in(name: &str, args: &[String], dir: tempfile::TempDir) -> Sipp {

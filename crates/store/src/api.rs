@@ -101,7 +101,7 @@ fn text(param: &'static str, v: &str) -> Result<String, StoreError> {
 }
 
 /// The search parameters of `GET /api/v1/recordings`.
-pub const SEARCH_PARAMS: [&str; 16] = [
+pub const SEARCH_PARAMS: [&str; 17] = [
     "from",
     "to",
     "agent",
@@ -114,6 +114,7 @@ pub const SEARCH_PARAMS: [&str; 16] = [
     "has_statement",
     "min_silence",
     "min_overtalk",
+    "text",
     "state",
     "sort",
     "cursor",
@@ -134,6 +135,8 @@ impl Query {
     /// * `has_statement`: `true` or `false`.
     /// * `min_silence`: a silence (neither side speaking) at least this many seconds long.
     /// * `min_overtalk`: both sides talking over each other at least this many seconds in all.
+    /// * `text`: a transcript phrase holds every word of it (full text, see
+    ///   [`crate::transcripts`]); at most 16 words.
     /// * `state`: `recording`, `finished`, `interrupted`, `stored` or `deleted` (purged).
     /// * `sort`: `start_desc` (default), `start_asc`, `duration_desc`, `duration_asc`.
     /// * `cursor`: a previous page's `next_cursor`, with the same `sort`.
@@ -165,6 +168,7 @@ impl Query {
                 "has_statement" => q.has_statement = Some(parse_bool("has_statement", v)?),
                 "min_silence" => q.min_silence_ms = Some(parse_seconds("min_silence", v)?),
                 "min_overtalk" => q.min_overtalk_ms = Some(parse_seconds("min_overtalk", v)?),
+                "text" => q.text = Some(text("text", v)?),
                 "state" => {
                     q.state = Some(State::parse(v).ok_or_else(|| {
                         bad(

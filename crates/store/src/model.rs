@@ -342,6 +342,15 @@ impl RetentionRules {
     }
 }
 
+/// Names of the record policies a recording's decision log cites (the policies that
+/// recorded it), in the order they appear; retention and transcription rules by policy key
+/// on these.
+pub fn record_policy_names(decisions: &serde_json::Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    record_policies(decisions, &mut out);
+    out
+}
+
 /// Names of the record policies a decision log cites (`{"source": "record_policy", "name": ..}`).
 fn record_policies<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
     match v {

@@ -365,6 +365,16 @@ macro_rules! transcript_backend {
 transcript_backend!(SqliteCatalog, Sqlite);
 transcript_backend!(PostgresCatalog, Postgres);
 
+/// Most snippets [`Catalog::transcript_snippets`] returns per recording.
+pub const MAX_SNIPPETS: usize = 20;
+
+const SNIPPETS_SQLITE: &str = "SELECT p.contact_id, p.speaker, p.start_ms, p.end_ms, \
+     snippet(transcript_fts, 0, char(2), char(3), '…', 16) AS snippet \
+     FROM transcript_fts JOIN transcript_phrases p ON p.id = transcript_fts.rowid \
+     WHERE transcript_fts MATCH ";
+const SNIPPETS_POSTGRES: &str = "SELECT p.contact_id, p.speaker, p.start_ms, p.end_ms, \
+     ts_headline('simple', p.text, q, ";
+
 macro_rules! on {
     ($self:ident, $c:ident => $e:expr) => {
         match $self {
@@ -424,6 +434,70 @@ impl Catalog {
         contact_ids: &[String],
     ) -> Result<Vec<TranscriptSummary>, StoreError> {
         on!(self, c => c.transcript_summaries(contact_ids).await)
+    }
+
+    /// For a page of search results: the phrases of each of `contact_ids` that hold every
+    /// word of `text`, with highlighted snippets (see the module docs), at most `per_contact`
+    /// (1..=[`MAX_SNIPPETS`]) per recording, ordered by recording and start.
+    pub async fn transcript_snippets(
+        &self,
+        text: &str,
+        contact_ids: &[String],
+        per_contact: usize,
+    ) -> Result<Vec<TranscriptHit>, StoreError> {
+        let words = search_words(text, "text")?;
+        if contact_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let per_contact = per_contact.clamp(1, MAX_SNIPPETS);
+        let rows: Vec<HitRow> = match self {
+            Catalog::Sqlite(c) => {
+                let mut qb = QueryBuilder::<Sqlite>::new(SNIPPETS_SQLITE);
+                qb.push_bind(fts5_query(&words))
+                    .push(" AND p.contact_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in contact_ids {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(") ORDER BY p.contact_id, p.start_ms, p.id");
+                qb.build_query_as().fetch_all(&c.pool).await?
+            }
+            Catalog::Postgres(c) => {
+                let mut qb = QueryBuilder::<Postgres>::new(SNIPPETS_POSTGRES);
+                qb.push_bind(format!(
+                    "StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=24, MinWords=8, \
+                     HighlightAll=false"
+                ))
+                .push(") AS snippet FROM transcript_phrases p, plainto_tsquery('simple', ")
+                .push_bind(words.join(" "))
+                .push(") q WHERE p.tsv @@ q AND p.contact_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in contact_ids {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(") ORDER BY p.contact_id, p.start_ms, p.id");
+                qb.build_query_as().fetch_all(&c.pool).await?
+            }
+        };
+        let mut out: Vec<TranscriptHit> = Vec::new();
+        let mut run = 0;
+        for r in rows {
+            run = match out.last() {
+                Some(last) if last.contact_id == r.contact_id => run + 1,
+                _ => 1,
+            };
+            if run > per_contact {
+                continue;
+            }
+            out.push(TranscriptHit {
+                contact_id: r.contact_id,
+                speaker: r.speaker,
+                start_ms: r.start_ms,
+                end_ms: r.end_ms,
+                snippet_html: snippet_html(&r.snippet),
+            });
+        }
+        Ok(out)
     }
 
     /// Phrases holding every word of `text`, newest recording first, with highlighted

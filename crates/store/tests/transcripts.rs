@@ -238,6 +238,47 @@ async fn search_finds_words_highlighted_and_escaped(c: Catalog) {
         Err(StoreError::BadQuery { param: "text", .. })
     ));
 
+    // Snippets for a page of results: only the recordings asked for, a bounded number each.
+    let page = ["c1".to_string(), "c3".to_string()];
+    let snips = c.transcript_snippets("cancel", &page, 5).await.unwrap();
+    assert_eq!(snips.len(), 1);
+    assert_eq!(
+        (snips[0].contact_id.as_str(), snips[0].start_ms),
+        ("c1", 1000)
+    );
+    assert!(
+        snips[0].snippet_html.contains("<mark>cancel</mark>"),
+        "{:?}",
+        snips[0]
+    );
+    c.store_transcript(&transcript(
+        "c3",
+        (0..4)
+            .map(|i| phrase("agent", i * 2000, "refund refund <b>", None))
+            .collect(),
+    ))
+    .await
+    .unwrap();
+    let snips = c
+        .transcript_snippets("refund", &["c3".into(), "c1".into()], 2)
+        .await
+        .unwrap();
+    let got: Vec<(&str, i64)> = snips
+        .iter()
+        .map(|h| (h.contact_id.as_str(), h.start_ms))
+        .collect();
+    assert_eq!(got, [("c1", 4000), ("c3", 0), ("c3", 2000)]);
+    assert!(!snips[1].snippet_html.contains("<b>"), "{:?}", snips[1]);
+    assert!(c
+        .transcript_snippets("refund", &[], 2)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        c.transcript_snippets("  ", &page, 2).await,
+        Err(StoreError::BadQuery { param: "text", .. })
+    ));
+
     // Soft-deleted recordings leave the results; a purge takes the transcript with it.
     c.soft_delete("c2", T0 + 10).await.unwrap();
     let ids_after: Vec<String> = c

@@ -41,6 +41,9 @@ pub struct Config {
     /// Access control of the HTTP APIs (docs/access.md).
     #[serde(default)]
     pub access: AccessConfig,
+    /// Transcripts of stored recordings (docs/transcripts.md); off unless an engine is named.
+    #[serde(default)]
+    pub transcripts: transcript::TranscriptsConfig,
 }
 
 /// `[access]`: who may use the HTTP APIs.
@@ -280,6 +283,14 @@ impl Config {
         }
         self.recording.validate()?;
         self.storage.validate()?;
+        self.transcripts
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for name in self.transcripts.routes.keys() {
+            if !self.routes.iter().any(|r| &r.name == name) {
+                bail!("transcripts.routes: no route named '{name}'");
+            }
+        }
         store::CatalogUrl::parse(&self.catalog.url)
             .map_err(|e| anyhow::anyhow!("catalog.url: {e}"))?;
         for a in &self.announcements {
@@ -593,6 +604,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("registrar: record"), "{e}");
+    }
+
+    #[test]
+    fn transcripts_are_off_by_default_and_checked() {
+        let c = Config::from_str_with_env(DEFAULT_CONFIG, &[]).unwrap();
+        assert!(!c.transcripts.enabled().unwrap());
+        assert_eq!(c.transcripts, transcript::TranscriptsConfig::default());
+        let text = DEFAULT_CONFIG.replace("engine = \"none\"", "engine = \"whisper\"");
+        let e = Config::from_str_with_env(&text, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("transcripts.engine") && e.contains("whisper"),
+            "{e}"
+        );
+        let env = vec![
+            ("TAPIR_TRANSCRIPTS__ENGINE".to_string(), "http".to_string()),
+            (
+                "TAPIR_TRANSCRIPTS__URL".to_string(),
+                "http://127.0.0.1:8000".to_string(),
+            ),
+            (
+                "TAPIR_TRANSCRIPTS__CONCURRENCY".to_string(),
+                "2".to_string(),
+            ),
+        ];
+        let c = Config::from_str_with_env(DEFAULT_CONFIG, &env).unwrap();
+        assert!(c.transcripts.enabled().unwrap());
+        assert_eq!(c.transcripts.jobs_config().concurrency, 2);
+        let e = Config::from_str_with_env(
+            DEFAULT_CONFIG,
+            &[("TAPIR_TRANSCRIPTS__ENGINE".to_string(), "http".to_string())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("transcripts.url"), "{e}");
+        let text = DEFAULT_CONFIG.replace(
+            "\ntranscribe = true",
+            "\ntranscribe = true\nroutes = { nowhere = { transcribe = true } }",
+        );
+        let e = Config::from_str_with_env(&text, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no route named 'nowhere'"), "{e}");
+        let text =
+            DEFAULT_CONFIG.replace("\ntranscribe = true", "\ntranscribe = true\ntranscibe = 1");
+        let e = Config::from_str_with_env(&text, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transcibe"), "{e}");
     }
 
     #[test]

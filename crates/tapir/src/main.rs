@@ -5,7 +5,9 @@
 //! - [`engine`]: SIP over UDP/TCP and timers, driving the `b2bua` core.
 //! - [`relay`]: RTP/RTCP sockets per call leg, forwarding and the recorder tap.
 //! - [`recording`]: recording settings and the recorder bridge.
-//! - [`http`]: `/metrics` and the control API.
+//! - [`http`]: `/metrics`, the control API and the recordings API.
+//! - [`shelf`]: the catalog, storage and delivery of finished recordings.
+//! - [`transcribe`]: the transcription stage after a recording is stored.
 //! - [`metrics`]: the Prometheus registry.
 
 /// The SIP engine allocates on every message (parsed headers, the messages it builds) and the
@@ -25,6 +27,7 @@ mod relay;
 mod relay_srtp;
 mod shelf;
 mod tls;
+mod transcribe;
 mod users;
 
 use std::path::PathBuf;
@@ -202,11 +205,14 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         node_name,
     )
     .await?;
+    // Before the shelf delivers anything: every recording it stores is handed to it.
+    let transcriber = transcribe::start(&cfg.transcripts, &opened, metrics.clone()).await?;
     let shelf_tx = shelf::start(
         &opened,
         &cfg.storage,
         cfg.recording.spool_dir.clone(),
         metrics.clone(),
+        transcriber.clone(),
     );
     // Before the recorder repairs the spool: what the outbox holds was finished by the last
     // run, what the spool's top holds was interrupted and is the repair's.
@@ -216,7 +222,14 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
             cfg.recording.spool_dir.display()
         )
     })?;
-    shelf::reconcile(&opened.shelf, &cfg.recording.spool_dir, &shelf_tx, &metrics).await?;
+    shelf::reconcile(
+        &opened.shelf,
+        &cfg.recording.spool_dir,
+        &shelf_tx,
+        &metrics,
+        transcriber.as_ref(),
+    )
+    .await?;
     let policy = policy_link::start(cfg.recording.policy_file.clone(), metrics.clone())?;
     let (tap, rec_ctl) = recording::start(
         cfg.recording.clone(),

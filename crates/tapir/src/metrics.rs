@@ -1,6 +1,8 @@
 //! Prometheus metrics: one registry, registered once, rendered on `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -27,6 +29,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub page_requests: IntCounterVec,
     pub shelf: ShelfMetrics,
+    pub transcripts: TranscriptMetrics,
 }
 
 /// The way of finished recordings to storage: uploads, the spool, purges, webhooks.
@@ -38,6 +41,69 @@ pub struct ShelfMetrics {
     pub quarantined: IntCounter,
     pub purged: IntCounter,
     pub webhooks: IntCounterVec,
+}
+
+/// The transcription stage (transcribe.rs).
+pub struct TranscriptMetrics {
+    pub total: IntCounterVec,
+    pub jobs: IntGaugeVec,
+    pub audio_seconds: Counter,
+    pub processing_seconds: Counter,
+    pub cpu_seconds: Counter,
+}
+
+impl TranscriptMetrics {
+    fn new(registry: &Registry) -> Self {
+        let m = TranscriptMetrics {
+            total: IntCounterVec::new(
+                Opts::new(
+                    "tapir_transcripts_total",
+                    "Transcription jobs' ends of attempts: done, retried (another attempt queued) or failed for good",
+                ),
+                &["outcome"],
+            )
+            .unwrap(),
+            jobs: IntGaugeVec::new(
+                Opts::new(
+                    "tapir_transcript_jobs",
+                    "Transcription jobs of this node, by state (queued, running)",
+                ),
+                &["state"],
+            )
+            .unwrap(),
+            audio_seconds: Counter::new(
+                "tapir_transcript_audio_seconds_total",
+                "Seconds of recordings transcribed",
+            )
+            .unwrap(),
+            processing_seconds: Counter::new(
+                "tapir_transcript_processing_seconds_total",
+                "Wall time of transcription attempts (fetch, recognise, store)",
+            )
+            .unwrap(),
+            cpu_seconds: Counter::new(
+                "tapir_transcript_cpu_seconds_total",
+                "CPU time of the offline transcription engine's worker threads",
+            )
+            .unwrap(),
+        };
+        for o in ["done", "retried", "failed"] {
+            m.total.with_label_values(&[o]);
+        }
+        for st in ["queued", "running"] {
+            m.jobs.with_label_values(&[st]);
+        }
+        for c in [
+            Box::new(m.total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.jobs.clone()),
+            Box::new(m.audio_seconds.clone()),
+            Box::new(m.processing_seconds.clone()),
+            Box::new(m.cpu_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
 }
 
 impl ShelfMetrics {
@@ -250,8 +316,10 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let shelf = ShelfMetrics::new(&registry);
+        let transcripts = TranscriptMetrics::new(&registry);
         Self {
             shelf,
+            transcripts,
             registry,
             calls_active,
             calls_total,

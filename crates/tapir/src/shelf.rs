@@ -1,6 +1,7 @@
 //! The catalog and storage at run time: opened at start (a clear error naming the URL when
-//! either cannot be reached), the delivery of finished recordings ([`store::Shelf`]), the
-//! spool watch with its high-water mark, the retention purge and the webhook sender.
+//! either cannot be reached), the delivery of finished recordings ([`store::Shelf`]), which
+//! hands every stored recording to the transcription stage when it runs, the spool watch with
+//! its high-water mark, the retention purge and the webhook sender.
 //!
 //! Nothing here decides: what is delivered where, what a reconciliation repairs and how long
 //! a recording is kept are the `store` crate's; these are the tasks that run them.
@@ -16,6 +17,7 @@ use store::{Backoff, Catalog, Parcel, Shelf, ShelfConfig, Storage, StorageConfig
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::transcribe::Transcriber;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,8 +247,14 @@ fn audio_stems(dir: &Path) -> Vec<String> {
 }
 
 /// Reconciles the spool, the catalog and the storage; says what it repaired; queues the
-/// outbox for delivery.
-pub async fn reconcile(shelf: &Shelf, spool: &Path, tx: &ShelfTx, metrics: &Metrics) -> Result<()> {
+/// outbox for delivery; hands the recordings it found stored to the transcription stage.
+pub async fn reconcile(
+    shelf: &Shelf,
+    spool: &Path,
+    tx: &ShelfTx,
+    metrics: &Metrics,
+    transcriber: Option<&Arc<Transcriber>>,
+) -> Result<()> {
     let live = spool_stems(spool);
     let r = shelf
         .reconcile(spool, &live)
@@ -264,6 +272,11 @@ pub async fn reconcile(shelf: &Shelf, spool: &Path, tx: &ShelfTx, metrics: &Metr
     for id in &r.lost {
         tracing::warn!(contact = %id, "catalogued as unfinished, but no file is in the spool or in storage");
     }
+    if let Some(t) = transcriber {
+        for id in &r.marked_stored {
+            t.stored(id.clone());
+        }
+    }
     for p in r.parcels {
         tx.send(ShelfMsg::Deliver(Box::new(p)));
     }
@@ -276,6 +289,7 @@ pub fn start(
     cfg: &StorageSection,
     spool: PathBuf,
     metrics: Arc<Metrics>,
+    transcriber: Option<Arc<Transcriber>>,
 ) -> ShelfTx {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = ShelfTx {
@@ -291,6 +305,7 @@ pub fn start(
         cfg.upload_concurrency,
         spool.clone(),
         metrics.clone(),
+        transcriber,
     ));
     tokio::spawn(watch_spool(
         spool,
@@ -316,13 +331,14 @@ pub fn start(
 }
 
 /// Carries out the recorder side's messages: catalogue entries in order, deliver finished
-/// files a few at a time.
+/// files a few at a time, and hand each stored recording to the transcription stage.
 async fn deliveries(
     shelf: Shelf,
     mut rx: mpsc::UnboundedReceiver<ShelfMsg>,
     concurrency: usize,
     spool: PathBuf,
     metrics: Arc<Metrics>,
+    transcriber: Option<Arc<Transcriber>>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     // A parcel queued twice (the reconciliation and the finisher both found it) is
@@ -359,11 +375,12 @@ async fn deliveries(
                     continue;
                 }
                 let permit = slots.clone().acquire_owned().await;
-                let (shelf, metrics, in_flight, spool) = (
+                let (shelf, metrics, in_flight, spool, transcriber) = (
                     shelf.clone(),
                     metrics.clone(),
                     in_flight.clone(),
                     spool.clone(),
+                    transcriber.clone(),
                 );
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -372,6 +389,10 @@ async fn deliveries(
                             metrics.shelf.uploads.with_label_values(&["ok"]).inc();
                             tracing::info!(id = %d.id, key = %d.key, size = d.size, sha256 = %d.sha256,
                                 attempts = d.attempts, "recording stored");
+                            // Only once it is stored: a transcript never holds up storage.
+                            if let (Some(t), false) = (&transcriber, d.statement) {
+                                t.stored(d.id);
+                            }
                         }
                         Err(e) => {
                             metrics.shelf.uploads.with_label_values(&["error"]).inc();

@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,12 @@ pub trait Engine: Send + Sync + Debug {
     /// Transcribes one channel. Phrases are ordered by start, times in ms from the start of
     /// the samples.
     fn transcribe(&self, request: Request) -> BoxFuture<'_, Result<Vec<Phrase>, TranscriptError>>;
+
+    /// CPU time this engine has spent on this node so far, when it computes here (the
+    /// offline engine's threads); `None` for engines that compute elsewhere.
+    fn cpu_time(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A recogniser that computes on the calling thread.
@@ -80,6 +87,8 @@ struct Task {
 /// wait their turn in a queue; the job scheduler above keeps that queue short.
 pub struct WorkerPool<E: BlockingEngine> {
     engine: Arc<E>,
+    /// CPU nanoseconds the workers spent in the engine.
+    cpu_ns: Arc<AtomicU64>,
     queue: Mutex<Option<mpsc::Sender<Task>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -103,6 +112,23 @@ pub enum Priority {
     Low,
     /// The process's own priority (tests that measure recognition, not scheduling).
     Normal,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Lowers the calling thread's CPU priority; failures are logged, not fatal (a container
@@ -139,12 +165,14 @@ impl<E: BlockingEngine> WorkerPool<E> {
     /// [`WorkerPool::new`] at the given priority.
     pub fn with_priority(engine: E, threads: usize, priority: Priority) -> Self {
         let engine = Arc::new(engine);
+        let cpu_ns = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel::<Task>();
         let rx = Arc::new(Mutex::new(rx));
         let handles = (0..threads.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let engine = engine.clone();
+                let cpu_ns = cpu_ns.clone();
                 std::thread::Builder::new()
                     .name(format!("transcribe-{i}"))
                     .spawn(move || {
@@ -162,11 +190,18 @@ impl<E: BlockingEngine> WorkerPool<E> {
                             let result = if Instant::now() >= task.deadline {
                                 Err(TranscriptError::Timeout(task.request.timeout))
                             } else {
-                                engine.transcribe_blocking(
+                                let c0 = thread_cpu();
+                                let r = engine.transcribe_blocking(
                                     &task.request.samples,
                                     &task.request.language,
                                     task.deadline,
-                                )
+                                );
+                                let spent = thread_cpu().saturating_sub(c0);
+                                cpu_ns.fetch_add(
+                                    u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
+                                    Ordering::Relaxed,
+                                );
+                                r
                             };
                             let _ = task.reply.send(result);
                         }
@@ -176,6 +211,7 @@ impl<E: BlockingEngine> WorkerPool<E> {
             .collect();
         WorkerPool {
             engine,
+            cpu_ns,
             queue: Mutex::new(Some(tx)),
             threads: Mutex::new(handles),
         }
@@ -203,6 +239,10 @@ impl<E: BlockingEngine> Drop for WorkerPool<E> {
 impl<E: BlockingEngine> Engine for WorkerPool<E> {
     fn name(&self) -> &str {
         self.engine.name()
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        Some(Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed)))
     }
 
     fn transcribe(&self, request: Request) -> BoxFuture<'_, Result<Vec<Phrase>, TranscriptError>> {
@@ -284,10 +324,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_pool_answers_and_times_out() {
-        let pool = WorkerPool::new(Slow, 2);
+        // Normal priority: this measures the pool, not the scheduler; idle threads on a machine
+        // busy with builds would wait for a free core.
+        let pool = WorkerPool::with_priority(Slow, 2, Priority::Normal);
         assert_eq!(pool.name(), "slow");
         let ok = pool.transcribe(request(3, 5000)).await.unwrap();
         assert_eq!(ok[0].end_ms, 3);
+        // Sleeping costs (almost) no CPU, but the clock is read.
+        assert!(pool.cpu_time().unwrap() < Duration::from_millis(20));
         let t0 = Instant::now();
         let err = pool.transcribe(request(1000, 100)).await.unwrap_err();
         assert!(matches!(err, TranscriptError::Timeout(_)), "{err:?}");
@@ -306,6 +350,43 @@ mod tests {
         );
     }
 
+    #[derive(Debug)]
+    struct Spin;
+
+    impl BlockingEngine for Spin {
+        fn name(&self) -> &str {
+            "spin"
+        }
+        fn transcribe_blocking(
+            &self,
+            _: &[i16],
+            _: &str,
+            _: Instant,
+        ) -> Result<Vec<Phrase>, TranscriptError> {
+            // Until the thread has used 30 ms of CPU (however long a busy machine makes that).
+            let (t0, c0) = (Instant::now(), thread_cpu());
+            let mut x = 0u64;
+            while thread_cpu() - c0 < Duration::from_millis(30)
+                && t0.elapsed() < Duration::from_secs(20)
+            {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_counts_its_cpu_time() {
+        // Idle priority: it must not take CPU from the timing test beside it.
+        let pool = WorkerPool::new(Spin, 1);
+        pool.transcribe(request(1, 30_000)).await.unwrap();
+        let cpu = pool.cpu_time().unwrap();
+        assert!(
+            cpu >= Duration::from_millis(30) && cpu < Duration::from_secs(1),
+            "{cpu:?}"
+        );
+    }
+
     #[tokio::test]
     async fn the_none_engine_transcribes_nothing() {
         assert!(NoEngine
@@ -315,5 +396,6 @@ mod tests {
             .is_empty());
         let e: Arc<dyn Engine> = Arc::new(NoEngine);
         assert_eq!(e.name(), "none");
+        assert_eq!(e.cpu_time(), None);
     }
 }

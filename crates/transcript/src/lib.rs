@@ -16,10 +16,17 @@
 //!   bounded retries, a concurrency limit, a per-job timeout and resumption after a restart.
 //! * [`selection`]: which calls are transcribed, and in which language, per route and
 //!   record policy.
-//! * [`worker`]: the async driver of [`Jobs`] over a [`JobHost`] (the node's catalog and
-//!   storage).
+//! * [`worker`]: the async driver of [`Jobs`] over a [`JobHost`], reporting to an
+//!   [`Observer`] (the node's metrics).
+//! * [`catalog`]: the node's [`JobHost`], [`CatalogHost`], over its catalog and storage, and
+//!   the selection of a stored recording by its catalog entry.
+//! * [`config`]: the node's `[transcripts]` section, checked, and the engine it names.
+//! * [`view`]: what the recordings API answers: the transcript's JSON and its standalone
+//!   HTML document.
 //! * [`resample`]: the 8 → 16 kHz upsampler.
 
+pub mod catalog;
+pub mod config;
 pub mod engine;
 mod error;
 pub mod http;
@@ -30,18 +37,23 @@ pub mod recording;
 pub mod resample;
 pub mod selection;
 pub mod sentiment;
+pub mod view;
 pub mod worker;
 
 use serde::{Deserialize, Serialize};
 
 pub use analysis::Speaker;
+pub use catalog::CatalogHost;
+pub use config::{EngineKind, TranscriptsConfig};
 pub use engine::{BlockingEngine, BoxFuture, Engine, NoEngine, Priority, Request, WorkerPool};
 pub use error::TranscriptError;
+pub use jobs::Counts;
 pub use jobs::{Job, JobState, Jobs, JobsConfig, Poll, Start};
 pub use recording::{transcribe_recording, Transcript, TranscriptPhrase};
 pub use selection::Selection;
 pub use sentiment::{Label, Scorer, Sentiment, Vader};
-pub use worker::{AudioFile, JobHost, Worker};
+pub use view::TranscriptView;
+pub use worker::{AttemptReport, AudioFile, JobHost, NoObserver, Observer, Outcome, Worker};
 
 /// One recognised word. Times are milliseconds from the start of the channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -56,14 +56,32 @@ impl Selection {
     /// The language to transcribe a recording of `route`, selected by record policy
     /// `policy`, in; `None` when it is not transcribed.
     pub fn decide(&self, route: &str, policy: Option<&str>) -> Option<String> {
+        self.decide_for(route, policy.as_slice())
+    }
+
+    /// [`Selection::decide`] for a recording that several record policies recorded (a
+    /// decision log names each): it is transcribed when one of their rules asks for it, not
+    /// when one says no and none yes; the language is that of the first policy naming one.
+    /// Policies without a rule leave the decision to the route.
+    pub fn decide_for(&self, route: &str, policies: &[&str]) -> Option<String> {
         let r = self.routes.get(route);
-        let p = policy.and_then(|p| self.policies.get(p));
-        let transcribe = p
-            .and_then(|x| x.transcribe)
+        let rules: Vec<&Rule> = policies
+            .iter()
+            .filter_map(|p| self.policies.get(*p))
+            .collect();
+        let by_policy = if rules.iter().any(|x| x.transcribe == Some(true)) {
+            Some(true)
+        } else if rules.iter().any(|x| x.transcribe == Some(false)) {
+            Some(false)
+        } else {
+            None
+        };
+        let transcribe = by_policy
             .or_else(|| r.and_then(|x| x.transcribe))
             .unwrap_or(self.transcribe);
-        let language = p
-            .and_then(|x| x.language.as_ref())
+        let language = rules
+            .iter()
+            .find_map(|x| x.language.as_ref())
             .or_else(|| r.and_then(|x| x.language.as_ref()))
             .unwrap_or(&self.language);
         transcribe.then(|| language.clone())
@@ -95,6 +113,31 @@ mod tests {
         assert_eq!(s.decide("quiet", None), None);
         assert_eq!(s.decide("quiet", Some("qa")).as_deref(), Some("de"));
         assert_eq!(s.decide("quiet", Some("other")), None);
+    }
+
+    #[test]
+    fn of_several_policies_one_yes_wins_and_the_first_language() {
+        let mut s = Selection {
+            transcribe: false,
+            ..Selection::default()
+        };
+        let rule = |t: Option<bool>, l: Option<&str>| Rule {
+            transcribe: t,
+            language: l.map(str::to_string),
+        };
+        s.policies
+            .insert("no".into(), rule(Some(false), Some("fr")));
+        s.policies.insert("yes".into(), rule(Some(true), None));
+        s.policies.insert("de".into(), rule(None, Some("de")));
+        s.routes.insert("on".into(), rule(Some(true), Some("nl")));
+        assert_eq!(s.decide_for("pbx", &["no", "yes"]).as_deref(), Some("fr"));
+        assert_eq!(s.decide_for("on", &["no"]), None);
+        assert_eq!(
+            s.decide_for("on", &["de", "unknown"]).as_deref(),
+            Some("de")
+        );
+        assert_eq!(s.decide_for("on", &[]).as_deref(), Some("nl"));
+        assert_eq!(s.decide_for("pbx", &["unknown"]), None);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! A failure to persist a row or to store a transcript fails that attempt (retried like any
 //! other); the driver never stops on a job's error, and a job never blocks another beyond
 //! the concurrency limit.
+//!
+//! What happens is reported to an [`Observer`] (the node's metrics): each job's outcome
+//! (done, retried, failed; [`Outcome::of`] the row), the counts of queued and running jobs,
+//! and per attempt its wall time, its engine's CPU time and the audio it transcribed.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::engine::BoxFuture;
-use crate::jobs::{Counts, Job, Jobs, Start};
+use crate::jobs::{Counts, Job, JobState, Jobs, Start};
 use crate::recording::{transcribe_recording, Transcript};
 use crate::sentiment::Scorer;
 use crate::Engine;
@@ -48,6 +52,67 @@ pub trait JobHost: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
 }
 
+/// How a job row left by the scheduler ended an attempt (or a restart), for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The transcript is stored.
+    Done,
+    /// The attempt failed (or was interrupted); the job is queued for another.
+    Retried,
+    /// The last attempt failed; the job is given up.
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Done, Outcome::Retried, Outcome::Failed];
+
+    /// The outcome a changed row records: `None` for a job that was queued or started.
+    pub fn of(job: &Job) -> Option<Outcome> {
+        match job.state {
+            JobState::Done => Some(Outcome::Done),
+            JobState::Failed => Some(Outcome::Failed),
+            JobState::Queued if job.attempts > 0 => Some(Outcome::Retried),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Retried => "retried",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What one attempt cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// From start to end (fetching the audio, recognising, storing).
+    pub wall: Duration,
+    /// The engine's CPU time on this node during the attempt (and any attempt running
+    /// beside it), for engines that compute here.
+    pub cpu: Option<Duration>,
+    /// Length of the recording transcribed, when the attempt succeeded.
+    pub audio_ms: Option<u64>,
+}
+
+/// Receives what the driver does (the node's metrics). Every method does nothing by default.
+pub trait Observer: Send + Sync {
+    /// A job row changed to `outcome`.
+    fn outcome(&self, _job: &Job, _outcome: Outcome) {}
+    /// The active jobs, after every change.
+    fn counts(&self, _counts: Counts) {}
+    /// An attempt ended.
+    fn attempt(&self, _report: &AttemptReport) {}
+}
+
+/// An [`Observer`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
 /// The driver (see the module docs). Shared as `Arc<Worker>`.
 pub struct Worker {
     jobs: Mutex<Jobs>,
@@ -55,6 +120,9 @@ pub struct Worker {
     engine: Arc<dyn Engine>,
     scorer: Arc<dyn Scorer>,
     host: Arc<dyn JobHost>,
+    observer: Arc<dyn Observer>,
+    /// The engine's CPU time when last reported.
+    cpu_seen: Mutex<Duration>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -73,13 +141,70 @@ impl Worker {
         scorer: Arc<dyn Scorer>,
         host: Arc<dyn JobHost>,
     ) -> Arc<Worker> {
+        Self::with_observer(jobs, engine, scorer, host, Arc::new(NoObserver))
+    }
+
+    /// [`Worker::new`], reporting to `observer`.
+    pub fn with_observer(
+        jobs: Jobs,
+        engine: Arc<dyn Engine>,
+        scorer: Arc<dyn Scorer>,
+        host: Arc<dyn JobHost>,
+        observer: Arc<dyn Observer>,
+    ) -> Arc<Worker> {
+        let cpu_seen = engine.cpu_time().unwrap_or_default();
         Arc::new(Worker {
             jobs: Mutex::new(jobs),
             wake: Notify::new(),
             engine,
             scorer,
             host,
+            observer,
+            cpu_seen: Mutex::new(cpu_seen),
         })
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &str {
+        self.engine.name()
+    }
+
+    /// Takes up the persisted active jobs after a restart ([`Jobs::restore`]), in place of
+    /// whatever the driver held, and persists the rows that changed (running jobs queued
+    /// again, or failed when that was their last attempt). Returns how many jobs are active.
+    /// Call before [`Worker::run`].
+    pub async fn resume(&self, persisted: Vec<Job>) -> usize {
+        let now = self.host.now_ms();
+        let config = *self.lock().config();
+        let (jobs, changed) = Jobs::restore(config, persisted, now);
+        let active = jobs.counts();
+        *self.lock() = jobs;
+        self.observer.counts(active);
+        for job in &changed {
+            self.persist(job).await;
+        }
+        self.wake.notify_one();
+        active.queued + active.running
+    }
+
+    /// Reports a changed row's outcome, then saves it (so that whoever sees the row has seen
+    /// the report too: metrics never lag the catalog).
+    async fn persist(&self, job: &Job) {
+        if let Some(o) = Outcome::of(job) {
+            match o {
+                Outcome::Failed => tracing::warn!(contact_id = %job.contact_id,
+                    attempts = job.attempts, error = job.error.as_deref().unwrap_or(""),
+                    "transcription failed; given up"),
+                Outcome::Retried => tracing::info!(contact_id = %job.contact_id,
+                    attempts = job.attempts, retry_at_ms = job.next_at_ms,
+                    "transcription attempt failed; retried later"),
+                Outcome::Done => {}
+            }
+            self.observer.outcome(job, o);
+        }
+        if let Err(e) = self.host.save(job).await {
+            tracing::warn!(contact_id = %job.contact_id, error = %e, "transcript job row not saved");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
@@ -102,9 +227,14 @@ impl Worker {
         {
             return Ok(false);
         }
-        if self.lock().enqueue(contact_id, language, now).is_none() {
-            return Ok(false);
-        }
+        let counts = {
+            let mut jobs = self.lock();
+            if jobs.enqueue(contact_id, language, now).is_none() {
+                return Ok(false);
+            }
+            jobs.counts()
+        };
+        self.observer.counts(counts);
         self.wake.notify_one();
         Ok(true)
     }
@@ -117,14 +247,17 @@ impl Worker {
     /// Runs forever (spawn it; abort the task to stop).
     pub async fn run(self: Arc<Self>) {
         loop {
-            let poll = {
+            let (poll, counts) = {
                 let now = self.host.now_ms();
-                self.lock().poll(now)
+                let mut jobs = self.lock();
+                let poll = jobs.poll(now);
+                (poll, jobs.counts())
             };
+            if !poll.changed.is_empty() {
+                self.observer.counts(counts);
+            }
             for job in &poll.changed {
-                if let Err(e) = self.host.save(job).await {
-                    tracing::warn!(contact_id = %job.contact_id, error = %e, "transcript job row not saved");
-                }
+                self.persist(job).await;
             }
             for start in poll.start {
                 let me = self.clone();
@@ -149,6 +282,7 @@ impl Worker {
     }
 
     async fn attempt(self: Arc<Self>, start: Start) {
+        let t0 = std::time::Instant::now();
         let timeout = Duration::from_millis((start.deadline_ms - self.host.now_ms()).max(1) as u64);
         // The engine gets a little less than the job, so that a hung engine is reported as
         // such (with its own reason) before the scheduler's deadline, the safety net.
@@ -157,28 +291,46 @@ impl Worker {
             .await
             .unwrap_or_else(|_| Err(format!("timed out after {} s", timeout.as_secs())));
         match &result {
-            Ok(()) => tracing::info!(engine = self.engine.name(), "transcript stored"),
+            Ok(ms) => tracing::info!(
+                engine = self.engine.name(),
+                audio_ms = ms,
+                "transcript stored"
+            ),
             Err(e) => tracing::warn!(error = %e, "transcription attempt failed"),
         }
+        let cpu = self.engine.cpu_time().map(|total| {
+            let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let delta = total.saturating_sub(*seen);
+            *seen = total.max(*seen);
+            delta
+        });
+        self.observer.attempt(&AttemptReport {
+            wall: t0.elapsed(),
+            cpu,
+            audio_ms: result.as_ref().ok().copied(),
+        });
         let now = self.host.now_ms();
-        let job = self
-            .lock()
-            .finish(&start.contact_id, start.attempt, result, now);
+        let (job, counts) = {
+            let mut jobs = self.lock();
+            let job = jobs.finish(&start.contact_id, start.attempt, result.map(|_| ()), now);
+            (job, jobs.counts())
+        };
         if let Some(job) = job {
-            if let Err(e) = self.host.save(&job).await {
-                tracing::warn!(error = %e, "transcript job row not saved");
-            }
+            self.observer.counts(counts);
+            self.persist(&job).await;
         }
         self.wake.notify_one();
     }
 
-    async fn transcribe(&self, start: &Start, timeout: Duration) -> Result<(), String> {
+    /// One attempt; the length of the audio transcribed.
+    async fn transcribe(&self, start: &Start, timeout: Duration) -> Result<u64, String> {
         let audio = self.host.audio(&start.contact_id).await?;
         let mut t = transcribe_recording(&audio.path, &*self.engine, &start.language, timeout)
             .await
             .map_err(|e| e.to_string())?;
         drop(audio);
         t.score(&*self.scorer);
-        self.host.store(&start.contact_id, &t).await
+        self.host.store(&start.contact_id, &t).await?;
+        Ok(t.duration_ms)
     }
 }

@@ -1,149 +1,16 @@
 //! The job driver over the real catalog (SQLite) and storage (a local directory), through
-//! the glue a node uses ([`CatalogHost`]): a job interrupted mid-attempt by a "crash" is
+//! the glue the node uses ([`CatalogHost`]): a job interrupted mid-attempt by a "crash" is
 //! resumed from its row after the restart and completes; the stored transcript is found by
 //! full-text search by a word only the agent said, and not by a word nobody said.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use store::{Catalog, Entry, PhraseRow, State, Storage, StorageConfig, StoredTranscript};
+use store::{Catalog, Entry, State, Storage, StorageConfig};
 use transcript::engine::BoxFuture;
 use transcript::{
-    AudioFile, Engine, Job, JobHost, JobState, Jobs, JobsConfig, Phrase, Request, Speaker,
-    Transcript, TranscriptError, Vader, Word, Worker,
+    CatalogHost, Engine, Jobs, JobsConfig, Phrase, Request, TranscriptError, Vader, Word, Worker,
 };
-
-/// The node's glue between the driver and its catalog and storage.
-struct CatalogHost {
-    catalog: Catalog,
-    storage: Storage,
-    node: String,
-    engine: String,
-    t0: Instant,
-}
-
-fn to_row(job: &Job, node: &str, engine: &str) -> store::TranscriptJob {
-    store::TranscriptJob {
-        contact_id: job.contact_id.clone(),
-        node: node.to_string(),
-        state: job.state.as_str().to_string(),
-        attempts: job.attempts as i32,
-        next_at_ms: job.next_at_ms,
-        error: job.error.clone(),
-        engine: engine.to_string(),
-        language: job.language.clone(),
-        updated_ms: job.updated_ms,
-    }
-}
-
-fn from_row(row: store::TranscriptJob) -> Option<Job> {
-    Some(Job {
-        state: JobState::parse(&row.state)?,
-        contact_id: row.contact_id,
-        attempts: row.attempts.max(0) as u32,
-        next_at_ms: row.next_at_ms,
-        error: row.error,
-        language: row.language,
-        updated_ms: row.updated_ms,
-    })
-}
-
-fn to_stored(contact_id: &str, t: &Transcript, now_ms: i64) -> StoredTranscript {
-    StoredTranscript {
-        summary: store::TranscriptSummary {
-            contact_id: contact_id.to_string(),
-            engine: t.engine.clone(),
-            language: t.language.clone(),
-            phrase_count: t.phrases.len() as i32,
-            sentiment_avg: t.sentiment_average(),
-            customer_wpm: t.words_per_minute(Speaker::Customer),
-            agent_wpm: t.words_per_minute(Speaker::Agent),
-            created_ms: now_ms,
-        },
-        phrases: t
-            .phrases
-            .iter()
-            .map(|p| PhraseRow {
-                speaker: match p.speaker {
-                    Speaker::Customer => "customer".into(),
-                    Speaker::Agent => "agent".into(),
-                },
-                start_ms: p.start_ms as i64,
-                end_ms: p.end_ms as i64,
-                text: p.text.clone(),
-                sentiment: p.sentiment.map(|s| s.score),
-                words: serde_json::to_value(&p.words).unwrap_or_default(),
-            })
-            .collect(),
-    }
-}
-
-impl JobHost for CatalogHost {
-    fn create(&self, job: &Job) -> BoxFuture<'_, Result<bool, String>> {
-        let row = to_row(job, &self.node, &self.engine);
-        Box::pin(async move {
-            self.catalog
-                .insert_transcript_job(&row)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn save(&self, job: &Job) -> BoxFuture<'_, Result<(), String>> {
-        let row = to_row(job, &self.node, &self.engine);
-        Box::pin(async move {
-            self.catalog
-                .save_transcript_job(&row)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn audio<'a>(&'a self, contact_id: &'a str) -> BoxFuture<'a, Result<AudioFile, String>> {
-        Box::pin(async move {
-            let entry = self
-                .catalog
-                .get(contact_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no such recording")?;
-            let key = entry.storage_key.ok_or("the recording is not stored")?;
-            let mut read = self
-                .storage
-                .read(&key, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let tmp = tempfile::Builder::new()
-                .suffix(&format!(".{}", entry.format))
-                .tempfile()
-                .map_err(|e| e.to_string())?;
-            let mut bytes = Vec::new();
-            while let Some(chunk) = read.stream.next().await {
-                bytes.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-            }
-            std::fs::write(tmp.path(), bytes).map_err(|e| e.to_string())?;
-            Ok(AudioFile {
-                path: tmp.path().to_owned(),
-                guard: Some(Box::new(tmp)),
-            })
-        })
-    }
-
-    fn store<'a>(&'a self, id: &'a str, t: &'a Transcript) -> BoxFuture<'a, Result<(), String>> {
-        let stored = to_stored(id, t, self.now_ms());
-        Box::pin(async move {
-            self.catalog
-                .store_transcript(&stored)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    }
-
-    fn now_ms(&self) -> i64 {
-        1_700_000_000_000 + self.t0.elapsed().as_millis() as i64
-    }
-}
 
 /// An engine that answers after `delay` with one phrase per channel: the agent says
 /// "refund", the customer "invoice" (told apart by the channel's loudness).
@@ -238,13 +105,10 @@ async fn a_job_interrupted_by_a_restart_resumes_and_its_transcript_is_searchable
         timeout_ms: 30_000,
     };
     let host = |catalog: &Catalog| {
-        Arc::new(CatalogHost {
-            catalog: catalog.clone(),
-            storage: storage.clone(),
-            node: "node-a".into(),
-            engine: "scripted".into(),
-            t0: Instant::now(),
-        })
+        Arc::new(
+            CatalogHost::new(catalog.clone(), storage.clone(), "node-a", "scripted")
+                .with_tmp_dir(dir.path().to_owned()),
+        )
     };
 
     // First life: the job starts, and the node dies mid-attempt (an engine that takes an hour).
@@ -273,22 +137,22 @@ async fn a_job_interrupted_by_a_restart_resumes_and_its_transcript_is_searchable
 
     // Second life: the node reloads its active jobs and resumes.
     let catalog = Catalog::open(db.to_str().unwrap()).await.unwrap();
-    let rows = catalog.active_transcript_jobs("node-a").await.unwrap();
-    assert_eq!(rows.len(), 1);
     let host = host(&catalog);
-    let (jobs, changed) =
-        Jobs::restore(config, rows.into_iter().filter_map(from_row), host.now_ms());
-    for job in &changed {
-        host.save(job).await.unwrap();
-    }
-    assert_eq!(changed[0].state, JobState::Queued);
+    let rows = host.active_jobs().await.unwrap();
+    assert_eq!(rows.len(), 1);
     let worker = Worker::new(
-        jobs,
+        Jobs::new(config),
         Arc::new(Scripted {
             delay: Duration::from_millis(10),
         }),
         Arc::new(Vader::default()),
         host,
+    );
+    assert_eq!(worker.resume(rows).await, 1);
+    assert_eq!(
+        catalog.transcript_job("c1").await.unwrap().unwrap().state,
+        "queued",
+        "the interrupted attempt is queued again"
     );
     let run = tokio::spawn(worker.clone().run());
     until(Duration::from_secs(10), async || {

@@ -17,8 +17,8 @@ use axum::Router;
 use transcript::engine::BoxFuture;
 use transcript::http::{HttpConfig, HttpEngine};
 use transcript::{
-    transcribe_recording, AudioFile, Engine, Job, JobHost, JobState, Jobs, JobsConfig, Speaker,
-    Transcript, TranscriptError, Vader, Worker,
+    transcribe_recording, AttemptReport, AudioFile, Counts, Engine, Job, JobHost, JobState, Jobs,
+    JobsConfig, Observer, Outcome, Speaker, Transcript, TranscriptError, Vader, Worker,
 };
 
 /// What the fake server does.
@@ -330,6 +330,29 @@ impl Engine for Split {
     }
 }
 
+/// Counts what the driver reports, as the node's metrics do.
+#[derive(Default)]
+struct Seen2 {
+    outcomes: Mutex<HashMap<Outcome, u32>>,
+    peak_running: Mutex<usize>,
+    last: Mutex<Counts>,
+    attempts: Mutex<Vec<AttemptReport>>,
+}
+
+impl Observer for Seen2 {
+    fn outcome(&self, _: &Job, o: Outcome) {
+        *self.outcomes.lock().unwrap().entry(o).or_default() += 1;
+    }
+    fn counts(&self, c: Counts) {
+        let mut p = self.peak_running.lock().unwrap();
+        *p = (*p).max(c.running);
+        *self.last.lock().unwrap() = c;
+    }
+    fn attempt(&self, r: &AttemptReport) {
+        self.attempts.lock().unwrap().push(*r);
+    }
+}
+
 async fn until(deadline: Duration, mut done: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !done() {
@@ -360,7 +383,8 @@ async fn a_hanging_engine_is_retried_then_failed_without_blocking_other_jobs() {
         backoff_max_ms: 100,
         timeout_ms: 600,
     });
-    let worker = Worker::new(
+    let seen = Arc::new(Seen2::default());
+    let worker = Worker::with_observer(
         jobs,
         Arc::new(Split {
             ok: engine(ok, None),
@@ -368,6 +392,7 @@ async fn a_hanging_engine_is_retried_then_failed_without_blocking_other_jobs() {
         }),
         Arc::new(Vader::default()),
         host.clone(),
+        seen.clone(),
     );
     let run = tokio::spawn(worker.clone().run());
     assert!(worker.enqueue("hung", "en-hang").await.unwrap());
@@ -435,5 +460,22 @@ async fn a_hanging_engine_is_retried_then_failed_without_blocking_other_jobs() {
     assert_eq!(t.phrases[0].text, "I am very happy with your service.");
     assert!(t.phrases.iter().all(|p| p.sentiment.is_some()));
     assert_eq!(worker.counts().running + worker.counts().queued, 0);
+    // What the metrics were told: two done, the hung one and the missing one retried once
+    // and failed; every attempt reported, audio only for the successful ones.
+    let o = seen.outcomes.lock().unwrap().clone();
+    assert_eq!(o.get(&Outcome::Done), Some(&2));
+    assert_eq!(o.get(&Outcome::Failed), Some(&2));
+    assert_eq!(o.get(&Outcome::Retried), Some(&2));
+    assert_eq!(
+        *seen.peak_running.lock().unwrap(),
+        2,
+        "the concurrency limit"
+    );
+    assert_eq!(*seen.last.lock().unwrap(), Counts::default());
+    let attempts = seen.attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 6);
+    let audio: Vec<u64> = attempts.iter().filter_map(|a| a.audio_ms).collect();
+    assert_eq!(audio, [5000, 5000]);
+    assert!(attempts.iter().all(|a| a.cpu.is_none()), "remote engine");
     run.abort();
 }

@@ -1,7 +1,9 @@
-//! The recordings API under `/api/v1`: search the catalog, read one recording with its
+//! The recordings API under `/api/v1`: search the catalog (by transcript text too, with
+//! highlighted snippets and each call's average sentiment), read one recording with its
 //! segments, statements and decision log, stream its audio with HTTP Range, its waveform
-//! peaks, look-ups by either leg's SIP Call-ID and by recorded statement id, soft delete and
-//! legal hold; and the OpenAPI document that describes all of it (`openapi.json` beside this
+//! peaks, its transcript (JSON, or a standalone HTML document to download), look-ups by
+//! either leg's SIP Call-ID and by recorded statement id, soft delete and legal hold; and the
+//! OpenAPI document that describes all of it (`openapi.json` beside this
 //! file, served at `/api/v1/openapi.json`; docs/api.md is the prose).
 //!
 //! This is the HTTP adapter: parameters, ranges and tags are decided by `store::api`, the
@@ -13,7 +15,7 @@
 //! [`Viewer::may_view`]. With access control on (`[access] enabled`, the default) the viewer
 //! is the session's user or the API token that `auth::require_viewer` found (docs/access.md),
 //! deleting and holding need an admin, and searches, views, plays, downloads, deletions and
-//! holds are audited. With it off the only viewer is the administrator on the same host: a
+//! holds are audited (a transcript's view as a view, its document as a download). With it off the only viewer is the administrator on the same host: a
 //! request from any other address gets 403, whatever `[http] listen` binds.
 
 use std::collections::HashMap;
@@ -33,7 +35,12 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Serialize;
 use store::api::{self as rules, AudioParams, Availability, PeaksParams, RangeAnswer};
-use store::{Catalog, DeleteOutcome, Entry, Query, Statement, Storage, StoreError};
+use store::{
+    Catalog, DeleteOutcome, Entry, Query, Statement, Storage, StoreError, TranscriptHit,
+    TranscriptSummary,
+};
+use transcript::sentiment::{Label, Sentiment};
+use transcript::view::{self as tview, TranscriptView};
 
 use crate::metrics::Metrics;
 
@@ -326,6 +333,16 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/recordings/{contact_id}/peaks",
             recording_peaks,
         ),
+        endpoint(
+            Method::GET,
+            "/recordings/{contact_id}/transcript",
+            recording_transcript,
+        ),
+        endpoint(
+            Method::GET,
+            "/recordings/{contact_id}/transcript.html",
+            transcript_document,
+        ),
         endpoint(Method::PUT, "/recordings/{contact_id}/hold", set_hold),
         endpoint(Method::DELETE, "/recordings/{contact_id}/hold", clear_hold),
         endpoint(Method::GET, "/calls/{sip_call_id}/recording", by_call_id),
@@ -383,8 +400,46 @@ async fn unknown_endpoint(State(s): State<ApiState>) -> ApiError {
 
 #[derive(Serialize)]
 struct SearchPage {
-    items: Vec<Entry>,
+    items: Vec<SearchItem>,
     next_cursor: Option<String>,
+}
+
+/// A search result: the entry, its call's average sentiment once transcribed, and with
+/// `text` the phrases that matched.
+#[derive(Serialize)]
+struct SearchItem {
+    #[serde(flatten)]
+    entry: Entry,
+    sentiment: Option<f64>,
+    sentiment_label: Option<Label>,
+    snippets: Vec<Snippet>,
+}
+
+/// A phrase that matched a search's `text`.
+#[derive(Serialize)]
+struct Snippet {
+    speaker: String,
+    channel: u8,
+    start_ms: i64,
+    end_ms: i64,
+    /// The matching words in `<mark>`, everything else HTML-escaped.
+    snippet_html: String,
+}
+
+/// Snippets shown per result.
+const SNIPPETS_PER_RESULT: usize = 3;
+
+/// The transcript summaries of `ids`, by contact id.
+async fn summaries(
+    s: &ApiState,
+    ids: &[String],
+) -> Result<HashMap<String, TranscriptSummary>, ApiError> {
+    Ok(s.catalog
+        .transcript_summaries(ids)
+        .await?
+        .into_iter()
+        .map(|t| (t.contact_id.clone(), t))
+        .collect())
 }
 
 /// `GET /recordings`: one page of a search.
@@ -403,8 +458,49 @@ async fn search(viewer: Viewer, State(s): State<ApiState>, Params(p): Params) ->
         serde_json::json!({ "params": asked, "rows": page.entries.len() }),
     )
     .await;
+    let ids: Vec<String> = page.entries.iter().map(|e| e.contact_id.clone()).collect();
+    let mut sums = summaries(&s, &ids).await?;
+    let mut hits: HashMap<String, Vec<TranscriptHit>> = HashMap::new();
+    if let Some(text) = &q.text {
+        for h in s
+            .catalog
+            .transcript_snippets(text, &ids, SNIPPETS_PER_RESULT)
+            .await?
+        {
+            hits.entry(h.contact_id.clone()).or_default().push(h);
+        }
+    }
+    let items = page
+        .entries
+        .into_iter()
+        .map(|mut entry| {
+            let sum = sums.remove(&entry.contact_id);
+            if let Some(t) = &sum {
+                tview::add_talking_speed(&mut entry.metrics, t);
+            }
+            let sentiment = sum.and_then(|t| t.sentiment_avg).filter(|v| v.is_finite());
+            let snippets = hits
+                .remove(&entry.contact_id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| Snippet {
+                    channel: if h.speaker == "agent" { 2 } else { 1 },
+                    speaker: h.speaker,
+                    start_ms: h.start_ms,
+                    end_ms: h.end_ms,
+                    snippet_html: h.snippet_html,
+                })
+                .collect();
+            SearchItem {
+                entry,
+                sentiment,
+                sentiment_label: sentiment.map(|v| Sentiment::of(v).label),
+                snippets,
+            }
+        })
+        .collect();
     Ok(Json(SearchPage {
-        items: page.entries,
+        items,
         next_cursor: page.next,
     })
     .into_response())
@@ -418,7 +514,10 @@ async fn recording(
     Params(p): Params,
 ) -> ApiResult {
     rules::no_params(&p)?;
-    let e = s.entry(&viewer, &id).await?;
+    let mut e = s.entry(&viewer, &id).await?;
+    if let Some(t) = summaries(&s, std::slice::from_ref(&id)).await?.get(&id) {
+        tview::add_talking_speed(&mut e.metrics, t);
+    }
     s.audit(
         &viewer,
         access::Action::View,
@@ -427,6 +526,82 @@ async fn recording(
     )
     .await;
     Ok(Json(e).into_response())
+}
+
+/// The recording `id` (visible, not deleted) and its transcript's view; 404 `no transcript`
+/// when it has no transcription job.
+async fn transcript_of(
+    s: &ApiState,
+    viewer: &Viewer,
+    id: &str,
+) -> ApiResult<(Entry, TranscriptView)> {
+    let e = s.entry(viewer, id).await?;
+    let Some(job) = s.catalog.transcript_job(id).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no transcript"));
+    };
+    let t = s.catalog.transcript(id).await?;
+    Ok((e, TranscriptView::new(&job, t.as_ref())))
+}
+
+/// `GET /recordings/{contact_id}/transcript`.
+async fn recording_transcript(
+    viewer: Viewer,
+    State(s): State<ApiState>,
+    Id(id): Id,
+    Params(p): Params,
+) -> ApiResult {
+    rules::no_params(&p)?;
+    let (_, view) = transcript_of(&s, &viewer, &id).await?;
+    s.audit(
+        &viewer,
+        access::Action::View,
+        Some(&id),
+        serde_json::json!({ "transcript": "json" }),
+    )
+    .await;
+    let mut r = Json(view).into_response();
+    insert(&mut r, header::CACHE_CONTROL, "private, no-cache");
+    Ok(r)
+}
+
+/// `GET /recordings/{contact_id}/transcript.html`: the transcript as a document to save.
+async fn transcript_document(
+    viewer: Viewer,
+    State(s): State<ApiState>,
+    Id(id): Id,
+    Params(p): Params,
+) -> ApiResult {
+    rules::no_params(&p)?;
+    let (e, view) = transcript_of(&s, &viewer, &id).await?;
+    s.audit(
+        &viewer,
+        access::Action::Download,
+        Some(&id),
+        serde_json::json!({ "transcript": "html" }),
+    )
+    .await;
+    let heading = tview::Heading {
+        contact_id: e.contact_id.clone(),
+        start_ms: Some(e.start_ms),
+        agent: e.agent.clone(),
+        route: Some(e.route.clone()),
+    };
+    let mut r = Response::new(Body::from(tview::html(&heading, &view)));
+    insert(&mut r, header::CONTENT_TYPE, "text/html; charset=utf-8");
+    insert(
+        &mut r,
+        header::CONTENT_DISPOSITION,
+        &rules::attachment(&format!("{}.transcript", e.contact_id), "html"),
+    );
+    insert(&mut r, header::CACHE_CONTROL, "private, no-cache");
+    // Opened in a browser it runs nothing and loads nothing, whatever the text holds.
+    insert(
+        &mut r,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'",
+    );
+    insert(&mut r, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    Ok(r)
 }
 
 /// `GET /calls/{sip_call_id}/recording`: the entry either of whose legs had this Call-ID.

@@ -239,6 +239,53 @@ impl Fixture {
             store::DeleteOutcome::Deleted
         );
         assert!(f.catalog.set_legal_hold("c5", true, T0).await.unwrap());
+        // c1 is transcribed (with text that must never become markup), c2's job failed.
+        let job = |id: &str, state: &str, error: Option<&str>| store::TranscriptJob {
+            contact_id: id.into(),
+            node: "node-a".into(),
+            state: state.into(),
+            attempts: 3,
+            next_at_ms: T0,
+            error: error.map(str::to_string),
+            engine: "http".into(),
+            language: "en".into(),
+            updated_ms: T0,
+        };
+        f.catalog
+            .save_transcript_job(&job("c1", "done", None))
+            .await
+            .unwrap();
+        f.catalog
+            .save_transcript_job(&job("c2", "failed", Some("engine: HTTP 500")))
+            .await
+            .unwrap();
+        let phrase = |speaker: &str, start_ms, text: &str, sentiment| store::PhraseRow {
+            speaker: speaker.into(),
+            start_ms,
+            end_ms: start_ms + 2000,
+            text: text.into(),
+            sentiment,
+            words: serde_json::json!([]),
+        };
+        f.catalog
+            .store_transcript(&store::StoredTranscript {
+                summary: store::TranscriptSummary {
+                    contact_id: "c1".into(),
+                    engine: "http".into(),
+                    language: "en".into(),
+                    phrase_count: 2,
+                    sentiment_avg: Some(-0.1),
+                    customer_wpm: Some(150.0),
+                    agent_wpm: Some(120.0),
+                    created_ms: T0,
+                },
+                phrases: vec![
+                    phrase("customer", 1000, "my <b>invoice</b> is wrong", Some(-0.5)),
+                    phrase("agent", 4000, "I will refund you today", Some(0.3)),
+                ],
+            })
+            .await
+            .unwrap();
         f
     }
 
@@ -804,6 +851,114 @@ async fn a_catalog_outage_is_503() {
     );
 }
 
+#[tokio::test]
+async fn transcripts_their_document_and_text_search() {
+    let f = Fixture::new().await;
+    let t = f.get("/api/v1/recordings/c1/transcript").await;
+    assert_eq!(t.status, StatusCode::OK);
+    let j = t.json();
+    assert_eq!(j["state"], "done");
+    assert_eq!(j["engine"], "http");
+    assert_eq!(j["sentiment"], -0.1);
+    assert_eq!(j["label"], "negative");
+    assert_eq!(
+        j["words_per_minute"],
+        serde_json::json!({"customer": 150.0, "agent": 120.0})
+    );
+    assert_eq!(j["error"], Value::Null);
+    assert_eq!(
+        j["phrases"][0],
+        serde_json::json!({"speaker": "customer", "channel": 1, "start_ms": 1000,
+            "end_ms": 3000, "text": "my <b>invoice</b> is wrong", "sentiment": -0.5,
+            "label": "negative"})
+    );
+    assert_eq!(j["phrases"][1]["channel"], 2);
+    let failed = f.get("/api/v1/recordings/c2/transcript").await.json();
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["error"], "engine: HTTP 500");
+    assert_eq!(failed["phrases"], serde_json::json!([]));
+    for (uri, error) in [
+        ("/api/v1/recordings/c5/transcript", "no transcript"),
+        ("/api/v1/recordings/c5/transcript.html", "no transcript"),
+        ("/api/v1/recordings/nope/transcript", "not found"),
+        ("/api/v1/recordings/c4/transcript", "deleted"),
+    ] {
+        f.get(uri)
+            .await
+            .is_error(StatusCode::NOT_FOUND, error, None);
+    }
+    f.get("/api/v1/recordings/c1/transcript?x=1")
+        .await
+        .is_error(StatusCode::BAD_REQUEST, "unknown parameter x", Some("x"));
+
+    let d = f.get("/api/v1/recordings/c1/transcript.html").await;
+    assert_eq!(d.status, StatusCode::OK);
+    assert_eq!(d.header("content-type"), "text/html; charset=utf-8");
+    assert_eq!(
+        d.header("content-disposition"),
+        "attachment; filename=\"c1.transcript.html\""
+    );
+    assert!(d
+        .header("content-security-policy")
+        .starts_with("default-src 'none'"));
+    let html = d.text();
+    assert!(
+        html.contains("my &lt;b&gt;invoice&lt;/b&gt; is wrong"),
+        "{html}"
+    );
+    assert!(!html.contains("<b>invoice"), "{html}");
+    assert!(html.contains("I will refund you today"));
+
+    // Talking speed joins the recording's metrics.
+    let e = f.get("/api/v1/recordings/c1").await.json();
+    if e["metrics"].is_object() {
+        assert_eq!(e["metrics"]["customer_words_per_minute"], 150.0);
+    }
+
+    // Search by text: the call, its sentiment and the matching phrase, escaped and marked.
+    let page = f.get("/api/v1/recordings?text=Refund").await.json();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["contact_id"], "c1");
+    assert_eq!(items[0]["sentiment"], -0.1);
+    assert_eq!(items[0]["sentiment_label"], "negative");
+    assert_eq!(
+        items[0]["snippets"],
+        serde_json::json!([{"speaker": "agent", "channel": 2, "start_ms": 4000,
+            "end_ms": 6000, "snippet_html": "I will <mark>refund</mark> you today"}])
+    );
+    let page = f.get("/api/v1/recordings?text=invoice").await.json();
+    let snippet = page["items"][0]["snippets"][0]["snippet_html"]
+        .as_str()
+        .unwrap();
+    assert!(
+        snippet.contains("&lt;b&gt;<mark>invoice</mark>&lt;/b&gt;"),
+        "{snippet}"
+    );
+    assert!(
+        f.get("/api/v1/recordings?text=lawyer").await.json()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    f.get("/api/v1/recordings?text=%2A%2A").await.is_error(
+        StatusCode::BAD_REQUEST,
+        "",
+        Some("text"),
+    );
+    // Without text, every result says its sentiment (null until transcribed), no snippets.
+    let all = f.get("/api/v1/recordings").await.json();
+    for item in all["items"].as_array().unwrap() {
+        let want = if item["contact_id"] == "c1" {
+            serde_json::json!(-0.1)
+        } else {
+            Value::Null
+        };
+        assert_eq!(item["sentiment"], want, "{item}");
+        assert_eq!(item["snippets"], serde_json::json!([]));
+    }
+}
+
 /// `(method, path)` of every operation in the OpenAPI document.
 fn documented() -> BTreeSet<(String, String)> {
     let doc: Value = serde_json::from_str(OPENAPI).unwrap();
@@ -877,6 +1032,21 @@ async fn the_documented_schemas_name_every_field_served() {
     assert_eq!(keys(&entry["counters"]), props("Counters"));
     let page = f.get("/api/v1/recordings").await.json();
     assert_eq!(keys(&page), props("SearchPage"));
+    let item_extra: BTreeSet<String> = doc["components"]["schemas"]["SearchItem"]["allOf"][1]
+        ["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut item_props = props("Entry");
+    item_props.extend(item_extra);
+    assert_eq!(keys(&page["items"][0]), item_props);
+    let hit = f.get("/api/v1/recordings?text=refund").await.json();
+    assert_eq!(keys(&hit["items"][0]["snippets"][0]), props("Snippet"));
+    let t = f.get("/api/v1/recordings/c1/transcript").await.json();
+    assert_eq!(keys(&t), props("Transcript"));
+    assert_eq!(keys(&t["phrases"][0]), props("TranscriptPhrase"));
     let peaks = f.get("/api/v1/recordings/c1/peaks").await.json();
     assert_eq!(keys(&peaks), props("Peaks"));
     let list = f.get("/api/v1/statements/terms").await.json();
