@@ -2,7 +2,8 @@
 //! in, searches, opens the recording of a SIPp call made through the binary in this test,
 //! plays it, seeks with −10 s and +30 s (buttons and keys) and a `?t=` link, changes the
 //! speed, and the audio element's `currentTime` and `playbackRate` say it happened. The
-//! waveform comes from the stored peaks (the page fetches no audio to decode). A screenshot
+//! waveform comes from the stored peaks (the page fetches no audio to decode); a click on a
+//! phrase of the transcript pane seeks to it. A screenshot
 //! of the recording page is kept under `target/test-artifacts/`.
 
 use std::time::Duration;
@@ -21,11 +22,14 @@ fn a_browser_logs_in_searches_plays_seeks_and_changes_the_speed() {
     // Chromium first: without it there is nothing to test (and the test fails saying so).
     let b = Browser::start();
     let callee = free_port("127.0.0.1");
+    let engine = fake_transcription_server();
     let t = Tapir::start(
         BIN,
         &recording_route(callee),
         TapirOptions {
-            extra: "[access]\nenabled = true\n".into(),
+            extra: format!(
+                "[access]\nenabled = true\n[transcripts]\nengine = \"http\"\nurl = \"http://{engine}\"\nmodel = \"whisper-test\"\n"
+            ),
             ..Default::default()
         },
     );
@@ -238,13 +242,40 @@ fn a_browser_logs_in_searches_plays_seeks_and_changes_the_speed() {
         !fetched.iter().any(|p| p.ends_with("/audio")),
         "{fetched:?}"
     );
-    // No transcript endpoint answers for this recording: the pane stays hidden.
+    // The transcript pane: once the call is transcribed (by a fake OpenAI-compatible engine),
+    // the page shows its phrases and a click on one moves the audio to it.
+    let deadline = std::time::Instant::now() + secs(60);
+    loop {
+        let r = site.get(&format!("/api/v1/recordings/{id}/transcript"), Some(&anna));
+        if r.status == 200 && r.json()["state"] == "done" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transcript: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.block_on(b.client.goto(&format!("{base}/recordings/{id}")))
+        .unwrap();
     b.wait_js(
-        "the transcript's answer",
-        "performance.getEntriesByType('resource').some(e => e.name.includes('/transcript'))",
+        "the transcript's phrases",
+        "!document.querySelector('#transcript').hidden && document.querySelectorAll('#phrases li[data-start-ms]').length >= 2 && document.querySelector('#audio').readyState >= 1",
         secs(10),
     );
-    assert_eq!(b.js("document.querySelector('#transcript').hidden"), true);
+    assert!(b
+        .js("document.querySelector('#phrases').textContent")
+        .as_str()
+        .unwrap()
+        .contains("the refund arrives tomorrow"));
+    click("#phrases li[data-start-ms='12000']");
+    let at = b.wait_js(
+        "the click on a phrase",
+        "Math.abs(document.querySelector('#audio').currentTime - 12) < 0.01 && document.querySelector('#audio').currentTime",
+        secs(5),
+    );
+    assert!((at.as_f64().unwrap() - 12.0).abs() < 0.01);
     // "Copy link at current time" shows a link that carries the time.
     click("#copy-link");
     let link = b.js("document.querySelector('#link').value");
@@ -261,4 +292,42 @@ fn a_browser_logs_in_searches_plays_seeks_and_changes_the_speed() {
     );
     println!("screenshot of the recording page: {}", shot.display());
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+}
+
+/// A stand-in for an OpenAI-compatible transcription server: every request gets the same two
+/// phrases (at 1 s and at 12 s, inside the 20 s of speech) in `verbose_json`. Returns its address.
+fn fake_transcription_server() -> std::net::SocketAddr {
+    use axum::routing::post;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = serde_json::json!({
+        "task": "transcribe", "language": "english",
+        "text": "thank you for calling the refund arrives tomorrow",
+        "segments": [
+            {"id": 0, "start": 1.0, "end": 3.0, "text": "thank you for calling"},
+            {"id": 1, "start": 12.0, "end": 15.0, "text": "the refund arrives tomorrow"},
+        ],
+    })
+    .to_string();
+    let app = axum::Router::new()
+        .route(
+            "/v1/audio/transcriptions",
+            post(move |_body: axum::body::Bytes| {
+                let answer = answer.clone();
+                async move { ([("content-type", "application/json")], answer) }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(l, app).await.unwrap();
+            });
+    });
+    addr
 }
