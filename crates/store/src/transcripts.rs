@@ -227,7 +227,7 @@ const HITS_POSTGRES: &str = "SELECT p.contact_id, p.speaker, p.start_ms, p.end_m
      ORDER BY r.start_ms DESC, p.contact_id, p.start_ms LIMIT $2";
 
 macro_rules! transcript_backend {
-    ($name:ident, $db:ty) => {
+    ($name:ident, $db:ty, $begin:literal) => {
         impl $name {
             async fn save_job(
                 &self,
@@ -276,7 +276,9 @@ macro_rules! transcript_backend {
 
             async fn store_transcript(&self, t: &StoredTranscript) -> Result<(), StoreError> {
                 let s = &t.summary;
-                let mut tx = self.pool.begin().await?;
+                // SQLite: take the write lock at once; a deferred transaction that read first
+                // could not upgrade after another writer committed, and would fail at once.
+                let mut tx = self.pool.begin_with($begin).await?;
                 sqlx::query("DELETE FROM transcript_phrases WHERE contact_id = $1")
                     .bind(&s.contact_id)
                     .execute(&mut *tx)
@@ -362,8 +364,8 @@ macro_rules! transcript_backend {
     };
 }
 
-transcript_backend!(SqliteCatalog, Sqlite);
-transcript_backend!(PostgresCatalog, Postgres);
+transcript_backend!(SqliteCatalog, Sqlite, "BEGIN IMMEDIATE");
+transcript_backend!(PostgresCatalog, Postgres, "BEGIN");
 
 /// Most snippets [`Catalog::transcript_snippets`] returns per recording.
 pub const MAX_SNIPPETS: usize = 20;
