@@ -25,7 +25,8 @@
 # own sockets (bench/udp_drops.py; the system-wide counter also counts SIPp's caller socket,
 # which never reads the echo), the same for the SIPp callee's echo socket (packets that never
 # come back), peak RSS and memory per call, and for recordings the sidecars' packet
-# counters. Environment: LOAD_SH (default /work/shared/bench/load.sh), bench/lib.sh's.
+# counters. Environment: LOAD_SH (default /work/shared/bench/load.sh), KEEP=1 (keep the work
+# directory with its recordings and logs; removed otherwise), bench/lib.sh's.
 # Runs vary (shared 2-core machine): repeat and compare means.
 #
 # Transcription (tapir, with REC): TRANSCRIBE=pocketsphinx (or none, the default) sets
@@ -53,6 +54,8 @@ cleanup() {
   [ -n "${KAM_PID:-}" ] && stop_pid "$KAM_PID"
   [ -n "${RTPE_PID:-}" ] && stop_pid "$RTPE_PID"
   rm -f "$work/sampling"
+  # A run's recordings take about 2 MB per call: kept only when asked for (KEEP=1).
+  if [ "${KEEP:-0}" = 1 ]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 

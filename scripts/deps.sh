@@ -19,6 +19,10 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresq
 # reads its US-English model; the crate does not build without the library.
 pkg-config --exists pocketsphinx 2>/dev/null || need_apt+=(libpocketsphinx-dev pkg-config)
 [ -f /usr/share/pocketsphinx/model/en-us/en-us.lm.bin ] || need_apt+=(pocketsphinx-en-us)
+# The browser test of the review pages (crates/tapir/tests/browser.rs) drives Debian's
+# headless Chromium over its chromedriver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq

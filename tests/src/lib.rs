@@ -7,8 +7,10 @@
 pub use tempfile;
 
 pub mod baresip;
+pub mod browser;
 pub mod s3;
 pub mod sdes;
+pub mod site;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

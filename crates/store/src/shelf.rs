@@ -338,7 +338,7 @@ impl Shelf {
         }
         let o = self
             .storage
-            .put_file_retrying(&key, &p.audio, self.cfg.backoff, None)
+            .put_hashed_file_retrying(&key, &p.audio, size, &sha256, self.cfg.backoff)
             .await?;
         if o.sha256 != sha256 || o.size != size {
             // The outbox file changed under us: nothing should write there. Keep it.

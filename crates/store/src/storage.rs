@@ -3,7 +3,8 @@
 //!
 //! [`Storage::put_file`] streams a local file up (in parts above [`PART_SIZE`]), hashing it
 //! on the way, then verifies what the store holds: its size from a `HEAD`, and its SHA-256 by
-//! reading it back (unless the config turns that off). Only a verified object may be marked
+//! reading it back (unless the config turns that off). A local directory on the spool's
+//! filesystem gets a hard link instead of a copy, hashed once as it is stored. Only a verified object may be marked
 //! stored in the catalog. [`Storage::put_file_retrying`] repeats a failed upload with backoff,
 //! so a store that goes away and comes back costs time, never the file.
 //!
@@ -355,7 +356,35 @@ impl Storage {
     /// One upload of `file` to `key`, then verification. The file is read once; its hash is
     /// computed on the way.
     pub async fn put_file(&self, key: &str, file: &Path) -> Result<StoredObject, StoreError> {
+        self.put_file_inner(key, file, None).await
+    }
+
+    /// [`Storage::put_file`] of a file whose size and SHA-256 the caller just computed: a
+    /// local store that links it (the very inode that was hashed) checks the size and does
+    /// not read it again; a copy or an upload is hashed and verified as usual, and must
+    /// match.
+    pub async fn put_hashed_file(
+        &self,
+        key: &str,
+        file: &Path,
+        size: u64,
+        sha256: &str,
+    ) -> Result<StoredObject, StoreError> {
+        self.put_file_inner(key, file, Some((size, sha256))).await
+    }
+
+    async fn put_file_inner(
+        &self,
+        key: &str,
+        file: &Path,
+        known: Option<(u64, &str)>,
+    ) -> Result<StoredObject, StoreError> {
         let location = self.path(key)?;
+        if let Kind::Local(fs) = &*self.kind {
+            if let Some(o) = link_local(fs, &location, key, file, known).await? {
+                return Ok(o);
+            }
+        }
         let mut f = tokio::fs::File::open(file)
             .await
             .map_err(io_err("open", file))?;
@@ -429,9 +458,33 @@ impl Storage {
         backoff: Backoff,
         max_attempts: Option<u32>,
     ) -> Result<StoredObject, StoreError> {
+        self.retrying(key, file, None, backoff, max_attempts).await
+    }
+
+    /// [`Storage::put_hashed_file`] until it succeeds, like [`Storage::put_file_retrying`].
+    pub async fn put_hashed_file_retrying(
+        &self,
+        key: &str,
+        file: &Path,
+        size: u64,
+        sha256: &str,
+        backoff: Backoff,
+    ) -> Result<StoredObject, StoreError> {
+        self.retrying(key, file, Some((size, sha256)), backoff, None)
+            .await
+    }
+
+    async fn retrying(
+        &self,
+        key: &str,
+        file: &Path,
+        known: Option<(u64, &str)>,
+        backoff: Backoff,
+        max_attempts: Option<u32>,
+    ) -> Result<StoredObject, StoreError> {
         let mut failures = 0u32;
         loop {
-            match self.put_file(key, file).await {
+            match self.put_file_inner(key, file, known).await {
                 Ok(mut o) => {
                     o.attempts = failures + 1;
                     return Ok(o);
@@ -567,6 +620,107 @@ impl Storage {
 
 /// `LocalFileSystem` renames a finished upload into place but does not sync it: do so, file
 /// and directory, so a stored recording survives power loss.
+/// Local storage on the spool's filesystem: the spool file is hard-linked under its key
+/// instead of copied, so storing a recording writes no audio a second time (a copy would
+/// double the disk writes of every recorded call). The link is made under a temporary name
+/// and renamed over the key (a hard link cannot replace a file), then the file and its
+/// directory are synced. Verification reads the stored object once, hashing it, unless the
+/// caller hashed that very file already (`known`: the size is checked then): it is the
+/// spool's inode, which nothing writes once it reached the outbox.
+///
+/// `None` when the two are on different filesystems (or links are not supported there):
+/// the caller copies instead.
+async fn link_local(
+    fs: &LocalFileSystem,
+    location: &ObjectPath,
+    key: &str,
+    file: &Path,
+    known: Option<(u64, &str)>,
+) -> Result<Option<StoredObject>, StoreError> {
+    let known = known.map(|(size, sha)| (size, sha.to_string()));
+    let dest = fs
+        .path_to_filesystem(location)
+        .map_err(|e| StoreError::storage("locate", location.as_ref(), e))?;
+    let src = file.to_path_buf();
+    let key = key.to_string();
+    tokio::task::spawn_blocking(move || -> Result<Option<StoredObject>, StoreError> {
+        use std::io::ErrorKind;
+        use std::os::unix::fs::MetadataExt;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
+        let tmp = dir.join(format!(".{name}.link-{}", std::process::id()));
+        let src_meta = std::fs::metadata(&src).map_err(io_err("stat", &src))?;
+        let same_file = |p: &Path| {
+            std::fs::metadata(p)
+                .is_ok_and(|m| m.dev() == src_meta.dev() && m.ino() == src_meta.ino())
+        };
+        // Already linked (a retry after a crash): renaming a link over another link of the
+        // same file would do nothing and leave the temporary name behind.
+        if !same_file(&dest) {
+            let _ = std::fs::remove_file(&tmp);
+            match std::fs::hard_link(&src, &tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StoreError::io("link", &src, e));
+                }
+                // EXDEV (another filesystem), EPERM/ENOTSUP (no links there): copy instead.
+                Err(_) => return Ok(None),
+            }
+            let renamed = std::fs::rename(&tmp, &dest);
+            let _ = std::fs::remove_file(&tmp);
+            renamed.map_err(io_err("rename", &dest))?;
+        }
+        let f = std::fs::File::open(&dest).map_err(io_err("open", &dest))?;
+        let sha256 = match known {
+            // The inode the caller hashed: its size says nothing was appended since.
+            Some((size, sha256)) => {
+                let now = f.metadata().map_err(io_err("stat", &dest))?.len();
+                if now != size {
+                    return Err(StoreError::Verify {
+                        key,
+                        reason: format!("size {now} in store, {size} hashed"),
+                    });
+                }
+                (size, sha256)
+            }
+            None => hash_open(f.try_clone().map_err(io_err("open", &dest))?, &dest)?,
+        };
+        f.sync_all().map_err(io_err("sync", &dest))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync dir", dir))?;
+        Ok(Some(StoredObject {
+            key,
+            size: sha256.0,
+            sha256: sha256.1,
+            attempts: 1,
+        }))
+    })
+    .await
+    .map_err(|e| StoreError::io("link", file, std::io::Error::other(e)))?
+}
+
+/// Size and SHA-256 of an open file, read from its start.
+fn hash_open(mut f: std::fs::File, path: &Path) -> Result<(u64, String), StoreError> {
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(h.finalize())))
+}
+
 async fn sync_local(fs: &LocalFileSystem, location: &ObjectPath) -> Result<(), StoreError> {
     let path = fs
         .path_to_filesystem(location)

@@ -148,6 +148,74 @@ async fn local_directory() {
     assert!(e.to_string().contains("sha256"), "{e}");
 }
 
+/// On the spool's filesystem a local store links the spool file (no second copy of the
+/// audio); from another filesystem it copies. Both are verified and read the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_links_on_one_filesystem_and_copies_across() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&StorageConfig::Local(dir.path().join("recordings"))).unwrap();
+    let data = pattern(300_000, 11);
+    let same = write_file(dir.path(), "same.wav", &data);
+    let o = storage
+        .put_file("2024/03/01/same.wav", &same)
+        .await
+        .unwrap();
+    assert_eq!((o.size, o.sha256.as_str()), (300_000, sha(&data).as_str()));
+    let stored = dir.path().join("recordings/2024/03/01/same.wav");
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().ino(),
+        std::fs::metadata(&same).unwrap().ino(),
+        "linked, not copied"
+    );
+    // Storing it again (a retry) replaces the link; no temporary name is left behind.
+    storage
+        .put_file("2024/03/01/same.wav", &same)
+        .await
+        .unwrap();
+    let names: Vec<_> = std::fs::read_dir(stored.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("same.wav")]);
+    // The spool name goes, the stored object stays.
+    std::fs::remove_file(&same).unwrap();
+    assert_eq!(std::fs::read(&stored).unwrap(), data);
+
+    // /dev/shm is a tmpfs: another filesystem than the temporary directory's, when it is.
+    let shm = Path::new("/dev/shm");
+    let other = tempfile::tempdir_in(shm).unwrap();
+    if std::fs::metadata(shm).unwrap().dev() != std::fs::metadata(dir.path()).unwrap().dev() {
+        let far = write_file(other.path(), "far.wav", &data);
+        let o = storage.put_file("2024/03/01/far.wav", &far).await.unwrap();
+        assert_eq!(o.sha256, sha(&data));
+        let stored = dir.path().join("recordings/2024/03/01/far.wav");
+        assert_ne!(
+            std::fs::metadata(&stored).unwrap().ino(),
+            std::fs::metadata(&far).unwrap().ino()
+        );
+        assert_eq!(std::fs::read(&stored).unwrap(), data);
+    }
+    // Hashed by the caller: linked without reading it again, the size checked.
+    let hashed = write_file(dir.path(), "hashed.wav", &data);
+    let o = storage
+        .put_hashed_file("2024/03/01/hashed.wav", &hashed, 300_000, &sha(&data))
+        .await
+        .unwrap();
+    assert_eq!(o.sha256, sha(&data));
+    let e = storage
+        .put_hashed_file("2024/03/01/hashed.wav", &hashed, 299_999, &sha(&data))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Verify { .. }), "{e}");
+    // A missing spool file is an error, not an empty object.
+    let e = storage
+        .put_file("2024/03/01/gone.wav", &dir.path().join("gone.wav"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Io { .. }), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_server() {
     let server = S3Server::start().await;

@@ -48,6 +48,8 @@ pub struct Auth {
     policy: SessionPolicy,
     throttle: Mutex<Throttle>,
     cookie: CookieSpec,
+    /// `tapir_logins_total{outcome}`; registered by [`Auth::register`].
+    logins: prometheus::IntCounterVec,
 }
 
 impl Auth {
@@ -63,7 +65,29 @@ impl Auth {
                 secure,
                 max_age_s: Some(policy.absolute_ms / 1000),
             },
+            logins: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tapir_logins_total",
+                    "Login attempts, by outcome (success, failed, throttled, refused: a foreign origin or a malformed form)",
+                ),
+                &["outcome"],
+            )
+            .expect("a valid metric"),
         })
+    }
+
+    /// Registers this layer's metrics (once, by the HTTP server).
+    pub fn register(&self, registry: &prometheus::Registry) {
+        for outcome in ["success", "failed", "throttled", "refused"] {
+            self.logins.with_label_values(&[outcome]);
+        }
+        if let Err(e) = registry.register(Box::new(self.logins.clone())) {
+            tracing::warn!(error = %e, "login metrics not registered");
+        }
+    }
+
+    fn count_login(&self, outcome: &str) {
+        self.logins.with_label_values(&[outcome]).inc();
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
@@ -79,7 +103,10 @@ impl Auth {
     }
 
     /// The caller of a request, or why not.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthFailure> {
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Authenticated, AuthFailure> {
         let h = |name| {
             headers
                 .get(name)
@@ -126,7 +153,7 @@ impl Auth {
     }
 }
 
-enum AuthFailure {
+pub(crate) enum AuthFailure {
     Denied(Denied),
     Catalog(StoreError),
 }
@@ -225,55 +252,88 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// The CSRF token a request carries: the header, else a urlencoded form's `csrf` field. A
 /// form body is read (up to [`MAX_FORM`]) and put back for the handler.
-async fn csrf_of(req: Request) -> Result<(Option<String>, Request), Response> {
+async fn csrf_of(req: Request) -> Result<(Option<String>, Request), Refusal> {
     if let Some(v) = req.headers().get(CSRF_HEADER) {
         let v = v.to_str().ok().map(str::to_string);
         return Ok((v, req));
     }
-    let form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-    if !form {
+    if !is_form(req.headers()) {
         return Ok((None, req));
     }
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_FORM)
         .await
-        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "form too large"))?;
+        .map_err(|_| Refusal::TooLarge)?;
     let token = form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == CSRF_FIELD)
         .map(|(_, v)| v.into_owned());
     Ok((token, Request::from_parts(parts, Body::from(bytes))))
 }
 
-/// Middleware: the request needs a session or a token (401 otherwise), and a session's
-/// state-changing request its CSRF token (403 otherwise). Puts the [`Caller`] in the
-/// request for the handler.
-pub async fn require_viewer(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    let a = match auth.authenticate(req.headers()).await {
-        Ok(a) => a,
-        Err(f) => return f.into_response(),
-    };
+/// True when the body is a urlencoded form.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// Why [`admit`] did not let a request through.
+pub enum Refusal {
+    Denied(Denied),
+    /// A form body over [`MAX_FORM`].
+    TooLarge,
+    Catalog(StoreError),
+}
+
+impl From<AuthFailure> for Refusal {
+    fn from(f: AuthFailure) -> Refusal {
+        match f {
+            AuthFailure::Denied(d) => Refusal::Denied(d),
+            AuthFailure::Catalog(e) => Refusal::Catalog(e),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Denied(d) => denied(d),
+            Refusal::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "form too large"),
+            Refusal::Catalog(e) => AuthFailure::Catalog(e).into_response(),
+        }
+    }
+}
+
+/// The checks of every request behind access control: a session or a token, and a
+/// session's state-changing request its CSRF token and this site's origin. Returns the
+/// request with its [`Caller`] for the handler; the refusal is the caller's to answer (JSON
+/// for the API, a redirect or a page for the pages).
+pub async fn admit(auth: &Auth, req: Request) -> Result<Request, Refusal> {
+    let a = auth.authenticate(req.headers()).await?;
     let method = req.method().as_str().to_string();
     if access::session::needs_csrf(&method) && !from_this_site(req.headers()) {
-        return denied(Denied::BadCsrf);
+        return Err(Refusal::Denied(Denied::BadCsrf));
     }
-    let (given, mut req) = match csrf_of(req).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    if let Err(d) = authn::check_csrf(&a, &method, given.as_deref()) {
-        return denied(d);
-    }
+    let (given, mut req) = csrf_of(req).await?;
+    authn::check_csrf(&a, &method, given.as_deref()).map_err(Refusal::Denied)?;
     let from = client(req.extensions());
     req.extensions_mut().insert(Caller {
         viewer: a.viewer,
         session: a.session,
         from,
     });
-    next.run(req).await
+    Ok(req)
+}
+
+/// Middleware: the request needs a session or a token (401 otherwise), and a session's
+/// state-changing request its CSRF token (403 otherwise). Puts the [`Caller`] in the
+/// request for the handler.
+pub async fn require_viewer(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    match admit(&auth, req).await {
+        Ok(req) => next.run(req).await,
+        Err(r) => r.into_response(),
+    }
 }
 
 /// Middleware of the call-control API (`/calls/*`): only a token with the `control` scope
@@ -324,25 +384,74 @@ struct LoginForm {
     next: Option<String>,
 }
 
+/// True when the client is a browser navigating (a form of the login page): failures then
+/// come back as the login page with a message, not as JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// A failed login's answer: JSON for API clients, the login page for browsers.
+fn login_refused(
+    html: bool,
+    status: StatusCode,
+    msg: &str,
+    notice: web::login::LoginNotice,
+    form: Option<&LoginForm>,
+) -> Response {
+    if !html {
+        return error(status, msg);
+    }
+    let next = form
+        .and_then(|f| f.next.as_deref())
+        .map(|n| authn::local_redirect(Some(n)));
+    let username = form.map(|f| f.username.as_str());
+    crate::http::pages::html(status, web::login::login_page(next, Some(notice), username))
+}
+
 /// `POST /login` (form `username`, `password`, optional `next`): 303 to `next` with the
 /// session cookie; 401 for a wrong username or password (the same answer whatever was
 /// wrong), 429 with `Retry-After` when throttled, 400/413 for a malformed or oversize form.
+/// A browser (`Accept: text/html`) gets the login page back with the message instead of
+/// JSON, with the same status.
 async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
+    use web::login::LoginNotice;
+    let html = wants_html(req.headers());
     if !from_this_site(req.headers()) {
+        auth.count_login("refused");
         return denied(Denied::Forbidden);
     }
     let from = client(req.extensions());
     let from_s = from.to_string();
     let bytes = match to_bytes(req.into_body(), MAX_FORM).await {
         Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "form too large"),
+        Err(_) => {
+            auth.count_login("refused");
+            return login_refused(
+                html,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "form too large",
+                LoginNotice::BadForm,
+                None,
+            );
+        }
     };
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&bytes) else {
-        return error(StatusCode::BAD_REQUEST, "expected username and password");
+        auth.count_login("refused");
+        return login_refused(
+            html,
+            StatusCode::BAD_REQUEST,
+            "expected username and password",
+            LoginNotice::BadForm,
+            None,
+        );
     };
     let now = now_ms();
     let checked = auth.throttle().check(&form.username, from, now);
     if let Err(t) = checked {
+        auth.count_login("throttled");
         auth.audit(audit::login_failed(
             now,
             &form.username,
@@ -350,7 +459,15 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
             Some(&from_s),
         ))
         .await;
-        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "too many failed logins");
+        let mut r = login_refused(
+            html,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins",
+            LoginNotice::Throttled {
+                retry_after_s: t.retry_after_s(),
+            },
+            Some(&form),
+        );
         if let Ok(v) = HeaderValue::from_str(&authn::retry_after(&t)) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
@@ -363,7 +480,7 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
         },
         None => None,
     };
-    let password = form.password;
+    let password = form.password.clone();
     // argon2 takes tens of milliseconds of CPU: not on the async threads.
     let verdict =
         match tokio::task::spawn_blocking(move || authn::verify_login(&password, found.as_ref()))
@@ -376,6 +493,7 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
     let user = match verdict {
         LoginVerdict::Success(u) => u,
         LoginVerdict::Failed { reason } => {
+            auth.count_login("failed");
             auth.audit(audit::login_failed(
                 now,
                 &form.username,
@@ -383,7 +501,13 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
                 Some(&from_s),
             ))
             .await;
-            return error(StatusCode::UNAUTHORIZED, "wrong username or password");
+            return login_refused(
+                html,
+                StatusCode::UNAUTHORIZED,
+                "wrong username or password",
+                LoginNotice::Failed,
+                Some(&form),
+            );
         }
     };
     let session = match auth.policy.start(user.id, now, Some(from_s.clone())) {
@@ -396,6 +520,7 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
     if let Err(e) = auth.catalog.add_session(&session.record).await {
         return AuthFailure::Catalog(e).into_response();
     }
+    auth.count_login("success");
     auth.audit(audit::entry(
         now,
         &user.username,
@@ -422,7 +547,7 @@ async fn login(State(auth): State<Arc<Auth>>, req: Request) -> Response {
 }
 
 /// `POST /logout` (a session with its CSRF token): ends the session, clears the cookie,
-/// 303 to `/login`.
+/// 303 to the login page (which then says so).
 async fn logout(State(auth): State<Arc<Auth>>, caller: Caller) -> Response {
     if let Some(s) = &caller.session {
         if let Err(e) = auth.catalog.delete_session(&s.token_hash).await {
@@ -431,7 +556,11 @@ async fn logout(State(auth): State<Arc<Auth>>, caller: Caller) -> Response {
     }
     auth.audit(caller.audit(Action::Logout, None, json!({})))
         .await;
-    let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    let mut r = (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/login?logged_out=1")],
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&auth.cookie.clear()) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -175,6 +175,13 @@ pub struct MediaConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS only (and the
+    /// session cookie is `Secure`).
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +320,7 @@ impl Config {
         }
         self.compile_routes()?;
         self.tls()?;
+        self.http_tls()?;
         if let Some(r) = &self.registrar {
             if let Some(m) = &r.record {
                 if crate::recording::parse_mode(m).is_none() {
@@ -387,6 +395,23 @@ impl Config {
             );
         }
         Ok((by_route, prompts))
+    }
+
+    /// The HTTPS certificate of the HTTP listener (`[http] tls_cert`, `tls_key`, read with
+    /// the same loader as SIP's); `None` for plain HTTP.
+    pub fn http_tls(&self) -> Result<Option<crate::tls::TlsServer>> {
+        match (&self.http.tls_cert, &self.http.tls_key) {
+            (Some(c), Some(k)) => crate::tls::TlsServer::load(crate::tls::ServerFiles {
+                cert: c.clone(),
+                key: k.clone(),
+                client_ca: None,
+                require_client_cert: false,
+            })
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("http.tls_cert: {e:#}")),
+            (None, None) => Ok(None),
+            _ => bail!("http: tls_cert and tls_key go together"),
+        }
     }
 
     /// The TLS settings: the listeners' certificate and each TLS target's verification.

@@ -1,12 +1,14 @@
-//! HTTP: Prometheus `/metrics`, the control API (`/calls`, hang-up) and the recordings API
-//! (`/api/v1`, see [`api`]).
+//! HTTP: Prometheus `/metrics`, the control API (`/calls`, hang-up), the recordings API
+//! (`/api/v1`, see [`api`]) and the review pages ([`pages`]), over plain HTTP or, with
+//! `[http] tls_cert` and `tls_key`, HTTPS (rustls, the certificate loader of SIP over TLS).
 
 pub mod api;
+pub mod pages;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,9 +25,12 @@ struct AppState {
     recorder: crate::recording::RecTx,
 }
 
-/// Binds the HTTP listener and serves in the background; returns the bound address.
+/// Binds the HTTP listener and serves in the background (HTTPS with `tls`); returns the
+/// bound address.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     addr: SocketAddr,
+    tls: Option<Arc<crate::tls::TlsServer>>,
     metrics: Arc<Metrics>,
     inputs: mpsc::Sender<Input>,
     recorder: crate::recording::RecTx,
@@ -33,17 +38,27 @@ pub async fn serve(
     storage: store::Storage,
     auth: Option<Arc<crate::auth::Auth>>,
 ) -> std::io::Result<SocketAddr> {
-    let mut recordings =
-        api::router(api::ApiState::new(catalog, storage, metrics.clone()).with_auth(auth.clone()));
+    let mut recordings = api::router(
+        api::ApiState::new(catalog.clone(), storage, metrics.clone()).with_auth(auth.clone()),
+    );
     // Access control (auth.rs): the recordings API needs a session or a token, the control
     // API a token with the control scope; /metrics and /health stay open.
+    // The review pages (pages.rs) sit beside the API behind the same Auth, with their own
+    // middleware (a browser is sent to /login rather than answered 401).
     if let Some(a) = &auth {
         use axum::middleware::from_fn_with_state;
+        a.register(&metrics.registry);
         recordings = recordings
             .layer(from_fn_with_state(a.clone(), crate::auth::require_viewer))
-            .merge(crate::auth::routes(a.clone()));
+            .merge(crate::auth::routes(a.clone()))
+            .merge(pages::router(pages::PagesState {
+                catalog: catalog.clone(),
+                auth: a.clone(),
+                metrics: metrics.clone(),
+            }));
         tokio::spawn(crate::auth::purge_loop(a.clone()));
     }
+    recordings = recordings.merge(pages::assets_router(metrics.clone()));
     let control = Router::new()
         .route("/calls", get(list_calls))
         .route("/calls/{id}/hangup", post(hang_up))
@@ -63,21 +78,139 @@ pub async fn serve(
         .route("/health", get(|| async { "ok" }))
         .merge(control)
         .with_state(AppState {
-            metrics,
+            metrics: metrics.clone(),
             inputs,
             recorder,
         })
         .merge(recordings);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        // The peer's address tells the recordings API who is asking (see api::Viewer).
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                // The peer's address tells the recordings API who is asking (see api::Viewer).
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
         }
-    });
+        Some(tls) => {
+            let failures = metrics.tls_handshake_failures.clone();
+            let listener = TlsListener::start(listener, tls, failures);
+            // The handlers read the peer as ConnectInfo<SocketAddr>, as over plain HTTP.
+            let app = app.layer(axum::middleware::map_request(
+                |mut req: axum::extract::Request| async move {
+                    if let Some(ConnectInfo(TlsPeer(a))) = req.extensions().get().cloned() {
+                        req.extensions_mut().insert(ConnectInfo(a));
+                    }
+                    req
+                },
+            ));
+            tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<TlsPeer>();
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+            });
+        }
+    }
     Ok(local)
+}
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most TLS handshakes in progress at once; more connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
+
+/// The HTTPS side of the listener: TCP connections are accepted and their handshakes run
+/// each in its own task (a slow or silent client holds up nobody else), and the server is
+/// handed only established TLS streams. Each connection uses the certificate in force when
+/// it was accepted (`TlsServer::reload` on SIGHUP).
+struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// The client address of an HTTPS connection.
+#[derive(Debug, Clone, Copy)]
+struct TlsPeer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsPeer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> TlsPeer {
+        TlsPeer(*s.remote_addr())
+    }
+}
+
+impl TlsListener {
+    fn start(
+        tcp: tokio::net::TcpListener,
+        tls: Arc<crate::tls::TlsServer>,
+        failures: prometheus::IntCounterVec,
+    ) -> TlsListener {
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let (tx, rx) = mpsc::channel(64);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: try again shortly.
+                        tracing::warn!(error = %e, "HTTPS accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = tls.acceptor();
+                let tx = tx.clone();
+                let failures = failures.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((s, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            failures.with_label_values(&["https"]).inc();
+                            tracing::debug!(peer = %peer, error = %e, "HTTPS handshake failed");
+                        }
+                        Err(_) => {
+                            failures.with_label_values(&["https"]).inc();
+                            tracing::debug!(peer = %peer, "HTTPS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener { rx, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, SocketAddr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            // The accepting task is gone (the runtime is shutting down): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> String {

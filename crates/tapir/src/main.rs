@@ -276,16 +276,22 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
         announce_done: announce_rx,
     })
     .await?;
+    // HTTPS when [http] has a certificate; the session cookie is then Secure.
+    let https = cfg.http_tls()?.map(Arc::new);
     let http_addr = http::serve(
         cfg.http.listen,
+        https.clone(),
         metrics.clone(),
         handle.inputs.clone(),
         rec_ctl,
         opened.catalog.clone(),
         opened.storage.clone(),
-        cfg.access
-            .enabled
-            .then(|| auth::Auth::new(opened.catalog.clone(), cfg.access.secure_cookie)),
+        cfg.access.enabled.then(|| {
+            auth::Auth::new(
+                opened.catalog.clone(),
+                cfg.access.secure_cookie || https.is_some(),
+            )
+        }),
     )
     .await
     .context("cannot start the HTTP server")?;
@@ -301,7 +307,7 @@ async fn run(cli: Cli, cfg: Config, config_stamp: Option<SystemTime>) -> Result<
     let config_path = cli.config.clone();
     let inputs = handle.inputs.clone();
     let mut calls = handle.calls.clone();
-    wait_for_shutdown(config_path, config_stamp, inputs.clone(), tls).await;
+    wait_for_shutdown(config_path, config_stamp, inputs.clone(), tls, https).await;
     tracing::info!("draining: new calls get 503, calls in progress continue");
     let _ = inputs.send(Input::Control(Control::Drain)).await;
     let deadline = tokio::time::sleep(Duration::from_secs(cli.drain_seconds));
@@ -368,7 +374,8 @@ async fn settle_recordings(metrics: &metrics::Metrics, until: tokio::time::Insta
 }
 
 /// Waits for SIGTERM or Ctrl-C. SIGHUP, or a change of the configuration file (its
-/// modification time, checked every second), reloads the routes and the TLS certificates;
+/// modification time, checked every second), reloads the routes and the TLS certificates
+/// (SIP's and HTTPS's);
 /// calls in progress keep the route they started with, connections the certificate they
 /// were made with, and an invalid file leaves what was in force.
 async fn wait_for_shutdown(
@@ -376,6 +383,7 @@ async fn wait_for_shutdown(
     mut seen: Option<SystemTime>,
     inputs: mpsc::Sender<Input>,
     tls: Option<Arc<tls::Tls>>,
+    https: Option<Arc<tls::TlsServer>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -411,6 +419,14 @@ async fn wait_for_shutdown(
                     Err(e) => {
                         tracing::error!("TLS reload rejected, previous certificates stay: {e:#}")
                     }
+                }
+            }
+            if let Some(h) = &https {
+                match h.reload() {
+                    Ok(()) => tracing::info!("HTTPS certificate reloaded"),
+                    Err(e) => tracing::error!(
+                        "HTTPS reload rejected, the previous certificate stays: {e:#}"
+                    ),
                 }
             }
         }

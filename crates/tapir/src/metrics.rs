@@ -27,6 +27,7 @@ pub struct Metrics {
     pub calls_encrypted: IntCounter,
     pub tls_handshake_failures: IntCounterVec,
     pub api_requests: IntCounterVec,
+    pub page_requests: IntCounterVec,
     pub shelf: ShelfMetrics,
     pub transcripts: TranscriptMetrics,
 }
@@ -267,7 +268,7 @@ impl Metrics {
         let tls_handshake_failures = IntCounterVec::new(
             Opts::new(
                 "tapir_tls_handshake_failures_total",
-                "SIP/TLS handshakes that failed, by side (in: a peer connecting to tapir, out: tapir connecting to a target)",
+                "TLS handshakes that failed, by side (in: a SIP peer connecting to tapir, out: tapir connecting to a target, https: a client of the HTTPS listener)",
             ),
             &["side"],
         )
@@ -280,9 +281,18 @@ impl Metrics {
             &["endpoint", "status"],
         )
         .unwrap();
+        let page_requests = IntCounterVec::new(
+            Opts::new(
+                "tapir_page_requests_total",
+                "Requests to the review pages and their assets, by page and status",
+            ),
+            &["page", "status"],
+        )
+        .unwrap();
         for c in [
             Box::new(tls_handshake_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(api_requests.clone()),
+            Box::new(page_requests.clone()),
             Box::new(srtp_dropped.clone()),
             Box::new(calls_encrypted.clone()),
             Box::new(policy_reloads.clone()),
@@ -332,6 +342,7 @@ impl Metrics {
             calls_encrypted,
             tls_handshake_failures,
             api_requests,
+            page_requests,
         }
     }
 
