@@ -46,6 +46,17 @@ pub struct Party<'a> {
     pub mediaenc: &'a str,
     /// The tone it sends, Hz.
     pub tone_hz: f64,
+    /// SIP over TLS: the certificate it presents (as a server, and as a client when the
+    /// server asks for one) and the CAs it is given to trust. `None`: no TLS listener.
+    pub tls: Option<PartyTls<'a>>,
+}
+
+/// A baresip party's TLS material.
+pub struct PartyTls<'a> {
+    /// Its own certificate and key.
+    pub own: &'a crate::pki::Pki,
+    /// The CAs it is given (`sip_cafile`), PEM.
+    pub trust: &'a str,
 }
 
 /// A running baresip.
@@ -113,6 +124,18 @@ impl Baresip {
         let rtp = free_media_port("127.0.0.1");
         let d = dir.path();
         write_prompt_wav(&d.join("tone.wav"), party.tone_hz, 30.0);
+        let tls = match &party.tls {
+            Some(t) => {
+                std::fs::write(d.join("cert.pem"), t.own.cert_and_key()).unwrap();
+                std::fs::write(d.join("ca.pem"), t.trust).unwrap();
+                format!(
+                    "sip_certificate {}\nsip_cafile {}\n",
+                    d.join("cert.pem").display(),
+                    d.join("ca.pem").display()
+                )
+            }
+            None => String::new(),
+        };
         let cfg = format!(
             "poll_method epoll\n\
              sip_listen 127.0.0.1:{sip_port}\n\
@@ -140,7 +163,8 @@ impl Baresip {
              module_app menu.so\n\
              module_app ctrl_tcp.so\n\
              ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
-             snd_path {dir}\n",
+             snd_path {dir}\n\
+             {tls}",
             tone = d.join("tone.wav").display(),
             rtp_end = rtp + 3,
             dir = d.display(),
@@ -232,6 +256,33 @@ impl Baresip {
         self.wait_for(timeout, |m| m["event"] == true && m["type"] == kind)
     }
 
+    /// The `n`-th event of `kind` (counting from 1), waiting up to `timeout` for it: a second
+    /// call's `CALL_CLOSED`, say.
+    pub fn wait_events(
+        &self,
+        kind: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m["event"] == true && m["type"] == kind)
+                .nth(n - 1)
+            {
+                return Some(m.clone());
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait_for(
         &self,
         timeout: Duration,
@@ -254,33 +305,55 @@ impl Baresip {
         self.out.lock().unwrap().clone()
     }
 
-    /// The SIP messages of its trace (`-s`) that it received, oldest first.
+    /// The port it takes SIP over TLS on (with [`Party::tls`]).
+    pub fn tls_port(&self) -> u16 {
+        self.sip_port + 1
+    }
+
+    /// The SIP messages of its trace (`-s`) over UDP that it received, oldest first.
     pub fn received_sip(&self) -> Vec<String> {
         let to_me = format!("-> 127.0.0.1:{}", self.sip_port);
-        self.output()
-            .split("#\nUDP ")
-            .skip(1)
-            .filter_map(|m| {
-                let (first, rest) = m.split_once('\n')?;
-                first.trim_end().ends_with(&to_me).then(|| {
-                    // The trace ends with a colour reset.
-                    rest.split("\x1b[").next().unwrap_or(rest).to_string()
-                })
-            })
+        self.trace()
+            .into_iter()
+            .filter(|(transport, line, _)| transport == "UDP" && line.ends_with(&to_me))
+            .map(|(_, _, m)| m)
             .collect()
     }
 
-    /// The SIP messages it sent, oldest first.
+    /// The SIP messages it sent over UDP, oldest first.
     pub fn sent_sip(&self) -> Vec<String> {
         let from_me = format!("127.0.0.1:{} -> ", self.sip_port);
+        self.trace()
+            .into_iter()
+            .filter(|(transport, line, _)| transport == "UDP" && line.starts_with(&from_me))
+            .map(|(_, _, m)| m)
+            .collect()
+    }
+
+    /// The SIP messages of its trace over TLS, either way, oldest first, each with its
+    /// `source -> destination` line.
+    pub fn tls_sip(&self) -> Vec<(String, String)> {
+        self.trace()
+            .into_iter()
+            .filter(|(transport, _, _)| transport == "TLS")
+            .map(|(_, line, m)| (line, m))
+            .collect()
+    }
+
+    /// Every message of the trace: (transport, `source -> destination`, message).
+    fn trace(&self) -> Vec<(String, String, String)> {
         self.output()
-            .split("#\nUDP ")
+            .split("#\n")
             .skip(1)
             .filter_map(|m| {
                 let (first, rest) = m.split_once('\n')?;
-                first
-                    .starts_with(&from_me)
-                    .then(|| rest.split("\x1b[").next().unwrap_or(rest).to_string())
+                let (transport, line) = first.trim_end().split_once(' ')?;
+                if !matches!(transport, "UDP" | "TCP" | "TLS") {
+                    return None;
+                }
+                // The trace ends with a colour reset.
+                let msg = rest.split("\x1b[").next().unwrap_or(rest).to_string();
+                Some((transport.to_string(), line.to_string(), msg))
             })
             .collect()
     }

@@ -8,6 +8,7 @@ pub use tempfile;
 
 pub mod baresip;
 pub mod browser;
+pub mod pki;
 pub mod s3;
 pub mod sdes;
 pub mod site;
@@ -264,6 +265,23 @@ impl Tapir {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The first line of its log for which `pred` holds, waiting up to `timeout` for it (its
+    /// log is read by another thread, a moment after the line is written).
+    pub fn wait_log_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log().lines().find(|l| pred(l)) {
+                return l.to_string();
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "no such line in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -102,6 +102,18 @@ pub enum Outcome {
     Timeout,
     /// tapir refused the call itself (no route, no ports, bad SDP, draining).
     Refused(u16),
+    /// Leg B's INVITE could not be delivered: the TCP or TLS connection to the target could
+    /// not be opened or its handshake failed (the caller gets 503).
+    Unreachable,
+}
+
+/// Why a client transaction ended without a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Timer B or F.
+    Timeout,
+    /// The connection to the peer could not be opened.
+    Transport,
 }
 
 impl Outcome {
@@ -111,6 +123,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Rejected(_) => "rejected",
             Outcome::Timeout => "timeout",
+            Outcome::Unreachable => "unreachable",
             Outcome::Refused(_) => "refused",
         }
     }
@@ -716,7 +729,8 @@ impl B2bua {
             Event::Ack { request, from } => self.on_ack(now, request, from),
             Event::Response { key, response } => self.on_response(now, key, response),
             Event::Stray2xx { response, from } => self.on_stray_2xx(now, response, from),
-            Event::Timeout { key } => self.on_client_timeout(now, key),
+            Event::Timeout { key } => self.on_client_failure(now, key, Failure::Timeout),
+            Event::TransportError { key } => self.on_client_failure(now, key, Failure::Transport),
             Event::Cancelled { invite } => self.on_cancelled(now, invite),
             Event::AckTimeout { call_id, .. } => {
                 if let Some(&(call, _)) = self
@@ -1604,8 +1618,14 @@ impl B2bua {
         }
     }
 
-    fn on_client_timeout(&mut self, now: Instant, key: TxKey) {
-        if self.on_register_timeout(now, &key) {
+    /// A client transaction that ended without a response: Timer B or F (408), or a
+    /// connection to its peer that could not be opened (503, §8.1.3.1).
+    fn on_client_failure(&mut self, now: Instant, key: TxKey, failure: Failure) {
+        let (code, reason, outcome) = match failure {
+            Failure::Timeout => (408, "Request Timeout", Outcome::Timeout),
+            Failure::Transport => (503, "Service Unavailable", Outcome::Unreachable),
+        };
+        if self.on_register_failure(now, &key, code, reason) {
             return;
         }
         let Some((call, purpose)) = self.client.remove(&key) else {
@@ -1616,17 +1636,29 @@ impl B2bua {
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.b_invite = None;
                 }
-                self.reply_a_invite(now, call, 408, "Request Timeout");
-                self.finish(call, Outcome::Timeout);
+                if failure == Failure::Transport {
+                    tracing::info!(call, "leg B's target unreachable; answering 503");
+                }
+                self.reply_a_invite(now, call, code, reason);
+                self.finish(call, outcome);
                 self.maybe_forget(now, call);
             }
             Purpose::Bye => self.bye_done(now, call),
             Purpose::Refresh(leg) => self.on_refresh_timeout(now, call, leg),
             Purpose::Relay(relay) => {
-                let r = relay.request.response(408, "Request Timeout");
+                let r = relay.request.response(code, reason);
                 self.respond(now, &relay.server, r);
             }
         }
+    }
+
+    /// The connection (TCP or TLS) to `peer` could not be opened, or its TLS handshake
+    /// failed: the requests waiting to get through to it fail now, as 503, instead of after
+    /// Timer B or F. The binary calls this when a connection it opened toward `peer` dies
+    /// before it carried anything.
+    pub fn transport_error(&mut self, now: Instant, peer: Peer) {
+        self.tx.transport_error(peer);
+        self.drain_tx(now);
     }
 
     fn on_cancelled(&mut self, now: Instant, invite: TxKey) {

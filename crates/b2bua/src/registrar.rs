@@ -848,13 +848,20 @@ impl B2bua {
         }
     }
 
-    /// A relayed REGISTER got no answer; false when `key` is not one.
-    pub(crate) fn on_register_timeout(&mut self, now: Instant, key: &TxKey) -> bool {
+    /// A relayed REGISTER got no answer (Timer F, or the registrar unreachable over TCP or
+    /// TLS): answered `code`; false when `key` is not one.
+    pub(crate) fn on_register_failure(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        code: u16,
+        reason: &str,
+    ) -> bool {
         let Some(p) = self.reg.pending.remove(key) else {
             return false;
         };
-        tracing::info!(registrar = %self.reg.settings.as_ref().map(|r| r.peer().addr.to_string()).unwrap_or_default(), "registrar did not answer");
-        let r = p.request.response(408, "Request Timeout");
+        tracing::info!(registrar = %self.reg.settings.as_ref().map(|r| r.peer().addr.to_string()).unwrap_or_default(), code, "registrar did not answer");
+        let r = p.request.response(code, reason);
         self.respond(now, &p.server, r);
         true
     }

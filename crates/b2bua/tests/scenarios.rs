@@ -10,7 +10,8 @@ use std::time::Duration;
 use b2bua::{Leg, Outcome};
 use common::*;
 use sdp::Direction;
-use sip::{HeaderAccess, Method};
+use sip::transaction::Peer;
+use sip::{HeaderAccess, Method, Transport};
 
 fn media(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::new(MEDIA_IP.parse().unwrap(), port)
@@ -154,6 +155,50 @@ fn no_answer_times_out_with_408_after_64_t1() {
     );
     assert_eq!(w.elapsed(), ms(32_000) + leg_a_delay * 2);
     assert_eq!(w.outcomes(), vec![Outcome::Timeout]);
+    assert_eq!(w.tapir.free_ports(), w.initial_free_ports);
+    w.assert_clean();
+}
+
+/// A target over TCP (or TLS) whose connection cannot be opened: as soon as the binary
+/// reports it, the caller gets 503 and the call ends as unreachable, with its media ports
+/// back, instead of 408 after Timer B. A report before any call, or for another peer, does
+/// nothing.
+#[test]
+fn an_unreachable_connection_target_answers_503_at_once() {
+    let mut w = World::new(Setup {
+        routes: vec![route("trunk", &format!("sip:{CALLEE};transport=tcp"))],
+        ..Setup::default()
+    });
+    let tcp = Peer {
+        addr: addr(CALLEE),
+        transport: Transport::Tcp,
+    };
+    w.tapir.transport_error(w.now, tcp);
+    w.net.set_link(TAPIR, CALLEE, Link::DEAD);
+    w.caller.invite(w.now, "1000", true);
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.net.requests(TAPIR, CALLEE, Method::Invite).len(), 1);
+    assert!(w.caller.invite_finals.is_empty());
+    // Over the same address on UDP: not the connection that failed.
+    let now = w.now;
+    w.tapir.transport_error(
+        now,
+        Peer {
+            addr: addr(CALLEE),
+            transport: Transport::Udp,
+        },
+    );
+    w.run_for(Duration::from_millis(100));
+    assert!(w.caller.invite_finals.is_empty());
+    let now = w.now;
+    w.tapir.transport_error(now, tcp);
+    assert!(w.run_until(Duration::from_secs(1), |w| !w
+        .caller
+        .invite_finals
+        .is_empty()));
+    assert_eq!(w.caller.invite_finals, vec![503]);
+    assert!(w.elapsed() < Duration::from_secs(1));
+    assert_eq!(w.outcomes(), vec![Outcome::Unreachable]);
     assert_eq!(w.tapir.free_ports(), w.initial_free_ports);
     w.assert_clean();
 }

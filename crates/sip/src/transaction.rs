@@ -178,6 +178,10 @@ pub enum Event {
     /// never got a final response) the layer has already sent the CANCEL and will ACK the 487
     /// on its own; a 2xx that still arrives is reported as [`Event::Stray2xx`].
     Timeout { key: TxKey },
+    /// The connection (TCP or TLS) the request was to go out on could not be opened or its
+    /// handshake failed: the transaction has ended (§17.1.1.2, §17.1.2.2); treat as 503
+    /// (§8.1.3.1). See [`TransactionLayer::transport_error`].
+    TransportError { key: TxKey },
     /// CANCEL matched a pending INVITE server transaction; it has been answered with 200.
     Cancelled { invite: TxKey },
     /// A 2xx sent on an INVITE was never acknowledged within 64*T1 (§13.3.1.4): end the dialog.
@@ -270,6 +274,7 @@ pub struct Stats {
     pub retransmissions_absorbed: u64,
     pub timeouts: u64,
     pub unmatched_responses: u64,
+    pub transport_errors: u64,
 }
 
 /// RFC 3261 §8.1.1.7: a branch starting with this was built by an RFC 3261 element and is
@@ -305,6 +310,12 @@ pub struct TransactionLayer {
     /// has its own branch) can stop the 2xx retransmissions.
     /// One per call for 32 s, so it grows with the call rate as `txs` does.
     accepted: griddle::HashMap<(String, u32), TxKey, RandomState>,
+    /// Client transactions over connection-oriented transports, by the peer they go to, so
+    /// that a connection that cannot be opened fails them without a walk of every
+    /// transaction. Ended transactions are pruned lazily (see [`Self::index_reliable`]).
+    reliable_clients: std::collections::HashMap<Peer, Vec<TxKey>, RandomState>,
+    /// Insertions into `reliable_clients` since its last full sweep.
+    reliable_inserts: u32,
     out: VecDeque<Output>,
     next_generation: u64,
     stats: Stats,
@@ -318,6 +329,8 @@ impl TransactionLayer {
             txs: TxMap::with_capacity_and_hasher(1024, Default::default()),
             wakeups: BTreeMap::new(),
             accepted: griddle::HashMap::with_hasher(Default::default()),
+            reliable_clients: Default::default(),
+            reliable_inserts: 0,
             out: VecDeque::new(),
             next_generation: 0,
             stats: Stats::default(),
@@ -613,8 +626,62 @@ impl TransactionLayer {
         tx.timeout_at = Some(now + 64 * t.t1);
         self.txs.insert(key.clone(), Box::new(tx));
         self.schedule(&key);
+        if reliable {
+            self.index_reliable(to, &key);
+        }
         self.transmit(to, bytes);
         key
+    }
+
+    /// Notes a client transaction over a connection to `to`. The list drops its ended
+    /// transactions whenever it has doubled since it was last pruned, so a long-lived
+    /// connection's list stays as long as its live transactions, amortised.
+    /// Peers come and go (a phone on TCP reconnects from a new port): every 4,096 insertions
+    /// the lists of peers with no live transaction are dropped.
+    fn index_reliable(&mut self, to: Peer, key: &TxKey) {
+        let txs = &self.txs;
+        self.reliable_inserts += 1;
+        if self.reliable_inserts >= 4096 {
+            self.reliable_inserts = 0;
+            self.reliable_clients.retain(|_, l| {
+                l.retain(|k| txs.contains_key(k));
+                !l.is_empty()
+            });
+        }
+        let list = self.reliable_clients.entry(to).or_default();
+        if list.len() >= 64 && list.len() == list.capacity() {
+            list.retain(|k| txs.contains_key(k));
+        }
+        list.push(key.clone());
+    }
+
+    /// The connection to `peer` (TCP or TLS) could not be opened, or its TLS handshake failed:
+    /// every client transaction still waiting for its request to get through to it (Calling
+    /// or Trying) ends now with [`Event::TransportError`] instead of waiting out Timer B or
+    /// F (§17.1.1.2, §17.1.2.2: a transport error is reported to the user at once). One that
+    /// has had a provisional response got through, and is left to its timers: the far end
+    /// answers over a new connection (§18.2.2).
+    pub fn transport_error(&mut self, peer: Peer) {
+        let Some(keys) = self.reliable_clients.remove(&peer) else {
+            return;
+        };
+        let mut live = Vec::new();
+        for key in keys {
+            let Some(tx) = self.txs.get(&key) else {
+                continue;
+            };
+            let waiting = matches!(tx.state, State::Calling | State::Trying) && !tx.abandoned;
+            if !waiting || tx.peer != peer {
+                live.push(key);
+                continue;
+            }
+            self.remove_tx(&key);
+            self.stats.transport_errors += 1;
+            self.event(Event::TransportError { key });
+        }
+        if !live.is_empty() {
+            self.reliable_clients.insert(peer, live);
+        }
     }
 
     /// Sends a message outside any transaction (ACK for 2xx, stateless replies).

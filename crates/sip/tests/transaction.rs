@@ -228,6 +228,112 @@ fn over_tcp_nothing_is_retransmitted_but_timers_b_and_f_still_run() {
     }
 }
 
+/// A connection that cannot be opened (or whose TLS handshake fails) ends at once every
+/// client transaction still waiting to get through to that peer, with a transport error,
+/// instead of after Timer B or F. A transaction to another peer, one over the same address
+/// on another transport, one that has had a provisional response, and a server transaction
+/// are left alone.
+#[test]
+fn a_transport_error_ends_the_waiting_client_transactions_to_that_peer_at_once() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let tls = peer(SERVER, Transport::Tls);
+    let invite_key = layer.send_request(
+        t0,
+        request("INVITE", "z9hG4bKe1", Transport::Tls, "c1", 1),
+        tls,
+    );
+    let bye_key = layer.send_request(
+        t0,
+        request("BYE", "z9hG4bKe2", Transport::Tls, "c2", 2),
+        tls,
+    );
+    let ringing = request("INVITE", "z9hG4bKe3", Transport::Tls, "c3", 1);
+    let ringing_key = layer.send_request(t0, ringing.clone(), tls);
+    let other = layer.send_request(
+        t0,
+        request("INVITE", "z9hG4bKe4", Transport::Tls, "c4", 1),
+        peer("192.0.2.30:5061", Transport::Tls),
+    );
+    let tcp = layer.send_request(
+        t0,
+        request("INVITE", "z9hG4bKe5", Transport::Tcp, "c5", 1),
+        peer(SERVER, Transport::Tcp),
+    );
+    layer.handle_message(t0, Message::Response(answer(&ringing, 180)), tls);
+    let _ = drain(&mut layer);
+    assert_eq!(layer.len(), 5);
+
+    // UDP has no connection: nothing happens.
+    layer.transport_error(peer(SERVER, Transport::Udp));
+    assert!(drain(&mut layer).1.is_empty());
+
+    layer.transport_error(tls);
+    let (sent, events) = drain(&mut layer);
+    assert!(sent.is_empty());
+    let failed: Vec<TxKey> = events
+        .into_iter()
+        .map(|e| match e {
+            Event::TransportError { key } => key,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(failed, vec![invite_key, bye_key]);
+    assert_eq!(layer.stats().transport_errors, 2);
+    assert_eq!(
+        layer.len(),
+        3,
+        "the ringing one, the other peer's and the TCP one remain"
+    );
+
+    // A second report for the same peer finds nothing more to fail; the ringing INVITE
+    // still gets its final response, and the others still time out at Timer B.
+    layer.transport_error(tls);
+    assert!(drain(&mut layer).1.is_empty());
+    layer.handle_message(t0, Message::Response(answer(&ringing, 486)), tls);
+    let (_, events) = drain(&mut layer);
+    assert!(
+        matches!(&events[..], [Event::Response { key, .. }] if *key == ringing_key),
+        "{events:?}"
+    );
+    let tl = run_until(&mut layer, t0, secs(40));
+    let timed_out: Vec<&TxKey> = tl
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Timeout { key } => Some(key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timed_out, vec![&other, &tcp]);
+}
+
+/// Ten thousand requests over one long-lived connection, each answered and ended, then the
+/// connection fails: nothing that has ended is reported again.
+#[test]
+fn a_transport_error_after_many_ended_transactions_fails_nothing() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let tcp = peer(SERVER, Transport::Tcp);
+    for i in 0..10_000u32 {
+        let r = request(
+            "OPTIONS",
+            &format!("z9hG4bKix{i}"),
+            Transport::Tcp,
+            "ix",
+            i + 1,
+        );
+        layer.send_request(t0, r.clone(), tcp);
+        layer.handle_message(t0, Message::Response(answer(&r, 200)), tcp);
+        let _ = drain(&mut layer);
+    }
+    // Non-INVITE over TCP: Timer K is zero, so every one of them is gone.
+    let _ = run_until(&mut layer, t0, secs(1));
+    assert_eq!(layer.len(), 0);
+    layer.transport_error(tcp);
+    assert!(drain(&mut layer).1.is_empty());
+}
+
 #[test]
 fn server_invite_sends_100_at_once_and_repeats_last_response_on_retransmission() {
     let mut layer = TransactionLayer::new(Timers::default());

@@ -40,6 +40,9 @@ pub enum Input {
         addr: SocketAddr,
         id: u64,
         tls: bool,
+        /// The connection tapir opened never came up (connect or TLS handshake failed):
+        /// what was waiting to go out on it has failed.
+        failed: bool,
     },
     Control(Control),
 }
@@ -348,9 +351,20 @@ impl Engine {
             Input::TcpDown {
                 addr,
                 id,
-                tls: false,
-            } => self.tcp.down(addr, id),
-            Input::TcpDown { addr, id, .. } => self.tls_peers.down(addr, id),
+                tls,
+                failed,
+            } => {
+                let transport = if tls {
+                    self.tls_peers.down(addr, id);
+                    Transport::Tls
+                } else {
+                    self.tcp.down(addr, id);
+                    Transport::Tcp
+                };
+                if failed {
+                    self.core.transport_error(now, Peer { addr, transport });
+                }
+            }
             Input::Control(c) => match c {
                 Control::ListCalls(reply) => {
                     let _ = reply.send(self.core.call_ids());
@@ -864,6 +878,7 @@ async fn tcp_connect(
                 addr,
                 id,
                 tls: false,
+                failed: true,
             };
             let _ = inputs.send(down).await;
         }
@@ -946,6 +961,7 @@ async fn tls_connect(
         addr,
         id,
         tls: true,
+        failed: true,
     };
     let client = tls.and_then(|t| t.clients.read().unwrap().get(addr));
     let Some((connector, name)) = client else {
@@ -1039,6 +1055,7 @@ async fn stream_connection<S>(
         addr,
         id,
         tls: transport == Transport::Tls,
+        failed: false,
     };
     let _ = inputs.send(down).await;
 }

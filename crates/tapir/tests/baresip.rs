@@ -11,13 +11,19 @@
 //! before its SRTCP starts and its RTCP BYE in the clear at hang-up, both of which tapir
 //! drops and counts as it must (they carry no authentication tag).
 //!
+//! baresip is also the real SIP over TLS party (Debian's SIPp has no TLS): a TLS and SRTP
+//! caller toward a UDP SIPp callee, and mutual TLS on both legs with a phone and a target
+//! whose certificates are of a CA tapir does not trust, each refused with a log line naming
+//! it (the caller of the untrusted target answered 503 at once).
+//!
 //! Needs `baresip` (`apt-get install -y baresip`; scripts/test.sh installs it): without it the
 //! tests skip, except under CI=true where they fail.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tapir_tests::baresip::{audio_port, baresip_path, sdp_attr, Baresip, Party};
+use tapir_tests::baresip::{audio_port, baresip_path, sdp_attr, Baresip, Party, PartyTls};
+use tapir_tests::pki::{pki, tls_listener_env, write, Pki};
 use tapir_tests::sdes::{self, Outcome};
 use tapir_tests::{free_port, read_stereo_wav, tone_energy, Sipp, Tapir, TapirOptions};
 
@@ -138,6 +144,7 @@ fn baresip_srtp_on_both_legs() {
             user: "1000",
             mediaenc: "srtp-mand",
             tone_hz: CALLEE_HZ,
+            tls: None,
         },
     );
     let t = Tapir::start(
@@ -154,6 +161,7 @@ fn baresip_srtp_on_both_legs() {
             user: "alice",
             mediaenc: "srtp-mand",
             tone_hz: CALLER_HZ,
+            tls: None,
         },
     );
     caller.command("dial", &format!("sip:1000@127.0.0.1:{}", t.sip_port));
@@ -310,6 +318,7 @@ fn baresip_srtp_caller_plain_rtp_callee() {
             user: "alice",
             mediaenc: "srtp",
             tone_hz: CALLER_HZ,
+            tls: None,
         },
     );
     caller.command("dial", &format!("sip:1000@127.0.0.1:{}", t.sip_port));
@@ -370,6 +379,7 @@ fn sdes_caller_baresip_callee(suite: srtp::Suite, profile: &str, mediaenc: &str)
             user: "1000",
             mediaenc,
             tone_hz: CALLEE_HZ,
+            tls: None,
         },
     );
     let t = Tapir::start(
@@ -438,4 +448,305 @@ fn baresip_answers_aead_aes_128_gcm() {
 #[test]
 fn baresip_answers_aes_cm_128_hmac_sha1_32() {
     sdes_caller_baresip_callee(srtp::Suite::AesCm128HmacSha1_32, "RTP/SAVP", "srtp-mand");
+}
+
+/// tapir with a SIP over TLS listener presenting `own`'s certificate, `routes`, and `env` on
+/// top; its TLS port.
+fn tapir_with_tls(dir: &Path, own: &Pki, routes: &str, env: Vec<(String, String)>) -> (Tapir, u16) {
+    let (mut e, tls_port) = tls_listener_env(dir, own);
+    e.extend(env);
+    let opts = TapirOptions {
+        env: e,
+        ..TapirOptions::default()
+    };
+    (Tapir::start(BIN, routes, opts), tls_port)
+}
+
+/// SIP over TLS and SRTP on leg A (baresip, as a trunk or a secure phone would call), UDP and
+/// plain RTP on leg B (a SIPp callee): the signalling of leg A is all TLS, its media SRTP in
+/// baresip's suite, and the recording holds both parties in the clear.
+#[test]
+fn baresip_over_tls_and_srtp_to_a_udp_sipp_callee() {
+    let Some(bin) = baresip_path() else { return };
+    let dir = tapir_tests::tempfile::tempdir().unwrap();
+    let server = pki("tapir");
+    let phone = pki("phone");
+    let callee_port = free_port("127.0.0.1");
+    let (t, tls_port) = tapir_with_tls(
+        dir.path(),
+        &server,
+        &route(callee_port, "{ caller = \"require\", callee = \"off\" }"),
+        vec![],
+    );
+    let mut b = Sipp::party(
+        "callee",
+        "uas_tone.xml",
+        "127.0.0.1",
+        callee_port,
+        None,
+        Some(CALLEE_HZ),
+        &[],
+    );
+    let mut caller = Baresip::start(
+        &bin,
+        Party {
+            user: "alice",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLER_HZ,
+            tls: Some(PartyTls {
+                own: &phone,
+                trust: &server.ca,
+            }),
+        },
+    );
+    caller.command(
+        "dial",
+        &format!("sip:1000@127.0.0.1:{tls_port};transport=tls"),
+    );
+    caller
+        .event("CALL_ESTABLISHED", T)
+        .unwrap_or_else(|| panic!("no call:\n{}\n{}", caller.output(), t.log()));
+    let menc = caller.event("CALL_MENC", T).expect("SRTP on leg A");
+    assert_eq!(menc["param"], "0,audio,AES_CM_128_HMAC_SHA1_80");
+    // Leg A's signalling went over TLS to tapir's TLS port, and none of it over UDP.
+    let tls = caller.tls_sip();
+    let to_tapir = format!("-> 127.0.0.1:{tls_port}");
+    assert!(
+        tls.iter()
+            .any(|(line, m)| line.ends_with(&to_tapir) && m.starts_with("INVITE sip:1000@")),
+        "{}",
+        caller.output()
+    );
+    let ok = tls
+        .iter()
+        .find(|(_, m)| m.starts_with("SIP/2.0 200") && m.contains("m=audio"))
+        .map(|(_, m)| m.clone())
+        .unwrap_or_else(|| panic!("tapir's 200 over TLS:\n{}", caller.output()));
+    assert!(ok.contains(" RTP/SAVP "), "{ok}");
+    assert!(ok.contains(";transport=tls"), "tapir's Contact: {ok}");
+    assert!(caller.sent_sip().is_empty(), "{:?}", caller.sent_sip());
+
+    let relayed = |leg: &str| format!("tapir_rtp_packets_relayed_total{{from=\"{leg}_rtp\"}}");
+    t.wait_metric(&relayed("a"), T, |v| v >= 150.0);
+    t.wait_metric(&relayed("b"), T, |v| v >= 150.0);
+    caller.command("hangup", "");
+    caller.event("CALL_CLOSED", T).expect("call closed");
+    assert_eq!(b.wait(Duration::from_secs(20)), 0, "{}", b.logs());
+    caller.quit();
+    let msgs = b.logs();
+    assert!(
+        !msgs.contains("a=crypto"),
+        "no key toward the RTP leg: {msgs}"
+    );
+    assert_recording(&t);
+    assert_tone(
+        &caller.received_audio(),
+        CALLEE_HZ,
+        CALLER_HZ,
+        "the caller heard the RTP callee, encrypted by tapir",
+    );
+    assert_eq!(
+        t.metric("tapir_tls_handshake_failures_total{side=\"in\"}"),
+        0.0
+    );
+    assert_no_rtp_dropped(&t);
+}
+
+/// Mutual TLS with baresip on both legs: tapir asks its callers for a client certificate of
+/// the phones' CA and verifies its target against that CA. A phone whose certificate is of
+/// another CA is refused at the handshake with a log line naming it, while a call in progress
+/// goes on; a target presenting a certificate of another CA is refused too, with a log line,
+/// and the caller is answered at once rather than left waiting.
+#[test]
+fn baresip_over_mutual_tls_and_wrong_certificates_refused() {
+    let Some(bin) = baresip_path() else { return };
+    let dir = tapir_tests::tempfile::tempdir().unwrap();
+    let server = pki("tapir");
+    let phones = pki("phones");
+    let rogue = pki("rogue");
+    let mut callee = Baresip::start(
+        &bin,
+        Party {
+            user: "1000",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLEE_HZ,
+            tls: Some(PartyTls {
+                own: &phones,
+                trust: &server.ca,
+            }),
+        },
+    );
+    let mut impostor = Baresip::start(
+        &bin,
+        Party {
+            user: "2000",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLEE_HZ,
+            tls: Some(PartyTls {
+                own: &rogue,
+                trust: &server.ca,
+            }),
+        },
+    );
+    let ca = write(dir.path(), "phones-ca.pem", &phones.ca);
+    let routes = format!(
+        "[[routes]]\nname = \"desk\"\nuser_prefix = \"1\"\ntarget = \"sip:127.0.0.1:{};transport=tls\"\n\
+         customer = \"caller\"\ndirection = \"inbound\"\nrecord = \"always\"\nformat = \"wav\"\n\
+         srtp = {{ caller = \"require\", callee = \"require\" }}\ntls = {{ ca_file = \"{ca}\" }}\n\
+         [[routes]]\nname = \"other-desk\"\nuser_prefix = \"2\"\ntarget = \"sip:127.0.0.1:{};transport=tls\"\n\
+         customer = \"caller\"\ndirection = \"inbound\"\nrecord = \"always\"\nformat = \"wav\"\n\
+         srtp = {{ caller = \"require\", callee = \"require\" }}\ntls = {{ ca_file = \"{ca}\" }}\n",
+        callee.tls_port(),
+        impostor.tls_port(),
+    );
+    let (t, tls_port) = tapir_with_tls(
+        dir.path(),
+        &server,
+        &routes,
+        vec![
+            ("TAPIR_SIP__TLS_CLIENT_CA".into(), ca.clone()),
+            ("TAPIR_SIP__TLS_REQUIRE_CLIENT_CERT".into(), "true".into()),
+        ],
+    );
+    let mut caller = Baresip::start(
+        &bin,
+        Party {
+            user: "alice",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLER_HZ,
+            tls: Some(PartyTls {
+                own: &phones,
+                trust: &server.ca,
+            }),
+        },
+    );
+    caller.command(
+        "dial",
+        &format!("sip:1000@127.0.0.1:{tls_port};transport=tls"),
+    );
+    let fail = |what: &str, c: &Baresip, b: &Baresip| -> String {
+        format!(
+            "{what}\ncaller:\n{}\ncallee:\n{}\ntapir:\n{}",
+            c.output(),
+            b.output(),
+            t.log()
+        )
+    };
+    caller
+        .event("CALL_ESTABLISHED", T)
+        .unwrap_or_else(|| panic!("{}", fail("no call", &caller, &callee)));
+    for (who, p) in [("caller", &caller), ("callee", &callee)] {
+        let menc = p
+            .event("CALL_MENC", T)
+            .unwrap_or_else(|| panic!("{}", fail(&format!("{who}: no SRTP"), &caller, &callee)));
+        assert_eq!(menc["param"], "0,audio,AES_CM_128_HMAC_SHA1_80", "{who}");
+    }
+    // Leg B's INVITE reached the callee over TLS.
+    assert!(
+        callee
+            .tls_sip()
+            .iter()
+            .any(|(_, m)| m.starts_with("INVITE sip:1000@127.0.0.1")),
+        "{}",
+        callee.output()
+    );
+    let relayed = |leg: &str| format!("tapir_rtp_packets_relayed_total{{from=\"{leg}_rtp\"}}");
+    t.wait_metric(&relayed("a"), T, |v| v >= 100.0);
+    t.wait_metric(&relayed("b"), T, |v| v >= 100.0);
+
+    // A phone with a certificate of another CA: refused at the handshake, logged, counted.
+    let mut stranger = Baresip::start(
+        &bin,
+        Party {
+            user: "mallory",
+            mediaenc: "srtp-mand",
+            tone_hz: CALLER_HZ,
+            tls: Some(PartyTls {
+                own: &rogue,
+                trust: &server.ca,
+            }),
+        },
+    );
+    stranger.command(
+        "dial",
+        &format!("sip:1000@127.0.0.1:{tls_port};transport=tls"),
+    );
+    t.wait_metric("tapir_tls_handshake_failures_total{side=\"in\"}", T, |v| {
+        v >= 1.0
+    });
+    // (baresip 1.0 does not end its call when its TLS connection is refused: it waits out
+    // its own transaction timer; what matters here is that nothing of it got through.)
+    assert!(stranger.event("CALL_ESTABLISHED", Duration::ZERO).is_none());
+    t.wait_log_line(T, |l| {
+        l.contains("TLS handshake from peer failed") && l.contains("peer=127.0.0.1:")
+    });
+    stranger.quit();
+    // The call in progress went on meanwhile.
+    let a_at = t.metric(&relayed("a"));
+    t.wait_metric(&relayed("a"), T, |v| v >= a_at + 50.0);
+    assert!(callee.event("CALL_CLOSED", Duration::ZERO).is_none());
+    let invites = callee
+        .tls_sip()
+        .iter()
+        .filter(|(_, m)| m.starts_with("INVITE "))
+        .count();
+    assert_eq!(invites, 1, "the stranger's call reached the callee");
+    caller.command("hangup", "");
+    callee
+        .event("CALL_CLOSED", T)
+        .unwrap_or_else(|| panic!("{}", fail("BYE not relayed", &caller, &callee)));
+    assert_recording(&t);
+    assert_tone(
+        &callee.received_audio(),
+        CALLER_HZ,
+        CALLEE_HZ,
+        "the callee heard the caller",
+    );
+
+    // A target whose certificate is of another CA than the route trusts: refused, logged with
+    // its address, and the caller answered without waiting out the transaction's timer.
+    let started = std::time::Instant::now();
+    caller.command(
+        "dial",
+        &format!("sip:2000@127.0.0.1:{tls_port};transport=tls"),
+    );
+    t.wait_metric("tapir_tls_handshake_failures_total{side=\"out\"}", T, |v| {
+        v == 1.0
+    });
+    let closed = caller.wait_events("CALL_CLOSED", 2, T).unwrap_or_else(|| {
+        panic!(
+            "{}",
+            fail("the call to 2000 never ended", &caller, &impostor)
+        )
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed["param"].as_str().unwrap_or("").contains("503"),
+        "{closed}"
+    );
+    assert!(
+        impostor
+            .tls_sip()
+            .iter()
+            .all(|(_, m)| !m.starts_with("INVITE ")),
+        "the INVITE went to an untrusted target"
+    );
+    let port = format!("peer=127.0.0.1:{}", impostor.tls_port());
+    t.wait_log_line(T, |l| {
+        l.contains("TLS handshake with target failed") && l.contains(&port)
+    });
+    assert_eq!(
+        t.metric("tapir_calls_total{outcome=\"unreachable\"}"),
+        1.0,
+        "{}",
+        t.metrics()
+    );
+    impostor.quit();
+    caller.quit();
+    callee.quit();
+    assert_no_rtp_dropped(&t);
 }

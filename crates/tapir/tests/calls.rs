@@ -403,3 +403,36 @@ fn tcp_framing_partial_and_batched_reads_and_idle_close() {
     assert_eq!(n, 0, "expected the connection to be closed");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// A TCP target that refuses the connection (nothing listens on its port): the caller gets
+/// 503 as soon as the connect has failed (RFC 3261 §8.1.3.1), not 408 after Timer B, and
+/// the call is counted as unreachable.
+#[test]
+fn a_tcp_target_that_refuses_the_connection_answers_503_at_once() {
+    let dead = free_port("127.0.0.1");
+    let routes = format!(
+        "[[routes]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:{dead};transport=tcp\"\ncustomer = \"caller\"\nrecord = \"never\"\n"
+    );
+    let t = Tapir::start(BIN, &routes, TapirOptions::default());
+    let started = std::time::Instant::now();
+    let outcome =
+        tapir_tests::sdes::invite_user(t.sip_port, "1000", "m=audio {port} RTP/AVP 8\r\n", None);
+    let tapir_tests::sdes::Outcome::Refused(status, _) = outcome else {
+        panic!("answered through a port where nothing listens");
+    };
+    assert_eq!(status, 503, "{}", t.log());
+    // Timer B would be 32 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    t.wait_metric(
+        "tapir_calls_total{outcome=\"unreachable\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    t.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("TCP connect failed") && l.contains(&format!("127.0.0.1:{dead}"))
+    });
+}

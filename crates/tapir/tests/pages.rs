@@ -494,20 +494,8 @@ fn each_role_sees_its_recordings_and_admins_manage_users_on_the_page() {
 
 /// A CA and a certificate it signed for 127.0.0.1, as PEM: (ca, cert, key).
 fn pki() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "pages test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "pages 127.0.0.1");
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    let p = tapir_tests::pki::pki("pages");
+    (p.ca, p.cert, p.key)
 }
 
 /// One HTTPS request to 127.0.0.1, trusting `ca`.

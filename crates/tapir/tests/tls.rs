@@ -3,54 +3,23 @@
 //! does not trust tapir's certificate, and a target whose certificate the route does not
 //! trust, refused and counted with a log line naming the peer.
 //!
-//! The TLS party is a small client in this file (tokio-rustls): Debian's SIPp is built
-//! without TLS (`sipp -v` lists no TLS), so `-t l1` is not available to the tests.
+//! The TLS party here is a small client in this file (tokio-rustls), which lets a test write
+//! exactly the bytes it needs: Debian's SIPp is built without TLS (`sipp -t l1` answers "To
+//! use a TLS transport you must compile SIPp with OpenSSL"). A real user agent over TLS,
+//! baresip, is in baresip.rs: SIP over TLS with SRTP, mutual TLS, wrong certificates.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tapir_tests::pki::{pki, tls_listener_env, write, Pki};
 use tapir_tests::{free_port, Sipp, Tapir, TapirOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapir");
-
-/// A CA and a certificate it signed for 127.0.0.1, as PEM.
-struct Pki {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-fn pki(name: &str) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("{name} test CA"));
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, format!("{name} 127.0.0.1"));
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    Pki {
-        ca: ca_cert.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.to_string_lossy().into_owned()
-}
 
 fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     connector_with(ca_pem, None)
@@ -147,18 +116,9 @@ fn request(
 }
 
 fn tapir_with_tls(dir: &Path, p: &Pki, routes: &str) -> (Tapir, u16) {
-    let tls_port = free_port("127.0.0.1");
-    let cert = write(dir, "tapir.crt", &p.cert);
-    let key = write(dir, "tapir.key", &p.key);
+    let (env, tls_port) = tls_listener_env(dir, p);
     let opts = TapirOptions {
-        env: vec![
-            (
-                "TAPIR_SIP__LISTEN_TLS".into(),
-                format!("[\"127.0.0.1:{tls_port}\"]"),
-            ),
-            ("TAPIR_SIP__TLS_CERT".into(), cert),
-            ("TAPIR_SIP__TLS_KEY".into(), key),
-        ],
+        env,
         ..TapirOptions::default()
     };
     (Tapir::start(BIN, routes, opts), tls_port)
@@ -332,6 +292,7 @@ async fn a_target_with_a_certificate_the_route_does_not_trust_is_refused() {
          [[routes]]\nname = \"pinned-trunk\"\ntarget = \"sip:127.0.0.1:{other_target};transport=tls\"\ncustomer = \"caller\"\n\
          record = \"never\"\ntls = {{ pinned_cert = \"{pinned}\" }}\n"
     );
+    // The last target never answers: its INVITE ends at Timer B, 64 × T1 = 3.2 s.
     let opts = TapirOptions {
         t1_ms: 50,
         ..TapirOptions::default()
@@ -341,7 +302,9 @@ async fn a_target_with_a_certificate_the_route_does_not_trust_is_refused() {
         let port = t.sip_port;
         let body = "m=audio {port} RTP/AVP 8\r\n";
         let user = user.to_string();
-        // The INVITE cannot be delivered: it times out on leg B (Timer B, 64 × T1).
+        // The INVITE cannot be delivered: the caller gets 503 as soon as the handshake has
+        // failed, not 408 after Timer B.
+        let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             tapir_tests::sdes::invite_user(port, &user, body, None)
         })
@@ -350,8 +313,14 @@ async fn a_target_with_a_certificate_the_route_does_not_trust_is_refused() {
         let tapir_tests::sdes::Outcome::Refused(status, _) = outcome else {
             panic!("answered through an untrusted target");
         };
-        assert!(status >= 400, "{status}");
+        assert_eq!(status, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
+    assert_eq!(t.metric("tapir_calls_total{outcome=\"unreachable\"}"), 2.0);
     t.wait_metric(
         "tapir_tls_handshake_failures_total{side=\"out\"}",
         Duration::from_secs(5),

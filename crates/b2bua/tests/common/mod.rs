@@ -714,6 +714,8 @@ impl Ua {
                 }
                 self.log(Seen::Stray2xx(response));
             }
+            // The test UAs talk UDP: no connection to fail.
+            Event::TransportError { .. } => unreachable!("UDP only"),
             Event::Timeout { key } => {
                 // Status 0: the request timed out locally, no response came.
                 self.finals.push((key.method().clone(), 0));
