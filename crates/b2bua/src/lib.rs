@@ -1648,6 +1648,14 @@ impl B2bua {
             Purpose::Relay(relay) => {
                 let r = relay.request.response(code, reason);
                 self.respond(now, &relay.server, r);
+                // §12.2.1.2: no response at all to an in-dialog request ends the dialog.
+                // After a timeout the sender does so itself on the 408; a 503 leaves its
+                // dialog up, so tapir ends a call whose other party it cannot reach.
+                if failure == Failure::Transport && relay.request.method != Method::Bye {
+                    tracing::info!(call, method = %relay.request.method,
+                        "the other party is unreachable; ending the call");
+                    self.hang_up(now, call);
+                }
             }
         }
     }

@@ -203,6 +203,39 @@ fn an_unreachable_connection_target_answers_503_at_once() {
     w.assert_clean();
 }
 
+/// A callee reached over TCP whose connection is gone when the caller re-INVITEs: the
+/// caller gets 503 for it and, since a request that got no response ends the dialog
+/// (§12.2.1.2) and a 503 would not, tapir ends the call with a BYE to the caller.
+#[test]
+fn a_relayed_request_to_an_unreachable_party_ends_the_call() {
+    let mut w = World::new(Setup {
+        routes: vec![route("trunk", &format!("sip:{CALLEE};transport=tcp"))],
+        ..Setup::default()
+    });
+    w.callee.contact_params = ";transport=tcp";
+    w.call();
+    w.net.set_link(TAPIR, CALLEE, Link::DEAD);
+    let now = w.now;
+    w.caller.reinvite(now, sdp::Direction::SendOnly);
+    w.run_for(Duration::from_millis(100));
+    let relayed = w.net.requests(TAPIR, CALLEE, Method::Invite).len();
+    assert_eq!(relayed, 2, "the INVITE and the re-INVITE");
+    let now = w.now;
+    w.tapir.transport_error(
+        now,
+        Peer {
+            addr: addr(CALLEE),
+            transport: Transport::Tcp,
+        },
+    );
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.caller.statuses(Method::Invite).last(), Some(&503));
+    assert_eq!(w.caller.byes_received, 1);
+    w.run_for(Duration::from_secs(40));
+    assert_eq!(w.outcomes(), vec![Outcome::Completed]);
+    assert_eq!(w.tapir.free_ports(), w.initial_free_ports);
+}
+
 #[test]
 fn ringing_forever_ends_at_timer_c_with_408_and_a_cancel() {
     let mut w = World::new(Setup::default());

@@ -178,9 +178,10 @@ pub enum Event {
     /// never got a final response) the layer has already sent the CANCEL and will ACK the 487
     /// on its own; a 2xx that still arrives is reported as [`Event::Stray2xx`].
     Timeout { key: TxKey },
-    /// The connection (TCP or TLS) the request was to go out on could not be opened or its
-    /// handshake failed: the transaction has ended (§17.1.1.2, §17.1.2.2); treat as 503
-    /// (§8.1.3.1). See [`TransactionLayer::transport_error`].
+    /// A connection (TCP or TLS) to the transaction's peer could not be opened or its
+    /// handshake failed while the request was waiting to get through: the transaction has
+    /// ended (§17.1.1.2, §17.1.2.2); treat as 503 (§8.1.3.1). The layer tracks peers, not
+    /// connections: see [`TransactionLayer::transport_error`].
     TransportError { key: TxKey },
     /// CANCEL matched a pending INVITE server transaction; it has been answered with 200.
     Cancelled { invite: TxKey },
@@ -651,6 +652,9 @@ impl TransactionLayer {
         let list = self.reliable_clients.entry(to).or_default();
         if list.len() >= 64 && list.len() == list.capacity() {
             list.retain(|k| txs.contains_key(k));
+            // Room for as many again as are live, so that a list whose live count hovers
+            // near its capacity is not walked on every insert.
+            list.reserve(list.len());
         }
         list.push(key.clone());
     }

@@ -260,6 +260,28 @@ macro_rules! transcript_backend {
                     .await?)
             }
 
+            async fn stored_without_transcript_job(
+                &self,
+                node: &str,
+                since_ms: i64,
+                max: u32,
+            ) -> Result<Vec<String>, StoreError> {
+                // The (state, start_ms) index bounds the walk to the window.
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT r.contact_id FROM recordings r WHERE r.state = 'stored' \
+                     AND r.start_ms >= $1 AND r.node = $2 AND r.deleted_at_ms IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM transcript_jobs j \
+                     WHERE j.contact_id = r.contact_id) \
+                     ORDER BY r.start_ms DESC, r.contact_id LIMIT $3",
+                )
+                .bind(since_ms)
+                .bind(node)
+                .bind(i64::from(max))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
             async fn active_transcript_jobs(
                 &self,
                 node: &str,
@@ -404,6 +426,19 @@ impl Catalog {
         contact_id: &str,
     ) -> Result<Option<TranscriptJob>, StoreError> {
         on!(self, c => c.transcript_job(contact_id).await)
+    }
+
+    /// Recordings `node` stored that started at or after `since_ms`, are not deleted and have
+    /// no transcription job, newest first, at most `max`. A node checks these at start, so a
+    /// recording stored just before a crash, before its job row was written, still gets one
+    /// (newest first: those are the ones a bound must not leave out).
+    pub async fn stored_without_transcript_job(
+        &self,
+        node: &str,
+        since_ms: i64,
+        max: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        on!(self, c => c.stored_without_transcript_job(node, since_ms, max).await)
     }
 
     /// Queued and running jobs of `node`, due first: what it resumes after a restart.

@@ -103,6 +103,53 @@ async fn jobs_are_rows_a_node_resumes(c: Catalog) {
     assert_eq!(c.transcript_job("nope").await.unwrap(), None);
 }
 
+/// What a restarting node checks: its own stored recordings in the window that have no job,
+/// newest first and bounded; not another node's, not one still recording, not a deleted
+/// one, not one from before the window, not one with a job of any state.
+async fn stored_recordings_without_a_job_are_found(c: Catalog) {
+    let with_state = |id: &str, start: i64, state: State, node: &str| {
+        let mut e = entry(id, start, "anna");
+        e.state = state;
+        e.node = node.into();
+        e
+    };
+    for e in [
+        with_state("old", T0 - 10, State::Stored, "node-a"),
+        with_state("s2", T0 + 20, State::Stored, "node-a"),
+        with_state("s1", T0 + 10, State::Stored, "node-a"),
+        with_state("s3", T0 + 30, State::Stored, "node-a"),
+        with_state("other-node", T0 + 10, State::Stored, "node-b"),
+        with_state("live", T0 + 10, State::Recording, "node-a"),
+        with_state("gone", T0 + 10, State::Stored, "node-a"),
+        with_state("has-job", T0 + 10, State::Stored, "node-a"),
+        with_state("has-done-job", T0 + 10, State::Stored, "node-a"),
+    ] {
+        c.upsert(&e).await.unwrap();
+    }
+    c.soft_delete("gone", T0 + 40).await.unwrap();
+    c.insert_transcript_job(&job("has-job", "node-a", "queued", T0))
+        .await
+        .unwrap();
+    c.save_transcript_job(&job("has-done-job", "node-a", "done", T0))
+        .await
+        .unwrap();
+    let found = c
+        .stored_without_transcript_job("node-a", T0, 10)
+        .await
+        .unwrap();
+    assert_eq!(found, ["s3", "s2", "s1"]);
+    let bounded = c
+        .stored_without_transcript_job("node-a", T0, 2)
+        .await
+        .unwrap();
+    assert_eq!(bounded, ["s3", "s2"]);
+    assert!(c
+        .stored_without_transcript_job("node-c", T0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn a_transcript_is_stored_replaced_and_summarised(c: Catalog) {
     c.upsert(&entry("c1", T0, "anna")).await.unwrap();
     let t = transcript(
@@ -326,6 +373,7 @@ macro_rules! cases {
 
 cases!(
     jobs_are_rows_a_node_resumes,
+    stored_recordings_without_a_job_are_found,
     a_transcript_is_stored_replaced_and_summarised,
     search_finds_words_highlighted_and_escaped,
 );

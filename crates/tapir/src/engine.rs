@@ -354,14 +354,14 @@ impl Engine {
                 tls,
                 failed,
             } => {
-                let transport = if tls {
-                    self.tls_peers.down(addr, id);
-                    Transport::Tls
+                let (current, transport) = if tls {
+                    (self.tls_peers.down(addr, id), Transport::Tls)
                 } else {
-                    self.tcp.down(addr, id);
-                    Transport::Tcp
+                    (self.tcp.down(addr, id), Transport::Tcp)
                 };
-                if failed {
+                // A stale report (a message found this connection closed and opened a new
+                // one before the report arrived) must not fail what waits on the new one.
+                if failed && current {
                     self.core.transport_error(now, Peer { addr, transport });
                 }
             }
@@ -744,10 +744,14 @@ impl TcpPeers {
         self.map.insert(addr, (id, tx));
     }
 
-    fn down(&mut self, addr: SocketAddr, id: u64) {
-        if self.map.get(&addr).is_some_and(|(cur, _)| *cur == id) {
+    /// Forgets connection `id` to `addr`; false when it is no longer the peer's connection
+    /// (a newer one has taken its place, and what is queued on that one is not affected).
+    fn down(&mut self, addr: SocketAddr, id: u64) -> bool {
+        let current = self.map.get(&addr).is_some_and(|(cur, _)| *cur == id);
+        if current {
             self.map.remove(&addr);
         }
+        current
     }
 
     fn send(&mut self, addr: SocketAddr, data: Vec<u8>) -> TcpRoute {
@@ -850,6 +854,7 @@ async fn tcp_acceptor(l: TcpListener, inputs: mpsc::Sender<Input>, idle: Duratio
                     inputs.clone(),
                     idle,
                     Transport::Tcp,
+                    false,
                 ));
             }
             Err(e) => {
@@ -870,7 +875,7 @@ async fn tcp_connect(
     match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            stream_connection(stream, addr, id, rx, inputs, idle, Transport::Tcp).await;
+            stream_connection(stream, addr, id, rx, inputs, idle, Transport::Tcp, true).await;
         }
         _ => {
             tracing::info!(peer = %addr, "TCP connect failed");
@@ -942,7 +947,7 @@ async fn tls_acceptor(
             if inputs.send(up).await.is_err() {
                 return;
             }
-            stream_connection(stream, addr, id, rx, inputs, idle, Transport::Tls).await;
+            stream_connection(stream, addr, id, rx, inputs, idle, Transport::Tls, false).await;
         });
     }
 }
@@ -980,7 +985,7 @@ async fn tls_connect(
     };
     let _ = stream.set_nodelay(true);
     match tokio::time::timeout(Duration::from_secs(10), connector.connect(name, stream)).await {
-        Ok(Ok(s)) => stream_connection(s, addr, id, rx, inputs, idle, Transport::Tls).await,
+        Ok(Ok(s)) => stream_connection(s, addr, id, rx, inputs, idle, Transport::Tls, true).await,
         Ok(Err(e)) => {
             tracing::warn!(peer = %addr, error = %e, "TLS handshake with target failed");
             metrics
@@ -1003,6 +1008,12 @@ async fn tls_connect(
 /// Reads framed SIP messages (RFC 3261 §18.3: by Content-Length, across partial reads and
 /// several per read) and writes queued outgoing messages; closes after `idle` with no traffic.
 /// The same for TCP and TLS.
+///
+/// A connection tapir opened (`outbound`) that the peer closes or resets before sending a
+/// single byte is reported as failed, like one that never opened: under TLS 1.3 a server
+/// that refuses tapir's client certificate says so only after the handshake, with an alert
+/// in place of the first read.
+#[allow(clippy::too_many_arguments)]
 async fn stream_connection<S>(
     stream: S,
     addr: SocketAddr,
@@ -1011,6 +1022,7 @@ async fn stream_connection<S>(
     inputs: mpsc::Sender<Input>,
     idle: Duration,
     transport: Transport,
+    outbound: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -1024,8 +1036,16 @@ async fn stream_connection<S>(
     });
     let mut framer = sip::message::StreamFramer::new();
     let mut chunk = vec![0u8; 16384];
+    let mut failed = false;
+    let mut read_any = false;
     'conn: loop {
         let n = match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) if outbound && !read_any => {
+                tracing::warn!(peer = %addr, transport = transport.as_str(),
+                    "connection to target closed before it sent anything");
+                failed = true;
+                break;
+            }
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Err(_) => {
                 tracing::debug!(peer = %addr, "closing idle TCP connection");
@@ -1033,6 +1053,7 @@ async fn stream_connection<S>(
             }
             Ok(Ok(n)) => n,
         };
+        read_any = true;
         framer.push(&chunk[..n]);
         loop {
             match framer.next_message() {
@@ -1055,7 +1076,7 @@ async fn stream_connection<S>(
         addr,
         id,
         tls: transport == Transport::Tls,
-        failed: false,
+        failed,
     };
     let _ = inputs.send(down).await;
 }

@@ -93,12 +93,19 @@ pub async fn start(
         "transcription on"
     );
     tokio::spawn(worker.clone().run());
-    Ok(Some(Arc::new(Transcriber {
+    let t = Arc::new(Transcriber {
         worker,
         selection: cfg.selection(),
         catalog: opened.catalog.clone(),
-    })))
+    });
+    t.catch_up(node);
+    Ok(Some(t))
 }
+
+/// How far back [`Transcriber::catch_up`] looks for stored recordings without a job.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most recordings it checks in one start, newest first.
+const CATCH_UP_MAX: u32 = 10_000;
 
 impl Transcriber {
     /// A recording is stored: queue its job if the selection picks it (once per recording,
@@ -107,27 +114,77 @@ impl Transcriber {
     pub fn stored(self: &Arc<Self>, contact_id: String) {
         let me = self.clone();
         tokio::spawn(async move {
-            let entry = match me.catalog.get(&contact_id).await {
-                Ok(Some(e)) => e,
-                Ok(None) => return,
+            me.queue_if_selected(&contact_id).await;
+        });
+    }
+
+    /// Queues the job of a stored recording the selection picks; whether one was queued now.
+    async fn queue_if_selected(&self, contact_id: &str) -> bool {
+        let entry = match self.catalog.get(contact_id).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(contact = %contact_id, error = %e,
+                    "transcripts: cannot read a stored recording; no transcript for it");
+                return false;
+            }
+        };
+        let Some(language) = transcript::catalog::decide(&self.selection, &entry) else {
+            tracing::debug!(contact = %contact_id, route = %entry.route,
+                "transcripts: not selected");
+            return false;
+        };
+        match self.worker.enqueue(contact_id, &language).await {
+            Ok(true) => {
+                tracing::info!(contact = %contact_id, language, "transcription queued");
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(contact = %contact_id, error = %e,
+                    "transcripts: cannot queue a job; no transcript for it");
+                false
+            }
+        }
+    }
+
+    /// At start: the recordings this node stored in the last day that have no job get one
+    /// if the selection picks them. The job row is written after the recording is marked
+    /// stored, so a crash between the two would otherwise leave the recording without a
+    /// transcript for good. (Transcription turned on, or a route newly selected, also
+    /// catches up on the last day's recordings this way.) On its own task; failures logged.
+    fn catch_up(self: &Arc<Self>, node: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let since_ms = now_ms - CATCH_UP.as_millis() as i64;
+            let ids = match me
+                .catalog
+                .stored_without_transcript_job(&node, since_ms, CATCH_UP_MAX)
+                .await
+            {
+                Ok(ids) => ids,
                 Err(e) => {
-                    tracing::warn!(contact = %contact_id, error = %e,
-                        "transcripts: cannot read a stored recording; no transcript for it");
+                    tracing::warn!(error = %e,
+                        "transcripts: cannot list stored recordings without a job");
                     return;
                 }
             };
-            let Some(language) = transcript::catalog::decide(&me.selection, &entry) else {
-                tracing::debug!(contact = %contact_id, route = %entry.route,
-                    "transcripts: not selected");
-                return;
-            };
-            match me.worker.enqueue(&contact_id, &language).await {
-                Ok(true) => {
-                    tracing::info!(contact = %contact_id, language, "transcription queued")
+            let mut queued = 0usize;
+            for id in &ids {
+                if me.queue_if_selected(id).await {
+                    queued += 1;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(contact = %contact_id, error = %e,
-                    "transcripts: cannot queue a job; no transcript for it"),
+            }
+            if queued > 0 {
+                tracing::info!(
+                    queued,
+                    checked = ids.len(),
+                    "transcripts: queued stored recordings of the last day that had no job"
+                );
             }
         });
     }

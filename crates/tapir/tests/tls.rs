@@ -391,8 +391,12 @@ async fn client_certificates_are_verified_both_ways() {
     let ca = write(dir.path(), "server-ca.pem", &server.ca);
     let ccert = write(dir.path(), "client.crt", &clients.cert);
     let ckey = write(dir.path(), "client.key", &clients.key);
+    // Another such target, on a route that has no client certificate to present.
+    let (strict, _) = fake_target_with(&server, Some(&clients.ca)).await;
     let routes = format!(
-        "[[routes]]\nname = \"mtls-trunk\"\ntarget = \"sip:127.0.0.1:{target};transport=tls\"\ncustomer = \"caller\"\n\
+        "[[routes]]\nname = \"no-cert-trunk\"\nuser_prefix = \"2\"\ntarget = \"sip:127.0.0.1:{strict};transport=tls\"\n\
+         customer = \"caller\"\nrecord = \"never\"\ntls = {{ ca_file = \"{ca}\" }}\n\
+         [[routes]]\nname = \"mtls-trunk\"\ntarget = \"sip:127.0.0.1:{target};transport=tls\"\ncustomer = \"caller\"\n\
          record = \"never\"\ntls = {{ ca_file = \"{ca}\", client_cert = \"{ccert}\", client_key = \"{ckey}\" }}\n"
     );
     let tls_port = free_port("127.0.0.1");
@@ -450,4 +454,27 @@ async fn client_certificates_are_verified_both_ways() {
         t.metric("tapir_tls_handshake_failures_total{side=\"out\"}"),
         0.0
     );
+
+    // A target that refuses tapir for presenting no certificate: under TLS 1.3 it says so
+    // with an alert after the handshake, in place of an answer. The caller gets 503 at once
+    // (Timer B would be 3.2 s here).
+    let started = std::time::Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        tapir_tests::sdes::invite_user(port, "2000", "m=audio {port} RTP/AVP 8\r\n", None)
+    })
+    .await
+    .unwrap();
+    let tapir_tests::sdes::Outcome::Refused(status, _) = outcome else {
+        panic!("answered through a target that refused tapir");
+    };
+    assert_eq!(status, 503, "{}", t.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = t.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("connection to target closed before it sent anything")
+    });
+    assert!(line.contains(&format!("127.0.0.1:{strict}")), "{line}");
 }

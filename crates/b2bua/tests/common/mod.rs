@@ -352,6 +352,9 @@ pub struct Ua {
     /// The SDP received last (offer or answer), for checks.
     pub last_remote_sdp: Option<Sdp>,
     pub byes_received: u32,
+    /// URI parameters of its Contact (`;transport=tcp`: tapir sends it in-dialog requests
+    /// over TCP; the simulated network carries them all the same).
+    pub contact_params: &'static str,
     pub acks_received: u32,
     /// Final responses to our requests, (method, status), kept even without `keep_log`.
     pub finals: Vec<(Method, u16)>,
@@ -439,6 +442,7 @@ impl Ua {
             finals: Vec::new(),
             send_acks: true,
             timeouts: 0,
+            contact_params: "",
         }
     }
 
@@ -453,7 +457,7 @@ impl Ua {
     }
 
     fn contact(&self) -> String {
-        format!("<sip:{}@{}>", self.name, self.addr)
+        format!("<sip:{}@{}{}>", self.name, self.addr, self.contact_params)
     }
 
     fn our_sdp(&mut self, dir: Direction) -> Vec<u8> {
