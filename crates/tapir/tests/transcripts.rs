@@ -1077,3 +1077,51 @@ fn a_job_interrupted_by_kill_9_resumes_after_the_restart() {
         "one request before the kill, one after"
     );
 }
+
+/// A recording stored while the node had no transcription job for it (transcription off
+/// here; a crash between marking it stored and writing its job row leaves the same state)
+/// gets its job when the node starts with transcription on: the start-up catch-up.
+#[test]
+fn a_stored_recording_without_a_job_gets_one_at_the_next_start() {
+    let fake = Fake::start(|hz, _| {
+        if hz == 400.0 {
+            Reply::Segments(vec![(0.1, 0.9, " Caught up at start.")])
+        } else {
+            Reply::Segments(vec![(0.1, 0.9, " Agent too.")])
+        }
+    });
+    let callee_port = free_port("127.0.0.1");
+    let t = Tapir::start(BIN, &route(callee_port), TapirOptions::default());
+    tone_call(&t, callee_port, 400.0, 1000.0, 2000, &[]);
+    let id = wait_stored(&t, 1);
+    let a = get(&t, &format!("/api/v1/recordings/{id}/transcript"), &[]);
+    assert_eq!(
+        a.status,
+        404,
+        "no job while transcription is off: {}",
+        a.text()
+    );
+    // Transcription on, same catalog and recordings.
+    let cfg = std::fs::read_to_string(t.config_path()).unwrap();
+    std::fs::write(t.config_path(), format!("{cfg}\n{}", fake.config(""))).unwrap();
+    let t = t.restart();
+    let j = wait_transcript(&t, &id, "done", Duration::from_secs(60));
+    let texts: Vec<&str> = j["phrases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["Caught up at start.", "Agent too."]);
+    t.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("queued stored recordings of the last day that had no job")
+            && l.contains("queued=1")
+    });
+    // The next start finds nothing to catch up on: the job exists.
+    let t = t.restart();
+    wait_until("the stage started", &t, Duration::from_secs(30), || {
+        t.log().contains("transcription on").then_some(())
+    });
+    assert_eq!(fake.seen().len(), 2, "one request per channel, once");
+    assert!(!t.log().contains("that had no job"), "{}", t.log());
+}
