@@ -231,6 +231,13 @@ pub enum CallEvent {
         /// The Refer-To's user part (a number, for the emergency list).
         target: String,
     },
+    /// The REFER relayed on `call` failed: refused or unanswered (`status` is its final
+    /// response, or 408/503 when none came), or the transferee's NOTIFY reported a final
+    /// status of 300 or more for the transfer. No transferred call will follow it.
+    TransferFailed {
+        call: CallId,
+        status: u16,
+    },
     /// The new call `call` continues the contact of call `previous`: the transferee's INVITE
     /// after a REFER tapir relayed, or an INVITE with Replaces naming a dialog of a call
     /// through tapir (see the `transfer` module). Emitted just before `call`'s `Started`.
@@ -1405,6 +1412,9 @@ impl B2bua {
         if resp.status == 100 {
             return;
         }
+        if relay.request.method == Method::Refer && resp.status >= 300 {
+            self.transfer_failed(relay.call, resp.status);
+        }
         let Some(c) = self.calls.get(&relay.call) else {
             let r = relay.request.response(resp.status, &resp.reason);
             self.respond(now, &relay.server, r);
@@ -1648,6 +1658,9 @@ impl B2bua {
             Purpose::Relay(relay) => {
                 let r = relay.request.response(code, reason);
                 self.respond(now, &relay.server, r);
+                if relay.request.method == Method::Refer {
+                    self.transfer_failed(call, code);
+                }
                 // §12.2.1.2: no response at all to an in-dialog request ends the dialog.
                 // After a timeout the sender does so itself on the 408; a 503 leaves its
                 // dialog up, so tapir ends a call whose other party it cannot reach.
@@ -1956,6 +1969,9 @@ impl B2bua {
                         return;
                     }
                 }
+                if let Some(status) = failed_refer_notify(&req) {
+                    self.transfer_failed(call, status);
+                }
                 self.out.push_back(Output::Call(CallEvent::InDialog {
                     call,
                     leg,
@@ -2188,6 +2204,26 @@ fn bad_flow_info(req: &Request) -> Option<String> {
         }
     }
     None
+}
+
+/// The final status a transferee reports in a NOTIFY of the `refer` event package (RFC 3515
+/// §2.4.5: a `message/sipfrag` body whose status line is the transferred INVITE's), when it
+/// is 300 or more: the transfer failed.
+fn failed_refer_notify(req: &Request) -> Option<u16> {
+    if req.method != Method::Notify {
+        return None;
+    }
+    let event = req.headers.get("Event").or_else(|| req.headers.get("o"))?;
+    if !event.trim().to_ascii_lowercase().starts_with("refer") {
+        return None;
+    }
+    let ct = req.content_type()?.to_ascii_lowercase();
+    if !ct.starts_with("message/sipfrag") {
+        return None;
+    }
+    let line = std::str::from_utf8(&req.body).ok()?.lines().next()?;
+    let status: u16 = line.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
+    (status >= 300).then_some(status)
 }
 
 fn x_tapir_headers(req: &Request) -> Vec<(String, String)> {

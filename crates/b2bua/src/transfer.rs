@@ -85,6 +85,12 @@ impl Transfers {
         self.map.get(token).map(|(_, p)| p.clone())
     }
 
+    /// Drops the transfers a REFER on `call` announced (their timer entries go by
+    /// themselves).
+    fn remove_call(&mut self, call: CallId) {
+        self.map.retain(|_, (_, p)| p.call != call);
+    }
+
     fn purge(&mut self, now: Instant) {
         while self.order.front().is_some_and(|(t, _)| *t <= now) {
             if let Some((_, k)) = self.order.pop_front() {
@@ -203,6 +209,19 @@ impl B2bua {
     /// Transfers announced by a REFER whose INVITE has not arrived yet (and not expired).
     pub fn pending_transfers(&self) -> usize {
         self.transfers.len()
+    }
+
+    /// The REFER relayed on `call` was refused or got no answer, or the transferee reported
+    /// that its transfer failed (a NOTIFY's `message/sipfrag` with a final status of 300 or
+    /// more): the transfers it announced are dropped and [`CallEvent::TransferFailed`]
+    /// tells the contact not to wait for a transferred call.
+    pub(crate) fn transfer_failed(&mut self, call: CallId, status: u16) {
+        self.transfers.remove_call(call);
+        self.out
+            .push_back(crate::Output::Call(crate::CallEvent::TransferFailed {
+                call,
+                status,
+            }));
     }
 
     /// Points the Refer-To of a REFER relayed from `from_leg` at tapir (see the module docs).

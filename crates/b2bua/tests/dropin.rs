@@ -609,6 +609,76 @@ fn a_transfer_says_whether_it_is_attended_and_whether_its_target_is_external() {
     }
 }
 
+fn transfer_failures(h: &H) -> Vec<(u64, u16)> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            CallEvent::TransferFailed { call, status } => Some((*call, *status)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A NOTIFY of the refer event package with a `message/sipfrag` body.
+fn sipfrag_notify(head: &str, frag: &str) -> Vec<u8> {
+    let mut s = head.trim_end().replace('\n', "\r\n");
+    s.push_str(&format!(
+        "\r\nEvent: refer\r\nSubscription-State: active;expires=60\r\n\
+         Content-Type: message/sipfrag;version=2.0\r\nContent-Length: {}\r\n\r\n{frag}",
+        frag.len()
+    ));
+    s.into_bytes()
+}
+
+/// A REFER the transferee refuses, and one it accepts but then reports failed in its NOTIFY:
+/// each is reported, so the contact does not wait for a transferred call; its pending
+/// transfer is dropped. A NOTIFY of progress or success reports nothing.
+#[test]
+fn a_refused_or_failed_transfer_is_reported() {
+    let mut h = H::new();
+    let (_caller, mut callee, call) = establish(&mut h, "xfer-r", "", "");
+    let refer = callee_request(
+        &mut callee,
+        "REFER",
+        &format!("Refer-To: <sip:2000@{TARGET}>\n"),
+    );
+    h.feed(CALLEE, msg(&refer, ""));
+    assert_eq!(h.b.pending_transfers(), 1);
+    let a_refer = h.take_request(CALLER, Method::Refer);
+    h.answer(CALLER, &a_refer, 603, "", "", "");
+    assert_eq!(
+        h.take_responses(CALLEE, 603).len(),
+        1,
+        "the refusal is relayed"
+    );
+    assert_eq!(transfer_failures(&h), vec![(call, 603)]);
+    assert_eq!(h.b.pending_transfers(), 0);
+
+    let mut h = H::new();
+    let (mut caller, mut callee, call) = establish(&mut h, "xfer-n", "", "");
+    let refer = callee_request(
+        &mut callee,
+        "REFER",
+        &format!("Refer-To: <sip:2000@{TARGET}>\n"),
+    );
+    h.feed(CALLEE, msg(&refer, ""));
+    let a_refer = h.take_request(CALLER, Method::Refer);
+    h.answer(CALLER, &a_refer, 202, "", "", "");
+    for frag in ["SIP/2.0 100 Trying\r\n", "SIP/2.0 180 Ringing\r\n"] {
+        let n = caller_request(&mut caller, "NOTIFY", "");
+        h.feed(CALLER, sipfrag_notify(&n, frag));
+    }
+    assert!(transfer_failures(&h).is_empty());
+    let n = caller_request(&mut caller, "NOTIFY", "");
+    h.feed(CALLER, sipfrag_notify(&n, "SIP/2.0 486 Busy Here\r\n"));
+    assert_eq!(transfer_failures(&h), vec![(call, 486)]);
+    assert_eq!(h.b.pending_transfers(), 0);
+    assert!(
+        !h.take_requests(CALLEE, Method::Notify).is_empty(),
+        "the NOTIFYs are still relayed to the referrer"
+    );
+}
+
 #[test]
 fn blind_transfer_by_the_callee_goes_through_tapir_and_keeps_the_contact() {
     let mut h = H::new();

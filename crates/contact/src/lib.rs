@@ -150,6 +150,13 @@ pub enum Input {
         /// The target's user part (number), for the emergency list.
         target: String,
     },
+    /// The REFER on `call` failed (refused, unanswered, or the transferee reported the
+    /// transfer failed with `status`): no transferred call will come, so the contact does not
+    /// wait for one.
+    TransferFailed {
+        call: CallId,
+        status: u16,
+    },
     /// The announcement collected the caller's consent digit.
     Consent {
         call: CallId,
@@ -398,6 +405,7 @@ impl Contacts {
                 content_type,
                 body,
             } => self.in_dialog(now, call, leg, &x_headers, &content_type, &body),
+            Input::TransferFailed { call, status } => self.transfer_failed(now, call, status),
             Input::TransferStarted {
                 call,
                 external,
@@ -777,6 +785,34 @@ impl Contacts {
             for (n, o) in resume.into_iter().enumerate() {
                 self.out.insert(from + n, o);
             }
+        }
+    }
+
+    fn transfer_failed(&mut self, now: Instant, call: CallId, status: u16) {
+        let Some(key) = self.calls.get(&call).map(|m| m.contact).or_else(|| {
+            // The call may have ended already (a REFER that timed out after the hang-up):
+            // its contact is waiting for the transfer.
+            self.contacts
+                .iter()
+                .find(|(_, c)| c.calls.contains(&call))
+                .map(|(k, _)| *k)
+        }) else {
+            return;
+        };
+        let Some(c) = self.contacts.get_mut(&key) else {
+            return;
+        };
+        if c.transfer.take().is_none() {
+            return;
+        }
+        c.policy
+            .note("transfer failed", format!("the REFER came to {status}"));
+        self.journal(key);
+        let Some(c) = self.contacts.get(&key) else {
+            return;
+        };
+        if c.members == 0 && c.grace_until.is_some() {
+            self.finish(now, key);
         }
     }
 

@@ -320,6 +320,94 @@ fn a_transfer_that_never_arrives_finishes_at_the_end_of_the_grace_window() {
         .any(|o| matches!(o, Output::Open { .. })));
 }
 
+/// A REFER the transferee refuses: no transferred call will come, so the hang-up that
+/// follows finishes the contact at once, with the refusal in the decision log.
+#[test]
+fn a_refused_transfer_does_not_wait_for_a_transferred_call() {
+    let t0 = Instant::now();
+    let mut c = Contacts::new(Config {
+        transfer_grace: Duration::from_secs(10),
+    });
+    c.handle_input(t0, start(1, "c1", Some(Mode::Always), &Rules::default()));
+    c.handle_input(
+        t0,
+        Input::TransferStarted {
+            call: 1,
+            external: false,
+            attended: false,
+            target: "200".into(),
+        },
+    );
+    c.handle_input(
+        t0,
+        Input::TransferFailed {
+            call: 1,
+            status: 603,
+        },
+    );
+    // Another report of the same failure changes nothing.
+    c.handle_input(
+        t0,
+        Input::TransferFailed {
+            call: 1,
+            status: 603,
+        },
+    );
+    c.handle_input(t0 + Duration::from_secs(1), Input::Ended { call: 1 });
+    let out = drain(&mut c);
+    assert!(finish(&out).is_some(), "{out:#?}");
+    assert_eq!(c.poll_timeout(), None);
+    let log = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Finish { decisions, .. } => Some(format!("{decisions:?}")),
+            _ => None,
+        })
+        .unwrap();
+    assert!(log.contains("the REFER came to 603"), "{log}");
+    assert!(c.is_empty());
+}
+
+/// A REFER that fails after the last hang-up (it timed out, 408): the contact waiting out
+/// its grace window finishes then, not at the window's end.
+#[test]
+fn a_transfer_failing_during_the_grace_window_finishes_the_contact_then() {
+    let t0 = Instant::now();
+    let mut c = Contacts::new(Config {
+        transfer_grace: Duration::from_secs(30),
+    });
+    c.handle_input(t0, start(1, "c1", Some(Mode::Always), &Rules::default()));
+    c.handle_input(
+        t0,
+        Input::TransferStarted {
+            call: 1,
+            external: false,
+            attended: false,
+            target: "200".into(),
+        },
+    );
+    c.handle_input(t0, Input::Ended { call: 1 });
+    assert!(finish(&drain(&mut c)).is_none());
+    // An unrelated call's failure is not this contact's.
+    c.handle_input(
+        t0,
+        Input::TransferFailed {
+            call: 9,
+            status: 408,
+        },
+    );
+    assert!(finish(&drain(&mut c)).is_none());
+    c.handle_input(
+        t0 + Duration::from_secs(2),
+        Input::TransferFailed {
+            call: 1,
+            status: 408,
+        },
+    );
+    assert!(finish(&drain(&mut c)).is_some());
+    assert_eq!(c.poll_timeout(), None);
+}
+
 #[test]
 fn a_call_ending_without_a_pending_transfer_finishes_at_once() {
     let t0 = Instant::now();

@@ -515,6 +515,9 @@ impl Engine {
                 external,
                 ..
             } => tracing::info!(call, attended, external, "transfer requested"),
+            CallEvent::TransferFailed { call, status } => {
+                tracing::info!(call, status, "transfer failed")
+            }
         }
         if let Some(r) = &self.recorder {
             let msg = match ev {
@@ -624,6 +627,12 @@ impl Engine {
                     attended,
                     target,
                 })),
+                CallEvent::TransferFailed { call, status } => {
+                    Some(RecCtl::Call(contact::Input::TransferFailed {
+                        call,
+                        status,
+                    }))
+                }
                 CallEvent::Transferred { call, label, .. } => {
                     if let Some(l) = label {
                         self.continued_contacts.insert(call, l);

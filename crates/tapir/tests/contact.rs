@@ -401,3 +401,74 @@ fn a_disposition_by_the_api_ends_the_recording_unless_kept() {
         "{meta:#}"
     );
 }
+
+/// The customer refuses the agent's REFER (603): no transferred call will come, so the
+/// contact is finished at the hang-up rather than at the end of a long grace window (60 s
+/// here), and the decision log says why.
+#[test]
+fn a_refused_transfer_finishes_the_contact_at_the_hang_up() {
+    let (callee_port, target_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let t = Tapir::start(
+        BIN,
+        &transfer_routes(callee_port, target_port),
+        TapirOptions {
+            extra: "[recording]\ntransfer_grace_ms = 60000\n".into(),
+            ..TapirOptions::default()
+        },
+    );
+    let tp = target_port.to_string();
+    let mut agent = Sipp::party(
+        "agent",
+        "refer_uas_refused.xml",
+        "127.0.0.1",
+        callee_port,
+        None,
+        Some(AGENT_HZ),
+        &[
+            "-set",
+            "target_port",
+            &tp,
+            "-set",
+            "target_user",
+            "agent2-200",
+            "-set",
+            "refer_suffix",
+            "",
+        ],
+    );
+    let mut customer = Sipp::party(
+        "customer",
+        "refer_uac_refuse.xml",
+        "127.0.0.1",
+        free_port("127.0.0.1"),
+        Some(&t),
+        Some(CUSTOMER_HZ),
+        &["-s", "1000"],
+    );
+    tapir_tests::expect_success(
+        &t,
+        &mut [&mut customer, &mut agent],
+        Duration::from_secs(30),
+    );
+    let hung_up = std::time::Instant::now();
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(20),
+        |v| v == 1.0,
+    );
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(15),
+        "finished {:?} after the hang-up",
+        hung_up.elapsed()
+    );
+    let wav = files(&t, "wav");
+    assert_eq!(wav.len(), 1, "{wav:?}");
+    let meta = sidecar(&wav[0].with_extension("json"));
+    assert!(
+        meta.to_string().contains("the REFER came to 603"),
+        "{meta:#}"
+    );
+    t.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("transfer failed") && l.contains("status=603")
+    });
+}
