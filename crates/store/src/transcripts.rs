@@ -389,6 +389,60 @@ macro_rules! transcript_backend {
 transcript_backend!(SqliteCatalog, Sqlite, "BEGIN IMMEDIATE");
 transcript_backend!(PostgresCatalog, Postgres, "BEGIN");
 
+const NODE_SEEN: &str = "INSERT INTO nodes (node, seen_ms) VALUES ($1, $2) \
+     ON CONFLICT (node) DO UPDATE SET seen_ms = excluded.seen_ms";
+
+/// The jobs of nodes last seen before `$2`, at most `$4`, handed to node `$1` at `$3`.
+/// PostgreSQL: the rows are locked as they are picked and rows another node is taking are
+/// skipped, so two nodes adopting at once never take the same job. (SQLite has one writer.)
+fn adopt_sql(lock: &str) -> String {
+    format!(
+        "UPDATE transcript_jobs SET node = $1, updated_ms = $3 WHERE contact_id IN \
+         (SELECT contact_id FROM transcript_jobs WHERE state IN ('queued', 'running') \
+         AND node <> $1 AND node IN (SELECT node FROM nodes WHERE seen_ms < $2) \
+         ORDER BY next_at_ms, contact_id LIMIT $4{lock}) RETURNING {JOB_COLS}"
+    )
+}
+
+macro_rules! node_backend {
+    ($name:ident, $lock:literal) => {
+        impl $name {
+            async fn node_seen(&self, node: &str, now_ms: i64) -> Result<(), StoreError> {
+                sqlx::query(NODE_SEEN)
+                    .bind(node)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn adopt_transcript_jobs(
+                &self,
+                node: &str,
+                seen_before_ms: i64,
+                now_ms: i64,
+                max: u32,
+            ) -> Result<Vec<TranscriptJob>, StoreError> {
+                let mut jobs =
+                    sqlx::query_as::<_, TranscriptJob>(sqlx::AssertSqlSafe(adopt_sql($lock)))
+                        .bind(node)
+                        .bind(seen_before_ms)
+                        .bind(now_ms)
+                        .bind(i64::from(max))
+                        .fetch_all(&self.pool)
+                        .await?;
+                jobs.sort_by(|a, b| {
+                    (a.next_at_ms, &a.contact_id).cmp(&(b.next_at_ms, &b.contact_id))
+                });
+                Ok(jobs)
+            }
+        }
+    };
+}
+
+node_backend!(SqliteCatalog, "");
+node_backend!(PostgresCatalog, " FOR UPDATE SKIP LOCKED");
+
 /// Most snippets [`Catalog::transcript_snippets`] returns per recording.
 pub const MAX_SNIPPETS: usize = 20;
 
@@ -439,6 +493,26 @@ impl Catalog {
         max: u32,
     ) -> Result<Vec<String>, StoreError> {
         on!(self, c => c.stored_without_transcript_job(node, since_ms, max).await)
+    }
+
+    /// Node `node` is alive at `now_ms` (its heartbeat, in the `nodes` table).
+    pub async fn node_seen(&self, node: &str, now_ms: i64) -> Result<(), StoreError> {
+        on!(self, c => c.node_seen(node, now_ms).await)
+    }
+
+    /// Hands `node` the queued and running jobs (at most `max`, due first) of nodes whose
+    /// last heartbeat is older than `seen_before_ms`: nodes gone for good leave no
+    /// recording untranscribed. A node that never wrote a heartbeat is never adopted from.
+    /// The rows now name `node`; they are returned as they were otherwise (a running one is
+    /// for the adopter to queue again, as after a restart).
+    pub async fn adopt_transcript_jobs(
+        &self,
+        node: &str,
+        seen_before_ms: i64,
+        now_ms: i64,
+        max: u32,
+    ) -> Result<Vec<TranscriptJob>, StoreError> {
+        on!(self, c => c.adopt_transcript_jobs(node, seen_before_ms, now_ms, max).await)
     }
 
     /// Queued and running jobs of `node`, due first: what it resumes after a restart.

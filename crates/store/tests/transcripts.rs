@@ -150,6 +150,61 @@ async fn stored_recordings_without_a_job_are_found(c: Catalog) {
         .is_empty());
 }
 
+/// Jobs of a node whose heartbeat is old are handed to the node that asks, once: not those
+/// of a live node, nor of a node that never wrote a heartbeat, nor ended ones; bounded; a
+/// second adopter finds nothing left.
+async fn jobs_of_a_node_gone_are_adopted_once(c: Catalog) {
+    c.node_seen("gone", T0 - 600_000).await.unwrap();
+    c.node_seen("alive", T0 - 600_000).await.unwrap();
+    c.node_seen("alive", T0 - 1_000).await.unwrap();
+    for (id, node, state, at) in [
+        ("g1", "gone", "queued", T0 - 10),
+        ("g2", "gone", "running", T0 - 20),
+        ("g3", "gone", "queued", T0 - 5),
+        ("g-done", "gone", "done", T0 - 30),
+        ("a1", "alive", "queued", T0 - 40),
+        ("u1", "unknown", "queued", T0 - 50),
+    ] {
+        c.save_transcript_job(&job(id, node, state, at))
+            .await
+            .unwrap();
+    }
+    let stale = T0 - 300_000;
+    let first = c.adopt_transcript_jobs("me", stale, T0, 2).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|j| j.contact_id.as_str()).collect();
+    assert_eq!(ids, ["g2", "g1"], "due first, bounded");
+    assert!(first.iter().all(|j| j.node == "me" && j.updated_ms == T0));
+    assert_eq!(first[0].state, "running", "returned as it was");
+    let rest = c
+        .adopt_transcript_jobs("other", stale, T0, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rest.iter().map(|j| j.contact_id.as_str()).collect();
+    assert_eq!(ids, ["g3"]);
+    assert!(c
+        .adopt_transcript_jobs("third", stale, T0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let mine: Vec<String> = c
+        .active_transcript_jobs("me")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.contact_id)
+        .collect();
+    assert_eq!(mine, ["g2", "g1"]);
+    assert_eq!(
+        c.transcript_job("g-done").await.unwrap().unwrap().node,
+        "gone"
+    );
+    assert_eq!(c.transcript_job("a1").await.unwrap().unwrap().node, "alive");
+    assert_eq!(
+        c.transcript_job("u1").await.unwrap().unwrap().node,
+        "unknown"
+    );
+}
+
 async fn a_transcript_is_stored_replaced_and_summarised(c: Catalog) {
     c.upsert(&entry("c1", T0, "anna")).await.unwrap();
     let t = transcript(
@@ -374,6 +429,7 @@ macro_rules! cases {
 cases!(
     jobs_are_rows_a_node_resumes,
     stored_recordings_without_a_job_are_found,
+    jobs_of_a_node_gone_are_adopted_once,
     a_transcript_is_stored_replaced_and_summarised,
     search_finds_words_highlighted_and_escaped,
 );

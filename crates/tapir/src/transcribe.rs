@@ -93,6 +93,8 @@ pub async fn start(
         "transcription on"
     );
     tokio::spawn(worker.clone().run());
+    let (gone_after, every) = cfg.adoption();
+    tokio::spawn(worker.clone().watch_orphans(every, gone_after));
     let t = Arc::new(Transcriber {
         worker,
         selection: cfg.selection(),

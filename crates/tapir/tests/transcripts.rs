@@ -1125,3 +1125,75 @@ fn a_stored_recording_without_a_job_gets_one_at_the_next_start() {
     assert_eq!(fake.seen().len(), 2, "one request per channel, once");
     assert!(!t.log().contains("that had no job"), "{}", t.log());
 }
+
+/// Two nodes share one catalog and one storage. Node B dies for good with a job running
+/// (its engine request held); node A, alive, takes the job up once B has not been heard
+/// from for `adopt_after_s`, and completes it. The job row then names A.
+#[test]
+fn the_jobs_of_a_node_gone_for_good_are_taken_up_by_another() {
+    let fake = Fake::start(|_, _| Reply::Hang);
+    let callee_port = free_port("127.0.0.1");
+    let mut b = Tapir::start(
+        BIN,
+        &route(callee_port),
+        TapirOptions {
+            extra: format!(
+                "[node]\nid = \"node-b\"\n\n{}",
+                fake.config("max_attempts = 3\ntimeout_s = 60\nadopt_after_s = 2")
+            ),
+            ..Default::default()
+        },
+    );
+    tone_call(&b, callee_port, 400.0, 1000.0, 2000, &[]);
+    let id = wait_stored(&b, 1);
+    wait_transcript(&b, &id, "running", Duration::from_secs(30));
+    wait_until("the request held", &b, Duration::from_secs(30), || {
+        (fake.hanging() > 0).then_some(())
+    });
+    b.kill9();
+    fake.set(|hz, _| {
+        if hz == 400.0 {
+            Reply::Segments(vec![(0.1, 0.9, " Taken up by another node.")])
+        } else {
+            Reply::Segments(vec![(0.1, 0.9, " Agent.")])
+        }
+    });
+    let shared = b.dir.path();
+    let a = Tapir::start(
+        BIN,
+        &route(free_port("127.0.0.1")),
+        TapirOptions {
+            extra: format!(
+                "[node]\nid = \"node-a\"\n\n[catalog]\nurl = \"sqlite://{}\"\n\n\
+                 [recording]\nrecordings_dir = \"{}\"\n\n{}",
+                shared.join("tapir.db").display(),
+                shared.join("recordings").display(),
+                fake.config("max_attempts = 3\ntimeout_s = 60\nadopt_after_s = 2")
+            ),
+            ..Default::default()
+        },
+    );
+    let j = wait_transcript(&a, &id, "done", Duration::from_secs(60));
+    let texts: Vec<&str> = j["phrases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["Taken up by another node.", "Agent."]);
+    let line = a.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("took up the jobs of a node gone")
+    });
+    assert!(line.contains("taken=1"), "{line}");
+    // The interrupted attempt counted: B's attempt and A's.
+    assert_eq!(
+        a.metric("tapir_transcripts_total{outcome=\"retried\"}"),
+        1.0
+    );
+    let db = format!("sqlite://{}", shared.join("tapir.db").display());
+    let node: String = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let c = store::Catalog::open(&db).await.unwrap();
+        c.transcript_job(&id).await.unwrap().unwrap().node
+    });
+    assert_eq!(node, "node-a");
+}

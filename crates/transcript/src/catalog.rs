@@ -229,7 +229,30 @@ impl JobHost for CatalogHost {
     fn now_ms(&self) -> i64 {
         unix_ms()
     }
+
+    fn heartbeat(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.catalog
+                .node_seen(&self.node, unix_ms())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn orphans(&self, seen_before_ms: i64) -> BoxFuture<'_, Result<Vec<Job>, String>> {
+        Box::pin(async move {
+            let rows = self
+                .catalog
+                .adopt_transcript_jobs(&self.node, seen_before_ms, unix_ms(), ADOPT_MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(rows.into_iter().filter_map(from_row).collect())
+        })
+    }
 }
+
+/// Most jobs of nodes gone taken up at one look (the next look takes more).
+const ADOPT_MAX: u32 = 1000;
 
 #[cfg(test)]
 mod tests {

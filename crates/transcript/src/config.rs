@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -72,6 +73,9 @@ pub struct TranscriptsConfig {
     pub api_key_env: Option<String>,
     /// `pocketsphinx`: the model directory (Debian's by default).
     pub model_dir: Option<PathBuf>,
+    /// A node sharing the catalog that has not been heard from for this long is gone: the
+    /// jobs it left queued or running are taken up by another node.
+    pub adopt_after_s: u64,
 }
 
 impl Default for TranscriptsConfig {
@@ -92,6 +96,7 @@ impl Default for TranscriptsConfig {
             model: "whisper-1".into(),
             api_key_env: None,
             model_dir: None,
+            adopt_after_s: 600,
         }
     }
 }
@@ -120,6 +125,13 @@ impl TranscriptsConfig {
         })
     }
 
+    /// How long a node sharing the catalog may go unheard before its jobs are taken up, and
+    /// how often this node says it is alive and looks (a quarter of that, at most a minute).
+    pub fn adoption(&self) -> (Duration, Duration) {
+        let after = Duration::from_secs(self.adopt_after_s);
+        (after, (after / 4).min(Duration::from_secs(60)))
+    }
+
     /// Whether the node runs a transcription stage at all.
     pub fn enabled(&self) -> Result<bool, TranscriptError> {
         Ok(self.kind()? != EngineKind::None)
@@ -133,6 +145,11 @@ impl TranscriptsConfig {
         }
         if self.max_attempts == 0 || self.max_attempts > 100 {
             return Err(bad("transcripts.max_attempts must be within 1..=100".into()));
+        }
+        if !(2..=7 * 86_400).contains(&self.adopt_after_s) {
+            return Err(bad(
+                "transcripts.adopt_after_s must be within 2..=604800".into()
+            ));
         }
         if self.timeout_s == 0 || self.timeout_s > 7 * 86_400 {
             return Err(bad("transcripts.timeout_s must be within 1..=604800".into()));
@@ -285,6 +302,7 @@ mod tests {
             ),
             (serde_json::json!({"concurrency": 0}), "concurrency"),
             (serde_json::json!({"max_attempts": 0}), "max_attempts"),
+            (serde_json::json!({"adopt_after_s": 1}), "adopt_after_s"),
             (serde_json::json!({"timeout_s": 0}), "timeout_s"),
             (
                 serde_json::json!({"retry_initial_ms": 10, "retry_max_ms": 5}),

@@ -191,10 +191,20 @@ impl Jobs {
         now_ms: i64,
     ) -> (Jobs, Vec<Job>) {
         let mut jobs = Jobs::new(config);
+        let changed = jobs.adopt(persisted, now_ms);
+        (jobs, changed)
+    }
+
+    /// Takes up persisted active jobs beside the ones held: a restart's own jobs (see
+    /// [`Jobs::restore`]) or those of a node gone for good. A job that was running is queued
+    /// again with its attempt counted, or failed when that was its last; one already held is
+    /// left as it is. Returns the rows that changed, to persist.
+    pub fn adopt(&mut self, persisted: impl IntoIterator<Item = Job>, now_ms: i64) -> Vec<Job> {
+        let jobs = self;
         let mut changed = Vec::new();
         let mut persisted: Vec<Job> = persisted
             .into_iter()
-            .filter(|j| j.state.is_active())
+            .filter(|j| j.state.is_active() && !jobs.active.contains_key(&j.contact_id))
             .collect();
         // Oldest first keeps the original order among the resumed.
         persisted.sort_by(|a, b| (a.next_at_ms, &a.contact_id).cmp(&(b.next_at_ms, &b.contact_id)));
@@ -204,7 +214,7 @@ impl Jobs {
                 if job.attempts >= jobs.config.max_attempts {
                     job.state = JobState::Failed;
                     job.error = Some(format!(
-                        "interrupted by a restart on attempt {}",
+                        "interrupted by a restart or its node stopping, on attempt {}",
                         job.attempts
                     ));
                     changed.push(job);
@@ -216,7 +226,7 @@ impl Jobs {
             }
             jobs.insert(job);
         }
-        (jobs, changed)
+        changed
     }
 
     fn insert(&mut self, job: Job) {
@@ -498,6 +508,40 @@ mod tests {
         assert_eq!(jobs.finish("zz", 1, Ok(()), 0), None);
         jobs.enqueue("q", "en", 20_000);
         assert_eq!(jobs.finish("q", 0, Ok(()), 20_000), None);
+    }
+
+    /// Jobs of a node gone join those held: a running one is queued again with its attempt
+    /// counted, one already held (a recording both nodes had) and ended ones are left out.
+    #[test]
+    fn adopted_jobs_join_the_held_ones() {
+        let mut jobs = Jobs::new(config());
+        jobs.enqueue("mine", "en", 0).unwrap();
+        let started = jobs.poll(0);
+        assert_eq!(ids(&started), ["mine"]);
+        let mut running = Job::queued("theirs-running", "de", 5);
+        running.state = JobState::Running;
+        running.attempts = 1;
+        let queued = Job::queued("theirs-queued", "en", 7);
+        let mut dup = Job::queued("mine", "en", 1);
+        dup.state = JobState::Running;
+        let mut done = Job::queued("theirs-done", "en", 1);
+        done.state = JobState::Done;
+        let changed = jobs.adopt([queued, running, dup, done], 100);
+        let changed: Vec<(&str, JobState, u32)> = changed
+            .iter()
+            .map(|j| (j.contact_id.as_str(), j.state, j.attempts))
+            .collect();
+        assert_eq!(changed, [("theirs-running", JobState::Queued, 1)]);
+        assert_eq!(
+            jobs.counts(),
+            Counts {
+                queued: 2,
+                running: 1
+            }
+        );
+        assert_eq!(jobs.get("mine").unwrap().state, JobState::Running);
+        // One slot is free: the adopted job that was due first starts.
+        assert_eq!(ids(&jobs.poll(100)), ["theirs-queued"]);
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub trait JobHost: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), String>>;
     /// Unix milliseconds now.
     fn now_ms(&self) -> i64;
+    /// Notes that this node is alive (for [`JobHost::orphans`] on the other nodes). A host
+    /// that shares its jobs with no other node does nothing.
+    fn heartbeat(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Takes over the active jobs of nodes not heard from since `seen_before_ms`, now this
+    /// node's. None by default.
+    fn orphans(&self, _seen_before_ms: i64) -> BoxFuture<'_, Result<Vec<Job>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// How a job row left by the scheduler ended an attempt (or a restart), for metrics.
@@ -185,6 +195,49 @@ impl Worker {
         }
         self.wake.notify_one();
         active.queued + active.running
+    }
+
+    /// Takes up active jobs of a node gone for good ([`Jobs::adopt`]) beside those held, and
+    /// persists the rows that changed. Returns how many were taken.
+    pub async fn adopt(&self, persisted: Vec<Job>) -> usize {
+        let now = self.host.now_ms();
+        let (changed, before, counts) = {
+            let mut jobs = self.lock();
+            let before = jobs.counts();
+            let changed = jobs.adopt(persisted, now);
+            (changed, before, jobs.counts())
+        };
+        self.observer.counts(counts);
+        for job in &changed {
+            self.persist(job).await;
+        }
+        self.wake.notify_one();
+        (counts.queued + counts.running).saturating_sub(before.queued + before.running)
+    }
+
+    /// Runs forever (spawn it beside [`Worker::run`]): every `every`, notes that this node
+    /// is alive and takes up the active jobs of nodes not heard from for `gone_after`, so
+    /// that a node removed for good leaves no recording untranscribed.
+    pub async fn watch_orphans(self: Arc<Self>, every: Duration, gone_after: Duration) {
+        loop {
+            if let Err(e) = self.host.heartbeat().await {
+                tracing::warn!(error = %e, "transcripts: heartbeat not written");
+            }
+            let before =
+                self.host.now_ms() - i64::try_from(gone_after.as_millis()).unwrap_or(i64::MAX);
+            match self.host.orphans(before).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    let found = jobs.len();
+                    let taken = self.adopt(jobs).await;
+                    tracing::info!(found, taken, "transcripts: took up the jobs of a node gone");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "transcripts: cannot look for jobs of nodes gone")
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Reports a changed row's outcome, then saves it (so that whoever sees the row has seen
