@@ -35,6 +35,8 @@ pub struct SdesCall {
     pub undecryptable: u64,
     /// The audio tapir sent, A-law decoded.
     pub samples: Vec<i16>,
+    /// The last genuine packet sent, as sent (for [`SdesCall::resend_last`]).
+    last_sent: Vec<u8>,
 }
 
 const SSRC: u32 = 0x5d35_0001;
@@ -160,6 +162,7 @@ pub fn invite_user(tapir_port: u16, user: &str, media: &str, key: Option<Keying>
         received: 0,
         undecryptable: 0,
         samples: Vec::new(),
+        last_sent: Vec::new(),
     };
     call.request("ACK", 1);
     Outcome::Answered(Box::new(call))
@@ -215,9 +218,15 @@ impl SdesCall {
             }
             let p = self.packet(freq, false);
             self.rtp.send_to(&p, self.remote_rtp).unwrap();
+            self.last_sent = p;
             let next = start + Duration::from_millis(20 * (u64::from(i) + 1));
             self.take_in(next);
         }
+    }
+
+    /// Sends the last packet again, byte for byte: a replay, which SRTP must refuse.
+    pub fn resend_last(&mut self) {
+        self.rtp.send_to(&self.last_sent, self.remote_rtp).unwrap();
     }
 
     /// Sends an RTCP sender report on the RTP port (RFC 5761 multiplexing), protected as
@@ -347,6 +356,7 @@ pub fn answer(sip: UdpSocket, answer_media: &str, key: Option<Keying>) -> (SdesC
         received: 0,
         undecryptable: 0,
         samples: Vec::new(),
+        last_sent: Vec::new(),
     };
     (call, offer)
 }
