@@ -478,3 +478,52 @@ async fn client_certificates_are_verified_both_ways() {
     });
     assert!(line.contains(&format!("127.0.0.1:{strict}")), "{line}");
 }
+
+/// A TLS 1.2 ClientHello offering only TLS_RSA_WITH_AES_128_CBC_SHA, a suite tapir does not
+/// speak (no forward secrecy): refused with an alert, logged with the peer and the reason,
+/// counted; a proper client is served right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_only_an_unsupported_cipher_is_refused_and_counted() {
+    let dir = tempfile_dir();
+    let p = pki("tapir");
+    let routes = "[[routes]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:5999\"\ncustomer = \"caller\"\nrecord = \"never\"\n";
+    let (t, tls_port) = tapir_with_tls(dir.path(), &p, routes);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[0x42; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // one suite
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+                                            // Extensions a TLS 1.2 client must send: signature algorithms (ecdsa_secp256r1_sha256,
+                                            // rsa_pkcs1_sha256) and supported groups (x25519, secp256r1).
+    hello.extend_from_slice(&[
+        0x00, 0x14, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x04, 0x01, 0x00, 0x0a, 0x00,
+        0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17,
+    ]);
+    let mut handshake = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    let local = s.local_addr().unwrap();
+    s.write_all(&record).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    assert!(n >= 1 && buf[0] == 0x15, "an alert record: {:?}", &buf[..n]);
+    t.wait_metric(
+        "tapir_tls_handshake_failures_total{side=\"in\"}",
+        Duration::from_secs(5),
+        |v| v == 1.0,
+    );
+    let line = t.wait_log_line(Duration::from_secs(5), |l| {
+        l.contains("TLS handshake from peer failed") && l.contains(&format!("peer={local}"))
+    });
+    assert!(line.to_ascii_lowercase().contains("cipher"), "{line}");
+    connect(tls_port, &p.ca)
+        .await
+        .expect("a client that speaks a common suite");
+}
