@@ -39,6 +39,20 @@ fn route(callee_port: u16, srtp: &str) -> String {
     )
 }
 
+/// baresip as `user`, with `mediaenc`, sending a `hz` tone; over TLS with its own
+/// certificate and the CAs it trusts when `tls` is given.
+fn party(bin: &Path, user: &str, mediaenc: &str, hz: f64, tls: Option<(&Pki, &str)>) -> Baresip {
+    Baresip::start(
+        bin,
+        Party {
+            user,
+            mediaenc,
+            tone_hz: hz,
+            tls: tls.map(|(own, trust)| PartyTls { own, trust }),
+        },
+    )
+}
+
 /// Files under `dir` with extension `ext`, at any depth (recordings may sit in date folders).
 fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -138,15 +152,7 @@ fn assert_no_rtp_dropped(t: &Tapir) {
 #[test]
 fn baresip_srtp_on_both_legs() {
     let Some(bin) = baresip_path() else { return };
-    let mut callee = Baresip::start(
-        &bin,
-        Party {
-            user: "1000",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLEE_HZ,
-            tls: None,
-        },
-    );
+    let mut callee = party(&bin, "1000", "srtp-mand", CALLEE_HZ, None);
     let t = Tapir::start(
         BIN,
         &route(
@@ -155,15 +161,7 @@ fn baresip_srtp_on_both_legs() {
         ),
         TapirOptions::default(),
     );
-    let mut caller = Baresip::start(
-        &bin,
-        Party {
-            user: "alice",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLER_HZ,
-            tls: None,
-        },
-    );
+    let mut caller = party(&bin, "alice", "srtp-mand", CALLER_HZ, None);
     caller.command("dial", &format!("sip:1000@127.0.0.1:{}", t.sip_port));
     let fail = |what: &str, c: &Baresip, b: &Baresip| -> String {
         format!(
@@ -312,15 +310,7 @@ fn baresip_srtp_caller_plain_rtp_callee() {
         Some(CALLEE_HZ),
         &[],
     );
-    let mut caller = Baresip::start(
-        &bin,
-        Party {
-            user: "alice",
-            mediaenc: "srtp",
-            tone_hz: CALLER_HZ,
-            tls: None,
-        },
-    );
+    let mut caller = party(&bin, "alice", "srtp", CALLER_HZ, None);
     caller.command("dial", &format!("sip:1000@127.0.0.1:{}", t.sip_port));
     caller
         .event("CALL_ESTABLISHED", T)
@@ -373,15 +363,7 @@ fn baresip_srtp_caller_plain_rtp_callee() {
 /// RTP/SAVPF one: the profile must be the one it is set to.)
 fn sdes_caller_baresip_callee(suite: srtp::Suite, profile: &str, mediaenc: &str) {
     let Some(bin) = baresip_path() else { return };
-    let mut callee = Baresip::start(
-        &bin,
-        Party {
-            user: "1000",
-            mediaenc,
-            tone_hz: CALLEE_HZ,
-            tls: None,
-        },
-    );
+    let mut callee = party(&bin, "1000", mediaenc, CALLEE_HZ, None);
     let t = Tapir::start(
         BIN,
         &route(
@@ -487,17 +469,12 @@ fn baresip_over_tls_and_srtp_to_a_udp_sipp_callee() {
         Some(CALLEE_HZ),
         &[],
     );
-    let mut caller = Baresip::start(
+    let mut caller = party(
         &bin,
-        Party {
-            user: "alice",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLER_HZ,
-            tls: Some(PartyTls {
-                own: &phone,
-                trust: &server.ca,
-            }),
-        },
+        "alice",
+        "srtp-mand",
+        CALLER_HZ,
+        Some((&phone, &server.ca)),
     );
     caller.command(
         "dial",
@@ -564,29 +541,19 @@ fn baresip_over_mutual_tls_and_wrong_certificates_refused() {
     let server = pki("tapir");
     let phones = pki("phones");
     let rogue = pki("rogue");
-    let mut callee = Baresip::start(
+    let mut callee = party(
         &bin,
-        Party {
-            user: "1000",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLEE_HZ,
-            tls: Some(PartyTls {
-                own: &phones,
-                trust: &server.ca,
-            }),
-        },
+        "1000",
+        "srtp-mand",
+        CALLEE_HZ,
+        Some((&phones, &server.ca)),
     );
-    let mut impostor = Baresip::start(
+    let mut impostor = party(
         &bin,
-        Party {
-            user: "2000",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLEE_HZ,
-            tls: Some(PartyTls {
-                own: &rogue,
-                trust: &server.ca,
-            }),
-        },
+        "2000",
+        "srtp-mand",
+        CALLEE_HZ,
+        Some((&rogue, &server.ca)),
     );
     let ca = write(dir.path(), "phones-ca.pem", &phones.ca);
     let routes = format!(
@@ -608,17 +575,12 @@ fn baresip_over_mutual_tls_and_wrong_certificates_refused() {
             ("TAPIR_SIP__TLS_REQUIRE_CLIENT_CERT".into(), "true".into()),
         ],
     );
-    let mut caller = Baresip::start(
+    let mut caller = party(
         &bin,
-        Party {
-            user: "alice",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLER_HZ,
-            tls: Some(PartyTls {
-                own: &phones,
-                trust: &server.ca,
-            }),
-        },
+        "alice",
+        "srtp-mand",
+        CALLER_HZ,
+        Some((&phones, &server.ca)),
     );
     caller.command(
         "dial",
@@ -655,17 +617,12 @@ fn baresip_over_mutual_tls_and_wrong_certificates_refused() {
     t.wait_metric(&relayed("b"), T, |v| v >= 100.0);
 
     // A phone with a certificate of another CA: refused at the handshake, logged, counted.
-    let mut stranger = Baresip::start(
+    let mut stranger = party(
         &bin,
-        Party {
-            user: "mallory",
-            mediaenc: "srtp-mand",
-            tone_hz: CALLER_HZ,
-            tls: Some(PartyTls {
-                own: &rogue,
-                trust: &server.ca,
-            }),
-        },
+        "mallory",
+        "srtp-mand",
+        CALLER_HZ,
+        Some((&rogue, &server.ca)),
     );
     stranger.command(
         "dial",

@@ -166,6 +166,16 @@ fn wait_transcript(t: &Tapir, id: &str, state: &str, timeout: Duration) -> Value
     })
 }
 
+/// The text of each phrase of a transcript, in order.
+fn phrase_texts(transcript: &Value) -> Vec<&str> {
+    transcript["phrases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect()
+}
+
 fn search(t: &Tapir, text: &str, auth: &[(&str, &str)]) -> Vec<Value> {
     let a = get(t, &format!("/api/v1/recordings?text={text}"), auth);
     assert_eq!(a.status, 200, "{}", a.text());
@@ -1058,12 +1068,7 @@ fn a_job_interrupted_by_kill_9_resumes_after_the_restart() {
     let t = t.restart();
     assert!(t.log().contains("resumed=1"), "{}", t.log());
     let j = wait_transcript(&t, &id, "done", Duration::from_secs(60));
-    let texts: Vec<&str> = j["phrases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["text"].as_str().unwrap())
-        .collect();
+    let texts = phrase_texts(&j);
     assert_eq!(texts, ["Resumed after a restart.", "Agent here."]);
     // The interrupted attempt counted as one: the restart is a retry.
     assert_eq!(
@@ -1106,12 +1111,7 @@ fn a_stored_recording_without_a_job_gets_one_at_the_next_start() {
     std::fs::write(t.config_path(), format!("{cfg}\n{}", fake.config(""))).unwrap();
     let t = t.restart();
     let j = wait_transcript(&t, &id, "done", Duration::from_secs(60));
-    let texts: Vec<&str> = j["phrases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["text"].as_str().unwrap())
-        .collect();
+    let texts = phrase_texts(&j);
     assert_eq!(texts, ["Caught up at start.", "Agent too."]);
     t.wait_log_line(Duration::from_secs(5), |l| {
         l.contains("queued stored recordings of the last day that had no job")
@@ -1174,12 +1174,7 @@ fn the_jobs_of_a_node_gone_for_good_are_taken_up_by_another() {
         },
     );
     let j = wait_transcript(&a, &id, "done", Duration::from_secs(60));
-    let texts: Vec<&str> = j["phrases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["text"].as_str().unwrap())
-        .collect();
+    let texts = phrase_texts(&j);
     assert_eq!(texts, ["Taken up by another node.", "Agent."]);
     let line = a.wait_log_line(Duration::from_secs(5), |l| {
         l.contains("took up the jobs of a node gone")
