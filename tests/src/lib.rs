@@ -517,6 +517,11 @@ pub fn write_tone_pcap(path: &Path, freq: f64, secs: f64) {
 /// digits start at different timestamps and sequence numbers, as one phone's later key
 /// presses do: a detector must not take `*5` after `*4` for a repeat of the same `*`.
 pub fn write_dtmf_pcap(path: &Path, digits: &str) {
+    write_dtmf_pcap_gap(path, digits, 100);
+}
+
+/// [`write_dtmf_pcap`] with `gap_ms` between the end of one key and the next.
+pub fn write_dtmf_pcap_gap(path: &Path, digits: &str, gap_ms: u64) {
     let mut list = Vec::new();
     let base = digits
         .bytes()
@@ -539,8 +544,8 @@ pub fn write_dtmf_pcap(path: &Path, digits: &str) {
                 t_us += 20_000;
             }
         }
-        t_us += 100_000;
-        ts = ts.wrapping_add(160 * 5 + 800);
+        t_us += gap_ms * 1000;
+        ts = ts.wrapping_add(160 * 5 + 8 * gap_ms as u32);
     }
     write_pcap(path, &list);
 }
@@ -837,7 +842,8 @@ pub fn read_stereo_wav(path: &Path) -> (Vec<i16>, Vec<i16>) {
 
 impl Sipp {
     /// Like [`Sipp::spawn`], with the test media in its working directory: `tone.pcap` (a
-    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `star4.pcap`, `star5.pcap`,
+    /// sine at `freq` Hz for `secs` seconds), `star2.pcap`, `star3.pcap`, `star4.pcap`,
+    /// `star5.pcap`, `star_gap2.pcap` (`*` then `2` 800 ms later),
     /// `digit1.pcap`, `digit2.pcap` (RFC 4733 key presses), `inband_star2.pcap` (the tone
     /// with `*2` keyed in-band after 1 s), and `phone_star2.pcap` ([`phone_keying`] of `*2`
     /// after 1 s of the tone, 1.5 s of it after).
@@ -853,6 +859,9 @@ impl Sipp {
         write_dtmf_pcap(&dir.path().join("digit2.pcap"), "2");
         write_dtmf_pcap(&dir.path().join("star4.pcap"), "*4");
         write_dtmf_pcap(&dir.path().join("star5.pcap"), "*5");
+        write_dtmf_pcap(&dir.path().join("star3.pcap"), "*3");
+        // `*`, then `2` 800 ms later: a code only if the inter-digit timeout allows it.
+        write_dtmf_pcap_gap(&dir.path().join("star_gap2.pcap"), "*2", 800);
         // The agent's audio of a phone without telephone-event: its tone, then *2 keyed
         // in-band 1 s in, then its tone again.
         write_pcma_pcap(
