@@ -297,8 +297,9 @@ fn user_agent_is_sent_in_leg_b_invites_and_every_response() {
     let last = call.responses.last().unwrap();
     assert_eq!(status(last), 486, "{last}");
     // Every response tapir sent the caller names tapir, the relayed 486 too: the callee's own
-    // Server header stays on leg B.
-    for r in &call.responses {
+    // Server header stays on leg B. (The transaction layer's `100 Trying`, hop by hop, carries
+    // none.)
+    for r in call.responses.iter().filter(|r| status(r) > 100) {
         assert_eq!(headers(r, "Server"), vec![UA], "{r}");
     }
     // A response tapir makes up by itself.
@@ -345,11 +346,7 @@ fn advertise_names_the_address_of_a_wildcard_listener_and_is_required_with_one()
 
     // Without `advertise`, a wildcard listener is a start error that says what to set.
     let cfg = minimal_config("")
-        .replacen(
-            "listen_udp = [\"127.0.0.1:",
-            "listen_udp = [\"0.0.0.0:",
-            1,
-        )
+        .replacen("listen_udp = [\"127.0.0.1:", "listen_udp = [\"0.0.0.0:", 1)
         .to_string();
     assert!(cfg.contains("listen_udp = [\"0.0.0.0:"), "{cfg}");
     let (code, err) = run_to_exit(&cfg);
@@ -430,7 +427,10 @@ fn rate_limit_drop_answers_a_flood_nothing_and_an_exempt_zone_is_never_limited()
     let other = UdpSocket::bind("127.0.0.1:0").unwrap();
     flood(&other, tapir, N, "other");
     let (got, markers) = answers_to_flood(&other, tapir, "other");
-    assert!(!got.contains(&503), "a dropped request got an answer: {got:?}");
+    assert!(
+        !got.contains(&503),
+        "a dropped request got an answer: {got:?}"
+    );
     assert!(got.iter().all(|s| *s == 200), "{got:?}");
     assert!(got.len() <= 10, "{} of {N} answered", got.len());
     // Each request not answered was counted, and nothing of the trunk's (the metric is
@@ -501,11 +501,17 @@ fn secure_cookie_names_the_session_cookie_host_and_marks_it_secure_over_plain_ht
     let s = site("[access]\nsecure_cookie = true\n");
     let r = s.login_raw("ada", tapir_tests::site::PASSWORD, true);
     assert_eq!(r.status, 303, "{}", r.text());
-    let set = r.header("set-cookie").expect("a session cookie").to_string();
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
     assert!(set.starts_with("__Host-tapir_session="), "{set}");
     let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
     assert!(attrs.contains(&"Secure"), "{set}");
-    assert!(attrs.contains(&"Path=/"), "a __Host- cookie needs Path=/: {set}");
+    assert!(
+        attrs.contains(&"Path=/"),
+        "a __Host- cookie needs Path=/: {set}"
+    );
     // The proxy in front passes it back: it is the session.
     let cookie = set.split(';').next().unwrap();
     let me = tapir_tests::site::request(
@@ -520,7 +526,10 @@ fn secure_cookie_names_the_session_cookie_host_and_marks_it_secure_over_plain_ht
     // By default: the plain name, not Secure.
     let s = site("[access]\nenabled = true\n");
     let r = s.login_raw("ada", tapir_tests::site::PASSWORD, true);
-    let set = r.header("set-cookie").expect("a session cookie").to_string();
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
     assert!(set.starts_with("tapir_session="), "{set}");
     assert!(!set.split(';').any(|a| a.trim() == "Secure"), "{set}");
 }
@@ -559,7 +568,9 @@ fn json_log_lines_and_show_numbers() {
         assert!(v.is_object() && v["level"].is_string(), "{l}");
     }
     assert!(
-        lines.iter().any(|l| l.contains("\"message\":\"tapir ready\"")),
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"tapir ready\"")),
         "{log}"
     );
 
@@ -607,10 +618,7 @@ async fn stt(
     });
     let body = serde_json::json!({"task": "transcribe", "language": "german", "text": "hallo",
         "segments": [{"id": 0, "start": 0.1, "end": 0.9, "text": "hallo"}]});
-    (
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
+    ([("content-type", "application/json")], body.to_string())
 }
 
 /// An OpenAI-compatible transcription server on a free port that answers every request with
@@ -738,6 +746,92 @@ fn transcripts_only_for_the_selected_route_in_its_language_with_the_bearer_key()
 }
 
 #[test]
+fn transcripts_for_a_selected_record_policy_only() {
+    let (stt_addr, seen) = fake_stt();
+    let callee_port = free_port("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    // Calls to 1… are complaints, all others general; both are recorded.
+    std::fs::write(
+        &policy,
+        "[stations.default]\noutbound = \"on_demand\"\ninbound_direct = \"on_demand\"\ninbound_ivr = \"on_demand\"\n\n\
+         [[record_policies]]\nname = \"complaints\"\n[record_policies.filter]\ndialled_numbers = [\"1*\"]\n\n\
+         [[record_policies]]\nname = \"general\"\n[record_policies.filter]\n",
+    )
+    .unwrap();
+    let t = Tapir::start(
+        BIN,
+        &format!(
+            "[[routes]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:{callee_port}\"\ncustomer = \"caller\"\n"
+        ),
+        TapirOptions {
+            extra: format!(
+                "[recording]\npolicy_file = \"{}\"\n\
+                 [transcripts]\nengine = \"http\"\nurl = \"http://{stt_addr}\"\ntranscribe = false\n\
+                 policies = {{ complaints = {{ transcribe = true, language = \"fr\" }} }}\n",
+                policy.display()
+            ),
+            ..Default::default()
+        },
+    );
+    // The general call first, as for routes.
+    tone_call(&t, callee_port, "2000", 1200);
+    tone_call(&t, callee_port, "1000", 1200);
+    let entries = wait_stored(&t, 2);
+    // The policy that started the recording (the decision log names every policy that
+    // matched: the complaint matches both).
+    let started_by = |e: &serde_json::Value, name: &str| {
+        e["decisions"].as_array().unwrap().iter().any(|d| {
+            d["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["kind"] == "start" && a["reason"]["name"] == name)
+        })
+    };
+    let by_rule = |name: &str| {
+        entries
+            .iter()
+            .find(|e| started_by(e, name))
+            .unwrap_or_else(|| panic!("no recording of policy {name}: {entries:?}"))["contact_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (complaint, general) = (by_rule("complaints"), by_rule("general"));
+    assert_ne!(complaint, general);
+    let mut transcript = serde_json::Value::Null;
+    wait_until(
+        "the complaint's transcript",
+        &t,
+        Duration::from_secs(60),
+        || {
+            let (code, body) = t.http("GET", &format!("/api/v1/recordings/{complaint}/transcript"));
+            if code == 200 {
+                transcript = serde_json::from_str(&body).unwrap();
+            }
+            transcript["state"] == "done"
+        },
+    );
+    assert_eq!(transcript["language"], "fr", "{transcript}");
+    let (code, body) = t.http("GET", &format!("/api/v1/recordings/{general}/transcript"));
+    assert_eq!(
+        code, 404,
+        "the general call has no transcription job: {body}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for r in &seen {
+        assert!(
+            r.fields.iter().any(|(k, v)| k == "language" && v == "fr"),
+            "{r:?}"
+        );
+        // No api_key_env: no key sent.
+        assert_eq!(r.authorization, None, "{r:?}");
+    }
+}
+
+#[test]
 fn the_offline_engine_with_a_model_dir_lacking_a_file_stops_tapir_naming_it() {
     let models = tempfile::tempdir().unwrap();
     // The acoustic model and the language model are there, the dictionary is not.
@@ -762,12 +856,15 @@ fn the_offline_engine_with_a_model_dir_lacking_a_file_stops_tapir_naming_it() {
 // ---------------------------------------------------------------------------------------
 // [storage]
 
+/// What clients sent through the proxy: the bytes of each connection.
+type Sent = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A TCP proxy in front of `to` that keeps every byte clients send through it, one buffer per
 /// connection, so a test can read the HTTP request lines that went to the server.
-fn recording_proxy(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>) {
+fn recording_proxy(to: SocketAddr) -> (SocketAddr, Sent) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+    let conns: Sent = Arc::default();
     let c2 = conns.clone();
     std::thread::spawn(move || {
         for client in l.incoming() {
@@ -799,7 +896,7 @@ fn recording_proxy(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Arc<Mutex<Vec<u
 }
 
 /// The request lines (`GET /bucket/key HTTP/1.1`) the proxy forwarded.
-fn request_lines(conns: &Mutex<Vec<Arc<Mutex<Vec<u8>>>>>) -> Vec<String> {
+fn request_lines(conns: &Sent) -> Vec<String> {
     let mut out = Vec::new();
     for c in conns.lock().unwrap().iter() {
         let text = String::from_utf8_lossy(&c.lock().unwrap()).into_owned();
@@ -1220,7 +1317,14 @@ fn burst_call(pairs: &[(&str, &str)], burst: u16) -> Tapir {
     call.talk(400.0, 10, None);
     let mut p = vec![0x55u8; 172];
     for i in 0..burst {
-        media::rtp::write_header(&mut p, false, 8, 100 + i, 1600 + u32::from(i) * 160, 0x0b0b_0b0b);
+        media::rtp::write_header(
+            &mut p,
+            false,
+            8,
+            100 + i,
+            1600 + u32::from(i) * 160,
+            0x0b0b_0b0b,
+        );
         call.rtp.send_to(&p, call.remote_rtp).unwrap();
     }
     call.talk(400.0, 10, None);
@@ -1248,4 +1352,65 @@ fn a_tiny_tap_queue_drops_and_counts_what_the_recorder_cannot_take() {
         |v| v == 1.0,
     );
     assert_eq!(t.metric("tapir_tap_dropped_total"), 0.0);
+}
+
+#[test]
+fn recordings_finishing_counts_a_recording_until_it_is_handed_to_storage() {
+    let callee_port = free_port("127.0.0.1");
+    // MP3: the finisher transcodes after the metrics and peaks, which widens the window.
+    let t = Tapir::start(
+        BIN,
+        &recorded_route(callee_port).replace(
+            "record = \"always\"\n",
+            "record = \"always\"\nformat = \"mp3\"\n",
+        ),
+        TapirOptions::default(),
+    );
+    assert_eq!(t.metric("tapir_recordings_finishing"), 0.0);
+    let mut b = tapir_tests::Sipp::party(
+        "callee",
+        "uas_tone.xml",
+        "127.0.0.1",
+        callee_port,
+        None,
+        Some(1000.0),
+        &[],
+    );
+    let tapir_tests::sdes::Outcome::Answered(mut call) = tapir_tests::sdes::invite(
+        t.sip_port,
+        "m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n",
+        None,
+    ) else {
+        panic!("call refused:\n{}", t.log());
+    };
+    call.talk(400.0, 150, None);
+    // Watch the gauge from the hang-up until the recording is counted as handed on.
+    let http = t.http;
+    let watcher = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let m = tapir_tests::http_request(http, "GET", "/metrics", "").1;
+            let finishing = tapir_tests::parse_metric(&m, "tapir_recordings_finishing");
+            let ok = tapir_tests::parse_metric(&m, "tapir_recordings_total{result=\"ok\"}");
+            seen.push((finishing, ok));
+            if ok == 1.0 || Instant::now() > end {
+                return seen;
+            }
+        }
+    });
+    assert!(call.bye(), "BYE answered");
+    assert_eq!(b.wait(Duration::from_secs(20)), 0, "{}", b.logs());
+    let seen = watcher.join().unwrap();
+    assert_eq!(seen.last().map(|s| s.1), Some(1.0), "{seen:?}");
+    assert!(
+        seen.iter().any(|&(f, ok)| f == 1.0 && ok == 0.0),
+        "never seen finishing: {seen:?}"
+    );
+    // Handed on, it no longer counts.
+    assert_eq!(seen.last().unwrap().0, 0.0);
+    t.wait_metric("tapir_uploads_pending", Duration::from_secs(10), |v| {
+        v == 0.0
+    });
+    assert_eq!(t.metric("tapir_recordings_finishing"), 0.0);
 }
