@@ -533,9 +533,10 @@ fn finisher(rx: Receiver<Finished>, outbox: PathBuf, metrics: Arc<Metrics>, shel
                 meta: f.meta,
             })));
         }
-        // Counted once the file is handed on: from here it is pending until stored.
-        metrics.recordings_total.with_label_values(&[result]).inc();
+        // Counted once the file is handed on: from here it is pending until stored. The gauge
+        // goes down first, so that whoever sees the count sees the gauge without it.
         metrics.recordings_finishing.dec();
+        metrics.recordings_total.with_label_values(&[result]).inc();
     }
 }
 
