@@ -233,6 +233,18 @@ fn transfer_hanging_up_first(
     target_user: &str,
     suffix: &str,
 ) {
+    transfer_dialled(t, callee_port, target_port, "1000", target_user, suffix);
+}
+
+/// [`transfer_hanging_up_first`], the customer dialling `dialled`.
+fn transfer_dialled(
+    t: &Tapir,
+    callee_port: u16,
+    target_port: u16,
+    dialled: &str,
+    target_user: &str,
+    suffix: &str,
+) {
     let tp = target_port.to_string();
     let mut target = Sipp::party(
         "target",
@@ -269,7 +281,7 @@ fn transfer_hanging_up_first(
         free_port("127.0.0.1"),
         Some(t),
         Some(CUSTOMER_HZ),
-        &["-s", "1000"],
+        &["-s", dialled],
     );
     tapir_tests::expect_success(
         t,
@@ -471,4 +483,65 @@ fn a_refused_transfer_finishes_the_contact_at_the_hang_up() {
     t.wait_log_line(Duration::from_secs(5), |l| {
         l.contains("transfer failed") && l.contains("status=603")
     });
+}
+
+/// The segments of the contact's one recording, once it is stored.
+fn transferred_segments(t: &Tapir) -> (usize, serde_json::Value) {
+    wait_decisions(t, "ok", 1.0);
+    let wav = files(t, "wav");
+    assert_eq!(wav.len(), 1, "{wav:?}\n{}", t.log());
+    let meta = sidecar(&wav[0].with_extension("json"));
+    (meta["segments"].as_array().unwrap().len(), meta)
+}
+
+/// A blind transfer to a number outside the contact centre (a route marked `external`):
+/// `keep_after_external_transfer` decides whether the customer's talk with it is recorded.
+#[test]
+fn an_external_blind_transfer_follows_its_option() {
+    for keep in [false, true] {
+        let (callee_port, target_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+        let policy = format!("[options]\nkeep_after_external_transfer = {keep}\n");
+        let t = start(&transfer_routes(callee_port, target_port), Some(&policy));
+        transfer_hanging_up_first(&t, callee_port, target_port, "ext-5550100", ";x=1");
+        let (segments, meta) = transferred_segments(&t);
+        assert_eq!(segments, if keep { 2 } else { 1 }, "keep {keep}: {meta:#}");
+        if !keep {
+            assert!(
+                meta["decisions"].to_string().contains("external number"),
+                "{meta:#}"
+            );
+        }
+    }
+}
+
+/// The agent leaves an attended transfer to an emergency number (`emergency_numbers`):
+/// `keep_after_agent_leaves_emergency` decides, not the third-party option (set the other
+/// way). A call the customer dialled to an emergency number is an emergency call too: the
+/// agent leaving it with an ordinary external party follows the emergency option.
+#[test]
+fn the_agent_leaving_an_emergency_call_follows_the_emergency_option() {
+    const REPLACES: &str = "?Replaces=consult%40pbx%3Bto-tag%3Da%3Bfrom-tag%3Db";
+    for keep in [false, true] {
+        let (callee_port, target_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+        let policy = format!(
+            "emergency_numbers = [\"ext-112\"]\n[options]\nkeep_after_agent_leaves_emergency = {keep}\n\
+             keep_after_agent_leaves_third_party = {}\n",
+            !keep
+        );
+        let t = start(&transfer_routes(callee_port, target_port), Some(&policy));
+        transfer_hanging_up_first(&t, callee_port, target_port, "ext-112", REPLACES);
+        let (segments, meta) = transferred_segments(&t);
+        assert_eq!(segments, if keep { 2 } else { 1 }, "keep {keep}: {meta:#}");
+    }
+    let (callee_port, target_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let policy =
+        "emergency_numbers = [\"911\"]\n[options]\nkeep_after_agent_leaves_emergency = true\n\
+                  keep_after_agent_leaves_third_party = false\n";
+    let t = start(&transfer_routes(callee_port, target_port), Some(policy));
+    transfer_dialled(&t, callee_port, target_port, "911", "ext-5550100", REPLACES);
+    let (segments, meta) = transferred_segments(&t);
+    assert_eq!(
+        segments, 2,
+        "an emergency call keeps its recording: {meta:#}"
+    );
 }
