@@ -291,6 +291,12 @@ impl Config {
                 bail!("transcripts.routes: no route named '{name}'");
             }
         }
+        // A misspelt route would keep its recordings for the default period, silently.
+        for name in self.storage.retention.routes.keys() {
+            if !self.routes.iter().any(|r| &r.name == name) {
+                bail!("storage.retention.routes: no route named '{name}'");
+            }
+        }
         store::CatalogUrl::parse(&self.catalog.url)
             .map_err(|e| anyhow::anyhow!("catalog.url: {e}"))?;
         for a in &self.announcements {

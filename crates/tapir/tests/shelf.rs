@@ -510,3 +510,49 @@ fn a_crash_mid_transcode_is_finished_again_at_start_and_stored_once() {
         .log()
         .contains("finishing a recording a crash interrupted"));
 }
+
+/// `retention.days` alone: a recording no route or policy rule names is kept that long.
+#[test]
+fn retention_days_apply_where_no_rule_names_the_recording() {
+    let callee_port = free_port("127.0.0.1");
+    let t = start(callee_port, "retention = { days = 30 }", Vec::new());
+    call(&t, callee_port);
+    t.wait_metric(
+        "tapir_recordings_total{result=\"ok\"}",
+        Duration::from_secs(15),
+        |v| v == 1.0,
+    );
+    wait_until("the entry catalogued", &t, Duration::from_secs(15), || {
+        entries(&t).len() == 1
+    });
+    let e = entries(&t);
+    assert_eq!(e[0].retention_days, Some(30), "{e:?}");
+    assert_eq!(e[0].retain_until_ms, Some(e[0].start_ms + 30 * 86_400_000));
+}
+
+/// A retention rule for a route that does not exist stops tapir at start, naming it.
+#[test]
+fn retention_for_an_unknown_route_is_a_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tapir.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[storage]\nretention = {{ days = 30, routes = {{ pbxx = 7 }} }}\n",
+            route(free_port("127.0.0.1"))
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage.retention.routes: no route named 'pbxx'"),
+        "{err}"
+    );
+}
