@@ -64,3 +64,31 @@ pub fn tls_listener_env(dir: &std::path::Path, p: &Pki) -> (Vec<(String, String)
     ];
     (env, port)
 }
+
+/// A TLS client trusting `ca_pem`, presenting `client`'s certificate and key when given.
+pub fn connector_with(ca_pem: &str, client: Option<&Pki>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match client {
+        Some(p) => cfg
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(p.cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => cfg.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}

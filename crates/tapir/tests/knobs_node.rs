@@ -1106,34 +1106,8 @@ mod tls {
     use super::*;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use tapir_tests::pki::{pki, tls_listener_env, write, Pki};
+    use tapir_tests::pki::{connector_with, pki, tls_listener_env, write, Pki};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A connector trusting `ca_pem`, presenting `client` (a certificate and key) when given.
-    fn connector_with(ca_pem: &str, client: Option<&Pki>) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let cfg = match client {
-            Some(p) => cfg
-                .with_client_auth_cert(
-                    CertificateDer::pem_slice_iter(p.cert.as_bytes())
-                        .map(|c| c.unwrap())
-                        .collect(),
-                    PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-            None => cfg.with_no_client_auth(),
-        };
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-    }
 
     /// OPTIONS over a TLS connection made by `connector`; whether tapir answered it 200.
     async fn options_answered(port: u16, c: tokio_rustls::TlsConnector) -> bool {

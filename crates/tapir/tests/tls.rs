@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tapir_tests::pki::{pki, tls_listener_env, write, Pki};
+use tapir_tests::pki::{connector_with, pki, tls_listener_env, write, Pki};
 use tapir_tests::{free_port, Sipp, Tapir, TapirOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,32 +23,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_tapir");
 
 fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     connector_with(ca_pem, None)
-}
-
-/// A connector trusting `ca_pem`, presenting `client` (a certificate and key) when given.
-fn connector_with(ca_pem: &str, client: Option<&Pki>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let cfg = match client {
-        Some(p) => cfg
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(p.cert.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect(),
-                PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => cfg.with_no_client_auth(),
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
